@@ -1,0 +1,69 @@
+"""Retrain the bundled models from ../shared/data (the exact recipes behind wsicount/weights).
+
+    python benchmarks/train_bundled.py [NAME ...] [--out runs/bundled] [--seed 0] [--install]
+
+Each model is trained with the configuration below; ``--install`` copies the result into
+``wsicount/weights/`` (the bundled models). Trainings take tens of minutes each on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wsicount.train import TrainConfig, train  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+
+RECIPES: dict[str, tuple[str, TrainConfig]] = {
+    # the melanocyte paper's set-up: green channel, 1.81 um/px, sigma 6 px ~ 10 um, 60 train / 16 val
+    "melanocyte-trp1": ("trp1", TrainConfig(
+        name="melanocyte-trp1", arch="unet", channels=[1], sigma_px=6.0, n_val=16, epochs=60,
+        batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="bf16",
+        modality="fluorescence")),
+    # VGG synthetic cells: signal in the blue channel; 90 train / 10 val of cell_001-100
+    "vgg-cells": ("vgg_cells", TrainConfig(
+        name="vgg-cells", arch="unet", channels=[2], sigma_px=3.0, n_val=10, epochs=40,
+        batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=40, precision="bf16",
+        modality="fluorescence")),
+    # GTEx H&E adipocytes, 150x150 RGB: 90 train / 10 val of the 100 training ROIs
+    "adipocyte-he": ("adipocyte", TrainConfig(
+        name="adipocyte-he", arch="unet", channels=[0, 1, 2], sigma_px=4.0, n_val=10, epochs=60,
+        batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="bf16",
+        modality="brightfield")),
+}
+
+
+def main() -> None:
+    """Train the requested recipes (all by default)."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("names", nargs="*", default=list(RECIPES))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bundled"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--install", action="store_true", help="copy results into wsicount/weights/")
+    ap.add_argument("--resume", action="store_true")
+    args = ap.parse_args()
+    if not DATA.exists():
+        sys.exit(f"datasets not found at {DATA} (see README: Data)")
+    for name in args.names:
+        folder, cfg = RECIPES[name]
+        cfg.seed = args.seed
+        if args.epochs:
+            cfg.epochs = args.epochs
+        out = Path(args.out) / f"{name}-seed{args.seed}"
+        card = train(DATA / folder, out, cfg, resume=args.resume, progress=True)
+        print(f"{name}: {card}", flush=True)
+        if args.install:
+            dst = ROOT / "wsicount" / "weights"
+            for suffix in (".json", ".safetensors"):
+                shutil.copy2(card.with_suffix(suffix), dst / f"{name}{suffix}")
+
+
+if __name__ == "__main__":
+    main()

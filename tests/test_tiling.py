@@ -1,0 +1,48 @@
+"""Tile-grid geometry: cores partition the grid, windows are stride-aligned and cover the halo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wsicount.tiling import TileGrid, mask_on_grid, tissue_tiles
+
+
+@pytest.mark.parametrize("h,w,tile", [(3000, 3000, 256), (1001, 777, 512), (64, 1500, 1024)])
+def test_cores_partition_grid_and_windows_aligned(h: int, w: int, tile: int) -> None:
+    grid = TileGrid.for_model(h, w, tile, receptive_radius=50, stride=8, peak_margin=4)
+    cover = np.zeros((h, w), dtype=np.int32)
+    ph, pw = grid.padded
+    for t in grid:
+        y0, y1, x0, x1 = t.core
+        cover[y0:y1, x0:x1] += 1
+        wy0, wy1, wx0, wx1 = t.window
+        assert wy0 % 8 == 0 and wx0 % 8 == 0
+        assert (wy1 - wy0) % 8 == 0 and (wx1 - wx0) % 8 == 0
+        assert wy1 - wy0 <= tile and wx1 - wx0 <= tile
+        # halo present wherever the grid continues
+        assert y0 - wy0 >= min(grid.halo, y0) and wy1 - y1 >= min(grid.halo, ph - y1)
+        assert x0 - wx0 >= min(grid.halo, x0) and wx1 - x1 >= min(grid.halo, pw - x1)
+    assert cover.min() == 1 and cover.max() == 1
+    assert grid.halo >= 54 and grid.core % 8 == 0
+
+
+def test_tile_too_small_is_clear_error() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        TileGrid.for_model(1000, 1000, 96, receptive_radius=50, stride=8)
+
+
+def test_tissue_tiles_cover_every_tissue_pixel() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random((37, 53)) > 0.97  # sparse tissue at a coarse scale
+    h, w = 700, 1000
+    sy, sx = h / mask.shape[0], w / mask.shape[1]
+    grid = TileGrid.for_model(h, w, 256, 50, 8, 4)
+    chosen = tissue_tiles(grid, mask, sy, sx)
+    covered = np.zeros((h, w), dtype=bool)
+    for t in chosen:
+        y0, y1, x0, x1 = t.core
+        covered[y0:y1, x0:x1] = True
+    full = mask_on_grid(mask, sy, sx, (0, h, 0, w))
+    assert not (full & ~covered).any()
+    assert len(chosen) < grid.shape[0] * grid.shape[1]

@@ -1,0 +1,43 @@
+"""wsicount: count cells on gigapixel whole-slide images with density-map regression.
+
+Public API (everything the CLI does)::
+
+    open_slide(path, mpp=None)           -> Slide (pyramid as xarray/Dask, mpp, vendor)
+    run(slide, out, model=None, **opts)  -> xarray.Dataset (density, counts, summary)
+    synth_slide(out, format="ndpi", ...) -> SynthTruth (a synthetic slide + ground truth)
+    load_model(name_or_path)             -> LoadedModel (module + card)
+    train(data, out, TrainConfig(...))   -> path of the trained model card
+    evaluate(model, data, split="test")  -> EvalResult
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import WsicountError  # noqa: E402
+
+
+def __getattr__(name: str):
+    """Import heavy submodules lazily so ``import wsicount`` stays fast."""
+    lazy = {
+        "open_slide": ("io", "open_slide"),
+        "Slide": ("io", "Slide"),
+        "run": ("pipeline", "run"),
+        "RunConfig": ("pipeline", "RunConfig"),
+        "synth_slide": ("synth", "synth_slide"),
+        "load_model": ("models", "load_model"),
+        "train": ("train", "train"),
+        "TrainConfig": ("train", "TrainConfig"),
+        "evaluate": ("evaluate", "evaluate"),
+        "detect_tissue": ("tissue", "detect_tissue"),
+    }
+    if name in lazy:
+        import importlib
+
+        mod, attr = lazy[name]
+        return getattr(importlib.import_module(f".{mod}", __name__), attr)
+    raise AttributeError(f"module 'wsicount' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "WsicountError", "open_slide", "Slide", "run", "RunConfig", "synth_slide", "load_model",
+           "train", "TrainConfig", "evaluate", "detect_tissue"]

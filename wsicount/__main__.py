@@ -1,0 +1,5 @@
+"""``python -m wsicount``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""Command-line interface: a thin layer over the Python API.
+
+Every user-caused failure is reported as one line on stderr with a documented exit code
+(see README, "Exit codes"); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import WsicountError
+
+EXIT_INTERNAL = 1
+
+
+class _Group(click.Group):
+    """Click group that turns exceptions into one-line messages unless --debug."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug", False) or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except WsicountError as e:
+            if debug:
+                raise
+            click.echo(f"wsicount: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("wsicount: interrupted (rerun the same command to resume)", err=True)
+            ctx.exit(130)
+        except Exception as e:  # noqa: BLE001 - last line of defence for users
+            if debug:
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(f"wsicount: internal error: {type(e).__name__}: {first} (rerun with --debug for details)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(__version__, prog_name="wsicount")
+def cli(debug: bool) -> None:
+    """Count cells on gigapixel whole-slide images with density-map regression."""
+
+
+@cli.command()
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (OME-Zarr + reports).")
+@click.option("--model", "-m", default=None, help="Bundled model name or path to NAME.json/.safetensors [melanocyte-trp1].")
+@click.option("--tile-size", type=int, default=512, show_default=True, help="Network-input pixels per tile side (halo included).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Inference precision (bf16: ~2x faster on recent CPUs; see BENCHMARKS.md for count impact).")
+@click.option("--mpp", type=float, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="User tissue mask image (non-zero = tissue).")
+@click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield"]), default=None,
+              help="Tissue detection mode [from the model card].")
+@click.option("--grid-um", type=float, multiple=True, default=(100.0, 1000.0), show_default=True,
+              help="Physical grid cell size(s) for count maps, µm (repeatable).")
+@click.option("--threads", type=int, default=None, help="Concurrent tile tasks on the local scheduler [min(2, cores)].")
+@click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
+@click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
+@click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "zarr"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Discard results already in --out and start fresh.")
+@click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
+@click.option("--geojson-units", type=click.Choice(["px", "um"]), default="px", show_default=True,
+              help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
+    """Count cells on SLIDE and write density map, count maps and reports to --out."""
+    from .pipeline import run as run_api
+
+    opts["grid_um"] = tuple(opts["grid_um"])
+    opts["mask"] = str(opts["mask"]) if opts["mask"] else None
+    ds = run_api(slide, out, model=model, progress=not quiet, **opts)
+    s = ds.attrs["summary"]
+    cpm = s["cells_per_mm2"]
+    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
+               f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
+
+
+@cli.command()
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--mpp", type=float, default=None, help="Override the level-0 µm per pixel.")
+@click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "zarr"]), default="auto")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
+    """Print levels, sizes, mpp and vendor of SLIDE."""
+    from .io import open_slide, slide_info
+
+    d = slide_info(open_slide(slide, mpp=mpp, backend=backend))
+    if as_json:
+        click.echo(json.dumps(d, indent=2, default=str))
+        return
+    for k, v in d.items():
+        if k != "levels":
+            click.echo(f"{k:>16}: {v}")
+    click.echo("          levels:")
+    for lv in d["levels"]:
+        click.echo("                  " + "  ".join(f"{k}={v}" for k, v in lv.items()))
+
+
+@cli.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["ndpi", "tiff", "ome-tiff", "ome-zarr", "svs"]), default="ndpi", show_default=True)
+@click.option("--size", type=int, nargs=2, default=(8192, 8192), show_default=True, metavar="H W")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--look", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
+@click.option("--mpp", type=float, default=0.4523, show_default=True)
+@click.option("--density", "cell_density", type=float, default=600.0, show_default=True, help="Cells per mm² of tissue.")
+@click.option("--tissue", type=click.Choice(["disk", "blob"]), default="disk", show_default=True)
+@click.option("--tissue-fraction", type=float, default=0.6, show_default=True)
+@click.option("--no-mpp", is_flag=True, help="Write no pixel size (to test --mpp).")
+def synth(out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp: float, cell_density: float,
+          tissue: str, tissue_fraction: float, no_mpp: bool) -> None:
+    """Write a synthetic pyramidal slide with cells at known positions (+ ground truth)."""
+    from .synth import synth_slide
+
+    t = synth_slide(out, format=fmt, size=tuple(size), seed=seed, look=look, mpp=mpp, cell_density_per_mm2=cell_density,
+                    tissue=tissue, tissue_fraction=tissue_fraction, write_mpp=not no_mpp)
+    click.echo(f"{t.path}: {t.shape[0]}x{t.shape[1]} px, {t.n_cells} cells, tissue {t.tissue_area_mm2:.3f} mm² "
+               f"(truth: {t.points_path})")
+
+
+@cli.command()
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Model folder to write.")
+@click.option("--arch", default="unet", show_default=True, help="unet | fcrn | cellnet")
+@click.option("--name", default=None, help="Model name [DATA-ARCH].")
+@click.option("--epochs", type=int, default=80, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--loss", type=click.Choice(["l1", "mse", "content_mse"]), default="l1", show_default=True)
+@click.option("--count-weight", type=float, default=0.0, show_default=True, help="Weight of the count-error term.")
+@click.option("--sigma-um", type=float, default=10.0, show_default=True, help="Target Gaussian sigma in µm.")
+@click.option("--sigma-px", type=float, default=None, help="Target sigma in pixels (overrides --sigma-um).")
+@click.option("--channels", default=None, help="Comma-separated RGB channel indices, e.g. 1 for green [auto].")
+@click.option("--modality", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
+@click.option("--n-val", type=int, default=None, help="Validation images held out of 'train' [20%].")
+@click.option("--patience", type=int, default=20, show_default=True, help="Early stopping patience (epochs).")
+@click.option("--monitor", type=click.Choice(["val_loss", "val_mae"]), default="val_loss", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16", show_default=True,
+              help="Autocast precision of training forward passes (bf16 ~1.7x faster on CPU).")
+@click.option("--max-minutes", type=float, default=None, help="Stop after this many minutes (best epoch kept).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
+@click.option("--quiet", "-q", is_flag=True)
+def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool, **opts) -> None:
+    """Train a density model on DATA (wsicount dataset layout or VGG dot PNGs)."""
+    from .train import TrainConfig, train as train_api
+
+    cfg = TrainConfig(**opts, channels=[int(c) for c in channels.split(",")] if channels else None)
+    card = train_api(data, out, cfg, resume=resume, progress=not quiet)
+    m = json.loads(card.read_text())["metrics"]
+    click.echo(f"model written to {card} (validation MAE {m['val_mae']:.2f})")
+
+
+@cli.command()
+@click.argument("model")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write metrics JSON here.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Per-image CSV [next to --json].")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Scatter PNG [next to --json].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
+             plot_path: Path | None, device: str, precision: str) -> None:
+    """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
+    from .evaluate import evaluate as eval_api, write_evaluation
+
+    res = eval_api(model, data, split=split, device=device, precision=precision)
+    if json_path is not None:
+        csv_path = csv_path or json_path.with_suffix(".csv")
+        plot_path = plot_path or json_path.with_suffix(".png")
+    write_evaluation(res, json_path=json_path, csv_path=csv_path, plot_path=plot_path)
+    m = res.metrics
+    click.echo(f"{m['n_images']} images: MAE {m['mae']:.2f}, RMSE {m['rmse']:.2f}, "
+               f"A_err {100 * m['a_err']:.2f} %, T_err {100 * m['t_err']:.2f} %")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="wsicount")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Training data: the wsicount dataset layout, VGG-style dot PNGs, and augmentation.
+
+The training format (the layout of ``../shared/data``)::
+
+    DATASET/images/NAME.png      any PNG/TIFF the image readers open (gray or RGB)
+    DATASET/points/NAME.csv      header ``x,y``; one row per cell; x = column, y = row,
+                                 pixels, 0-based, pixel centres at integers
+    DATASET/manifest.csv         name,count,split,um_per_px[,n_points]
+
+``count`` is the true number of cells; when it differs from the number of points (points
+only approximate), every point is weighted ``count / n_points`` so targets integrate to
+the true count. ``split`` is ``train``/``val``/``test``; ``um_per_px`` may be empty.
+A folder of VGG-style pairs ``NNNcell.png`` + ``NNNdots.png`` (one red pixel per cell) is
+read too.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+__all__ = ["Sample", "load_dataset", "load_vgg_dots", "Augmenter", "dihedral"]
+
+
+@dataclass
+class Sample:
+    """One annotated image: pixels, points (x, y), true count, split and pixel size."""
+
+    name: str
+    image: np.ndarray
+    points: np.ndarray
+    count: float
+    split: str
+    mpp: float | None
+
+    @property
+    def point_weight(self) -> float:
+        """Mass of each point so that the target integrates to ``count``."""
+        n = len(self.points)
+        return float(self.count) / n if n else 0.0
+
+
+def _read_points(path: Path) -> np.ndarray:
+    """Read an ``x,y`` CSV into an (N, 2) float array."""
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            rows.append((float(r["x"]), float(r["y"])))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def load_dataset(root: str | Path, split: str | None = None) -> list[Sample]:
+    """Load a dataset folder (manifest layout or VGG dot pairs), optionally one split."""
+    root = Path(root)
+    if not (root / "manifest.csv").exists():
+        if any(root.glob("*dots.png")):
+            samples = load_vgg_dots(root)
+            return [s for s in samples if split is None or s.split == split]
+        raise FileNotFoundError(f"{root} has no manifest.csv and no *dots.png annotations")
+    out = []
+    with open(root / "manifest.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if split is not None and r["split"] != split:
+                continue
+            name = r["name"]
+            img_path = next((p for p in (root / "images").glob(name + ".*")), None)
+            if img_path is None:
+                raise FileNotFoundError(f"image for {name!r} not found in {root / 'images'}")
+            image = np.asarray(Image.open(img_path))
+            pts = _read_points(root / "points" / f"{name}.csv")
+            mpp = float(r["um_per_px"]) if r.get("um_per_px") else None
+            out.append(Sample(name, image, pts, float(r["count"]), r["split"], mpp))
+    return out
+
+
+def load_vgg_dots(folder: str | Path, n_train: int = 100) -> list[Sample]:
+    """Read VGG-style ``NNNcell.png`` / ``NNNdots.png`` pairs; first ``n_train`` are train."""
+    folder = Path(folder)
+    out = []
+    for i, dots in enumerate(sorted(folder.glob("*dots.png"))):
+        stem = dots.name[: -len("dots.png")]
+        img = np.asarray(Image.open(folder / f"{stem}cell.png"))
+        d = np.asarray(Image.open(dots).convert("RGB")).astype(int)
+        ys, xs = np.nonzero((d[..., 0] > 127) & (d[..., 1] < 100) & (d[..., 2] < 100))
+        pts = np.stack([xs, ys], axis=1).astype(np.float64)
+        out.append(Sample(stem, img, pts, float(len(pts)), "train" if i < n_train else "test", None))
+    return out
+
+
+def dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Apply rot90 by k then an optional horizontal flip to the last two axes."""
+    a = np.rot90(a, k, axes=(-2, -1))
+    return np.flip(a, axis=-1) if flip else a
+
+
+def _dihedral_points(pts: np.ndarray, shape: tuple[int, int], k: int, flip: bool) -> np.ndarray:
+    """Transform (x, y) points the same way :func:`dihedral` transforms the pixels."""
+    h, w = shape
+    x, y = pts[:, 0].copy(), pts[:, 1].copy()
+    for _ in range(k % 4):  # np.rot90 (counter-clockwise): (r, c) -> (w-1-c, r)
+        x, y = y, (w - 1) - x
+        h, w = w, h
+    if flip:
+        x = (w - 1) - x
+    return np.stack([x, y], axis=1)
+
+
+class Augmenter:
+    """Random, seed-reproducible augmentation of (C, H, W) normalised images and their points.
+
+    90-degree rotations and flips (exact), free rotation (p_rotate), Gaussian blur with
+    sigma in [0.5, 2.5] (p_blur), brightness/contrast jitter (always, mild).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        p_rotate: float = 0.25,
+        p_blur: float = 0.3,
+        brightness: float = 0.15,
+        contrast: float = 0.3,
+    ) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.p_rotate, self.p_blur = p_rotate, p_blur
+        self.brightness, self.contrast = brightness, contrast
+
+    def __call__(self, x: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return an augmented copy of image ``x`` (C, H, W) and points (N, 2)."""
+        rng = self.rng
+        shape = x.shape[-2:]
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x = np.ascontiguousarray(dihedral(x, k, flip))
+        pts = _dihedral_points(pts, shape, k, flip)
+        if rng.random() < self.p_rotate:
+            x, pts = self._rotate(x, pts, float(rng.uniform(-45, 45)))
+        if rng.random() < self.p_blur:
+            s = float(rng.uniform(0.5, 2.5))
+            x = np.stack([ndimage.gaussian_filter(c, s) for c in x])
+        gain = float(np.exp(rng.uniform(-self.contrast, self.contrast)))
+        bias = float(rng.uniform(-self.brightness, self.brightness))
+        return (x * gain + bias).astype(np.float32), pts
+
+    @staticmethod
+    def _rotate(x: np.ndarray, pts: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+        """Rotate about the image centre; corners are filled with the background level."""
+        h, w = x.shape[-2:]
+        fill = float(np.percentile(x, 5))
+        xr = np.stack([ndimage.rotate(c, angle, reshape=False, order=1, mode="constant", cval=fill) for c in x])
+        # ndimage.rotate turns the array counter-clockwise by angle in (row, col) display terms
+        t = np.deg2rad(angle)
+        cx, cy = (w - 1) / 2, (h - 1) / 2
+        dx, dy = pts[:, 0] - cx, pts[:, 1] - cy
+        nx = cx + np.cos(t) * dx + np.sin(t) * dy
+        ny = cy - np.sin(t) * dx + np.cos(t) * dy
+        return xr.astype(np.float32), np.stack([nx, ny], axis=1)

@@ -1,0 +1,376 @@
+"""``wsicount.run``: a whole slide -> density map, counts, regional densities, report.
+
+Data flow (one direction)::
+
+    io.open_slide -> tissue.detect_tissue -> tiling.plan_geometry/TileGrid/tissue_tiles
+      -> [per task, on workers] tiling.read_model_window -> preprocess -> infer.predict_batch
+         -> stitch.write_chunk + runstate.write_record
+      -> aggregate records -> stitch.build_pyramid -> report.write_report
+
+Counting invariant: the density map is masked by the tissue mask (nearest-neighbour on the
+model grid), so the total is the integral over tissue and does not depend on which
+tissue-touching tiles were processed (tile size) nor on how tasks were scheduled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .errors import TileReadError, WsicountError
+from .runstate import RunState, slide_fingerprint
+from .tiling import Geometry, Tile, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
+
+__all__ = ["RunConfig", "run", "TileJob", "process_tiles"]
+
+
+@dataclass
+class RunConfig:
+    """Parameters of :func:`run` (all recorded in summary.json)."""
+
+    tile_size: int = 512
+    batch_size: int = 4
+    device: str = "auto"
+    precision: str = "fp32"
+    mpp: float | None = None
+    mask: str | None = None
+    tissue_mode: str | None = None
+    grid_um: tuple[float, ...] = (100.0, 1000.0)
+    threads: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    backend: str = "auto"
+    tiles_per_task: int | None = None
+    overwrite: bool = False
+    skip_bad_tiles: bool = False
+    progress: bool = True
+    geojson_units: str = "px"
+
+    def result_params(self) -> dict[str, Any]:
+        """Parameters that change the results (resuming requires them unchanged)."""
+        return {"tile_size": self.tile_size, "precision": self.precision, "mpp": self.mpp,
+                "mask": self.mask, "tissue_mode": self.tissue_mode, "grid_um": list(self.grid_um),
+                "backend": self.backend, "skip_bad_tiles": self.skip_bad_tiles}
+
+
+@dataclass(frozen=True)
+class TileJob:
+    """Everything a worker needs to process tiles; small and picklable."""
+
+    slide_path: str
+    backend: str
+    mpp_override: float | None
+    model_path: str
+    device: str
+    precision: str
+    batch_size: int
+    out: str
+    geom: Geometry
+    grid: TileGrid
+    norm: tuple[float, float]
+    mask_scale: tuple[float, float]  # model-grid px per mask px (y, x)
+    grid_um: tuple[float, ...]
+    grid_shape: tuple[tuple[int, int], ...]
+    peak_min_distance: int
+    peak_threshold: float
+    peak_margin: int
+    skip_bad_tiles: bool
+    torch_threads: int | None = None
+
+
+# --- per-process caches: a worker opens the slide and loads the model once ---------------
+_cache_lock = threading.Lock()
+_cache: dict[tuple, Any] = {}
+
+
+def _cached(key: tuple, make: Callable[[], Any]) -> Any:
+    """Build-once cache shared by the threads of a process."""
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = make()
+        return _cache[key]
+
+
+def _worker_slide(job: TileJob):
+    from .io import open_slide
+
+    return _cached(("slide", job.slide_path, job.backend, job.mpp_override),
+                   lambda: open_slide(job.slide_path, mpp=job.mpp_override, backend=job.backend))
+
+
+def _worker_model(job: TileJob):
+    from .infer import pick_device, set_threads
+    from .models import load_model
+
+    def make():
+        if job.torch_threads:
+            set_threads(job.torch_threads)
+        return load_model(job.model_path, device=pick_device(job.device))
+
+    return _cached(("model", job.model_path, job.device, os.path.getmtime(job.model_path)), make)
+
+
+def _worker_mask(job: TileJob) -> np.ndarray:
+    import zarr
+
+    def make():
+        return zarr.open_array(str(Path(job.out) / "density" / "labels" / "tissue" / "0"), mode="r")[...].astype(bool)
+
+    return _cached(("mask", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json")), make)
+
+
+# --- the tile task ----------------------------------------------------------------------
+def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
+    """Read, infer, stitch and record a batch of tiles; returns their records."""
+    from .infer import pick_device, predict_batch
+    from .preprocess import apply_normalization, select_channels
+    from .stitch import open_density, write_chunk
+
+    slide, model, mask = _worker_slide(job), _worker_model(job), _worker_mask(job)
+    device = pick_device(job.device)
+    state = RunState(Path(job.out))
+    arr = open_density(Path(job.out))
+    records, inputs = [], []
+    for t in tiles:
+        t0 = time.perf_counter()
+        try:
+            img = read_model_window(slide, job.geom, t.window)
+        except TileReadError as e:
+            if not job.skip_bad_tiles:
+                raise
+            rec = {"key": t.key, "bad": True, "error": str(e), "sum": 0.0, "peaks": [], "grid": {}, "t": {}}
+            state.write_record(t.key, rec)
+            records.append(rec)
+            continue
+        x = apply_normalization(select_channels(img, model.card.channels), *job.norm)
+        inputs.append((t, x, time.perf_counter() - t0))
+    by_shape: dict[tuple, list] = {}
+    for item in inputs:
+        by_shape.setdefault(item[1].shape, []).append(item)
+    for group in by_shape.values():
+        for i in range(0, len(group), job.batch_size):
+            part = group[i : i + job.batch_size]
+            t1 = time.perf_counter()
+            dens = predict_batch(model, np.stack([x for _, x, _ in part]), device, job.precision)
+            t_inf = (time.perf_counter() - t1) / len(part)
+            for (t, _, t_read), d in zip(part, dens):
+                t2 = time.perf_counter()
+                rec = _finish_tile(job, t, d, mask)
+                write_chunk(arr, t.core[0], t.core[2], rec.pop("_core"))
+                rec["t"] = {"read": t_read, "infer": t_inf, "post": time.perf_counter() - t2}
+                state.write_record(t.key, rec)
+                records.append(rec)
+    return records
+
+
+def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Mask the tile output, crop its core, find peaks and grid partial sums."""
+    from .detect import density_peaks
+
+    wy0, _, wx0, _ = t.window
+    y0, y1, x0, x1 = t.core
+    m = job.peak_margin
+    # valid region for peak finding: core grown by the margin, inside window and grid
+    vy0, vy1 = max(y0 - m, t.window[0]), min(y1 + m, t.window[1], job.grid.height)
+    vx0, vx1 = max(x0 - m, t.window[2]), min(x1 + m, t.window[3], job.grid.width)
+    valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0] * mask_on_grid(mask, *job.mask_scale, (vy0, vy1, vx0, vx1))
+    core = np.ascontiguousarray(valid[y0 - vy0 : y1 - vy0, x0 - vx0 : x1 - vx0], dtype=np.float32)
+    peaks = []
+    if core.any():
+        pk = density_peaks(valid, min_distance=job.peak_min_distance, threshold_abs=job.peak_threshold)
+        for py, px in np.asarray(pk, dtype=np.int64).reshape(-1, 2):
+            gy, gx = py + vy0, px + vx0
+            if y0 <= gy < y1 and x0 <= gx < x1:
+                peaks.append([int(gy), int(gx), float(valid[py, px])])
+    grid = {}
+    for g, (ngy, ngx) in zip(job.grid_um, job.grid_shape):
+        cell = g / job.geom.model_mpp
+        iy = np.minimum(((np.arange(y0, y1) + 0.5) / cell).astype(np.int64), ngy - 1)
+        ix = np.minimum(((np.arange(x0, x1) + 0.5) / cell).astype(np.int64), ngx - 1)
+        flat = (iy[:, None] * ngx + ix[None, :]).ravel()
+        sums = np.bincount(flat, weights=core.ravel().astype(np.float64))
+        nz = np.nonzero(sums)[0]
+        grid[str(g)] = {"i": nz.tolist(), "v": sums[nz].tolist()}
+    return {"key": t.key, "sum": float(core.sum(dtype=np.float64)), "peaks": peaks, "grid": grid, "_core": core}
+
+
+# --- orchestration ----------------------------------------------------------------------
+def _normalization_stats(slide, geom: Geometry, tiles: list[Tile], tm, mask_scale, card, n: int = 16) -> tuple[float, float]:
+    """Slide-level intensity normalisation from up to ``n`` evenly spaced tissue tile cores."""
+    from .preprocess import percentile_stats, select_channels
+
+    if card.normalization.get("kind") == "fixed":
+        return percentile_stats(np.zeros(1), card.normalization)
+    pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
+    vals = []
+    for t in pick:
+        img = read_model_window(slide, geom, t.core)
+        x = select_channels(img, card.channels)
+        m = mask_on_grid(tm.mask, *mask_scale, t.core)
+        vals.append(x[:, m].ravel())
+    return percentile_stats(np.concatenate(vals), card.normalization)
+
+
+def _chunks(seq: list, size: int) -> list[list]:
+    """Split a list into consecutive parts of ``size``."""
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def _execute(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, n_tiles: int, threads: int) -> None:
+    """Run the tile tasks on the local threaded scheduler or a distributed cluster."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_tiles, desc="tiles", unit="tile", disable=not cfg.progress, leave=False)
+    try:
+        if cfg.scheduler or cfg.workers:
+            _execute_distributed(job, batches, cfg, bar)
+        else:
+            _execute_local(job, batches, threads, bar)
+    finally:
+        bar.close()
+
+
+def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -> None:
+    """Dask's embedded threaded scheduler, one task per batch of tiles."""
+    import dask
+    from dask.callbacks import Callback
+
+    class _Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if isinstance(result, list):
+                bar.update(len(result))
+
+    tasks = [dask.delayed(process_tiles, pure=False)(job, b) for b in batches]
+    with _Progress():
+        dask.compute(*tasks, scheduler="threads", num_workers=threads)
+
+
+def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar) -> None:
+    """A dask.distributed cluster: existing (--scheduler) or a LocalCluster (--workers)."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if cfg.scheduler:
+        client = Client(cfg.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(process_tiles, [job] * len(batches), batches, pure=False, retries=3)
+        for fut in as_completed(futures):
+            bar.update(len(fut.result()))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None = None,
+        config: RunConfig | None = None, **kwargs: Any):
+    """Count cells on a whole slide; writes the output folder and returns an xarray Dataset.
+
+    ``kwargs`` override fields of :class:`RunConfig`. Raises a :class:`WsicountError`
+    subclass for every input problem (see README: exit codes).
+    """
+    from .infer import pick_device
+    from .io import open_slide, slide_info
+    from .models import load_model
+    from .report import aggregate, write_report
+    from .stitch import build_pyramid, create_density, write_label
+    from .tissue import detect_tissue, load_user_mask
+
+    cfg = config or RunConfig()
+    for k, v in kwargs.items():
+        if not hasattr(cfg, k):
+            raise TypeError(f"unknown run option {k!r}")
+        setattr(cfg, k, v)
+    cfg.grid_um = tuple(float(g) for g in cfg.grid_um)
+    timings: dict[str, float] = {}
+    t_start = t = time.perf_counter()
+    out = Path(out)
+    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
+    lm = load_model(model)
+    card = lm.card
+    timings["open"] = time.perf_counter() - t
+    fingerprint = {"slide": slide_fingerprint(sl.path), "model": {"name": card.name, "version": card.version,
+                   "path": str(lm.path)}, "params": cfg.result_params(), "wsicount": __version__}
+    state = RunState(out)
+    resumed = state.prepare(fingerprint, cfg.overwrite)
+    try:
+        t = time.perf_counter()
+        mode = cfg.tissue_mode or card.modality
+        h0, w0 = (int(s) for s in sl.levels[0].shape[:2])
+        tm = load_user_mask(cfg.mask, (h0, w0), sl.mpp) if cfg.mask else detect_tissue(sl, mode)
+        timings["tissue"] = time.perf_counter() - t
+        t = time.perf_counter()
+        geom = plan_geometry(sl, card.mpp)
+        peak_margin = card.peak_min_distance_px + 1
+        grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
+        mask_scale = (tm.scale_y / geom.scale0, tm.scale_x / geom.scale0)
+        tiles = tissue_tiles(grid, tm.mask, *mask_scale)
+        norm = _normalization_stats(sl, geom, tiles, tm, mask_scale, card)
+        create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
+        write_label(out, "tissue", tm.mask, tm.mpp)
+        grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
+                           for g in cfg.grid_um)
+        threads = cfg.threads or min(2, os.cpu_count() or 1)
+        device = str(pick_device(cfg.device))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), device, cfg.precision, cfg.batch_size,
+                      str(out), geom, grid, norm, mask_scale, cfg.grid_um, grid_shape, card.peak_min_distance_px,
+                      _peak_threshold(card.sigma_px), peak_margin, cfg.skip_bad_tiles,
+                      torch_threads=max(1, cores // threads) if not (cfg.scheduler or cfg.workers) else None)
+        timings["plan"] = time.perf_counter() - t
+        t = time.perf_counter()
+        done = state.done_keys()
+        todo = [x for x in tiles if x.key not in done]
+        per_task = cfg.tiles_per_task or max(cfg.batch_size, 2 * cfg.batch_size)
+        _execute(job, _chunks(todo, per_task), cfg, len(todo), threads)
+        timings["tiles"] = time.perf_counter() - t
+        t = time.perf_counter()
+        records = [state.record(x.key) for x in tiles]
+        agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
+        n_levels = build_pyramid(out, geom.model_mpp)
+        timings["stitch"] = time.perf_counter() - t
+        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "post")}
+        info = slide_info(sl)
+        summary = {
+            "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,
+            "cells_per_mm2": agg.total / tm.area_mm2 if tm.area_mm2 > 0 else None,
+            "complete": not agg.bad_tiles, "n_cells_detected": len(agg.peaks),
+            "regional": agg.regional, "bad_tiles": agg.bad_tiles,
+            "slide": {**info, "path": str(sl.path), "fingerprint": fingerprint["slide"]},
+            "model": {"name": card.name, "version": card.version, "arch": card.arch, "path": str(lm.path),
+                      "mpp": card.mpp, "density_scale": card.density_scale, "training_data": card.training.get("data")},
+            "processing": {"level": geom.level, "level_mpp": geom.level_mpp, "model_mpp": geom.model_mpp,
+                           "resampled": geom.resampled, "grid_shape": [geom.height, geom.width],
+                           "tile_core": grid.core, "halo": grid.halo, "n_tiles": grid.shape[0] * grid.shape[1],
+                           "n_tiles_tissue": len(tiles), "n_tiles_resumed": len(tiles) - len(todo),
+                           "normalization": {"offset": norm[0], "span": norm[1]}, "tissue_source": tm.source,
+                           "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": device,
+                           "threads": threads, "resumed": resumed},
+            "parameters": {**asdict(cfg), "grid_um": list(cfg.grid_um), "model": str(model) if model else card.name},
+            "timings": {**timings, "stage_seconds_summed_over_tiles": stage},
+            "wsicount_version": __version__,
+        }
+        ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units)
+        return ds
+    finally:
+        state.release()
+
+
+def _peak_threshold(sigma_px: float) -> float:
+    """Peak height above which a density maximum is reported as a cell (in cells/px).
+
+    A lone cell renders as a unit-mass Gaussian of peak 1/(2 pi sigma²); a third of that
+    keeps faint cells and drops the shallow ripples between them.
+    """
+    return float(1.0 / (2 * math.pi * sigma_px**2) / 3.0)

@@ -1,0 +1,54 @@
+"""Channel selection and intensity normalisation shared by training and inference.
+
+Training normalises each image by its own percentiles; whole-slide inference computes the
+same percentiles once per slide (over tissue, at a low-resolution level) and applies that
+one affine map to every tile, so normalisation never introduces seams.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["select_channels", "percentile_stats", "apply_normalization", "normalize_image"]
+
+
+def select_channels(img: np.ndarray, channels: list[int]) -> np.ndarray:
+    """(H, W[, C]) image -> (len(channels), H, W) float32; a 1-channel image is used as is."""
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[-1] == 1:  # a gray acquisition of the wanted channel
+        return np.repeat(np.moveaxis(a, -1, 0), len(channels), axis=0).astype(np.float32)
+    if a.shape[-1] == 4:  # RGBA: drop alpha
+        a = a[..., :3]
+    if max(channels) >= a.shape[-1]:
+        raise ValueError(f"image has {a.shape[-1]} channels, model wants channels {channels}")
+    return np.moveaxis(a[..., channels], -1, 0).astype(np.float32)
+
+
+def percentile_stats(values: np.ndarray, normalization: dict) -> tuple[float, float]:
+    """(offset, span) of the normalisation for these pixel values (any shape, one channel set)."""
+    kind = normalization.get("kind", "percentile")
+    if kind == "fixed":
+        return float(normalization.get("offset", 0.0)), float(normalization.get("span", 255.0))
+    if kind != "percentile":
+        raise ValueError(f"unknown normalisation {kind!r}")
+    v = np.asarray(values, dtype=np.float32).ravel()
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(v, [normalization.get("low", 1.0), normalization.get("high", 99.5)])
+    span = float(hi - lo)
+    min_span = float(normalization.get("min_span", 8.0))  # flat images must not blow up noise
+    return float(lo), max(span, min_span)
+
+
+def apply_normalization(x: np.ndarray, offset: float, span: float) -> np.ndarray:
+    """Affine intensity map (x - offset) / span, float32."""
+    return ((np.asarray(x, dtype=np.float32) - offset) / span).astype(np.float32)
+
+
+def normalize_image(img: np.ndarray, channels: list[int], normalization: dict) -> np.ndarray:
+    """Select channels and normalise one whole image by its own statistics -> (C, H, W)."""
+    x = select_channels(img, channels)
+    off, span = percentile_stats(x, normalization)
+    return apply_normalization(x, off, span)

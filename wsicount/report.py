@@ -1,0 +1,306 @@
+"""Aggregating tile records into counts and writing the human- and machine-readable outputs.
+
+Files in ``OUT/`` (each written to a temporary name, then renamed; ``summary.json`` last,
+so a summary on disk always describes a finished run):
+``regions.csv`` (one row per grid cell), ``cells.csv`` and ``cells.geojson`` (detected cell
+centres), ``thumbnail.png``, ``heatmap.png``, ``report.html``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runstate import atomic_write
+from .tiling import Geometry
+
+__all__ = ["Aggregate", "aggregate", "write_report"]
+
+
+@dataclass
+class Aggregate:
+    """Slide-level results assembled from tile records."""
+
+    total: float
+    peaks: np.ndarray  # (N, 3): y, x on the model grid, density value
+    counts: dict[float, np.ndarray]
+    tissue_mm2: dict[float, np.ndarray]
+    regional: dict[str, Any] = field(default_factory=dict)
+    bad_tiles: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tissue_per_cell(tm, g: float, shape: tuple[int, int]) -> np.ndarray:
+    """Tissue area (mm²) of each grid cell of size g um, from the mask."""
+    mh, mw = tm.mask.shape
+    py, px = tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x  # um per mask pixel
+    iy = np.minimum(((np.arange(mh) + 0.5) * py / g).astype(np.int64), shape[0] - 1)
+    ix = np.minimum(((np.arange(mw) + 0.5) * px / g).astype(np.int64), shape[1] - 1)
+    ys, xs = np.nonzero(tm.mask)
+    flat = iy[ys] * shape[1] + ix[xs]
+    area = np.bincount(flat, minlength=shape[0] * shape[1]).astype(np.float64) * (py * px / 1e6)
+    return area.reshape(shape)
+
+
+def aggregate(records: list[dict], tm, geom: Geometry, grid_um: tuple[float, ...], grid_shape) -> Aggregate:
+    """Sum tile records (in key order, so totals do not depend on completion order)."""
+    records = sorted(records, key=lambda r: tuple(int(v) for v in r["key"].split("_")))
+    total = float(sum(r["sum"] for r in records))
+    peaks = [p for r in records for p in r["peaks"]]
+    pk = np.asarray(peaks, dtype=np.float64).reshape(-1, 3)
+    counts, tissue = {}, {}
+    for g, shape in zip(grid_um, grid_shape):
+        c = np.zeros(shape[0] * shape[1], dtype=np.float64)
+        for r in records:
+            part = r["grid"].get(str(g))
+            if part and part["i"]:
+                np.add.at(c, np.asarray(part["i"], dtype=np.int64), np.asarray(part["v"]))
+        counts[g] = c.reshape(shape)
+        tissue[g] = _tissue_per_cell(tm, g, shape)
+    bad = [{"tile": r["key"], "error": r.get("error", "")} for r in records if r.get("bad")]
+    agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad)
+    agg.regional = {f"{g:g}um": _regional(counts[g], tissue[g], g) for g in grid_um}
+    return agg
+
+
+def _regional(counts: np.ndarray, tissue_mm2: np.ndarray, g: float, min_fraction: float = 0.5) -> dict[str, Any]:
+    """Min/mean/max density over grid cells at least ``min_fraction`` covered by tissue."""
+    cell_mm2 = (g / 1000.0) ** 2
+    ok = tissue_mm2 >= min_fraction * cell_mm2
+    if not ok.any():
+        return {"n_cells": 0, "min_tissue_fraction": min_fraction}
+    dens = np.where(ok, counts / np.where(ok, tissue_mm2, 1.0), np.nan)
+
+    def loc(idx: int) -> dict[str, float]:
+        r, c = divmod(int(idx), counts.shape[1])
+        return {"density": float(dens[r, c]), "row": r, "col": c, "y_um": (r + 0.5) * g, "x_um": (c + 0.5) * g,
+                "count": float(counts[r, c])}
+
+    return {"n_cells": int(ok.sum()), "min_tissue_fraction": min_fraction,
+            "min": loc(np.nanargmin(dens)), "max": loc(np.nanargmax(dens)),
+            "mean": float(np.nanmean(dens)), "std": float(np.nanstd(dens)),
+            "pooled": float(counts[ok].sum() / tissue_mm2[ok].sum())}
+
+
+def _png(fig) -> bytes:
+    """Render a matplotlib figure to PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
+    """Smallest level that still has >= max_side/2 px on its longer side, as RGB uint8."""
+    best = len(slide.levels) - 1
+    for i, lv in enumerate(slide.levels):
+        if max(lv.shape[:2]) <= max_side * 2:
+            best = i
+            break
+    h, w = (int(s) for s in slide.levels[best].shape[:2])
+    img = slide.read_region(best, 0, 0, h, w)
+    if img.shape[-1] == 1:
+        img = np.repeat(img, 3, axis=-1)
+    step = max(1, int(np.ceil(max(h, w) / max_side)))
+    img = img[::step, ::step, :3]
+    # fluorescence scans are dark: stretch for display only
+    lo, hi = np.percentile(img, [1, 99.8])
+    if hi - lo > 1 and img.mean() < 100:
+        img = np.clip((img.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+    return img, best
+
+
+def _figures(slide, tm, agg: Aggregate, g: float) -> tuple[bytes, bytes]:
+    """Thumbnail PNG and density heat map over it (cells/mm² per g-um cell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thumb, _ = _thumbnail(slide)
+    h0, w0 = (int(s) for s in slide.levels[0].shape[:2])
+    ext_um = [0, w0 * slide.mpp, h0 * slide.mpp, 0]
+    fig, ax = plt.subplots(figsize=(6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
+    ax.imshow(thumb, extent=ext_um)
+    ax.contour(tm.mask, levels=[0.5], colors="lime", linewidths=0.8,
+               extent=[0, tm.mask.shape[1] * tm.mpp0 * tm.scale_x, 0, tm.mask.shape[0] * tm.mpp0 * tm.scale_y])
+    ax.set_ylim(ext_um[2], 0)
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
+    ax.set_title("slide and tissue outline")
+    thumb_png = _png(fig)
+    plt.close(fig)
+    c, t = agg.counts[g], agg.tissue_mm2[g]
+    dens = np.where(t > 0.25 * (g / 1000) ** 2, c / np.maximum(t, 1e-12), np.nan)
+    fig, ax = plt.subplots(figsize=(6.6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
+    ax.imshow(thumb, extent=ext_um)
+    gh, gw = c.shape
+    im = ax.imshow(dens, extent=[0, gw * g, gh * g, 0], alpha=0.6, cmap="inferno", interpolation="nearest")
+    ax.set_xlim(0, ext_um[1])
+    ax.set_ylim(ext_um[2], 0)
+    fig.colorbar(im, ax=ax, label=f"cells / mm² ({g:g} µm cells)")
+    ax.set_title("cell density")
+    heat_png = _png(fig)
+    plt.close(fig)
+    return thumb_png, heat_png
+
+
+def _regions_rows(agg: Aggregate) -> list[dict[str, Any]]:
+    """One row per grid cell with tissue, for every grid size."""
+    rows = []
+    for g, c in agg.counts.items():
+        t = agg.tissue_mm2[g]
+        cell_mm2 = (g / 1000.0) ** 2
+        for r, col in zip(*np.nonzero((t > 0) | (c > 0))):
+            rows.append({"grid_um": g, "row": int(r), "col": int(col), "y0_um": r * g, "x0_um": col * g,
+                         "y1_um": (r + 1) * g, "x1_um": (col + 1) * g,
+                         "tissue_fraction": round(float(t[r, col] / cell_mm2), 6),
+                         "tissue_mm2": float(t[r, col]), "count": float(c[r, col]),
+                         "cells_per_mm2": float(c[r, col] / t[r, col]) if t[r, col] > 0 else ""})
+    return rows
+
+
+def _csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    """Rows as CSV text."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def _cells(agg: Aggregate, geom: Geometry, mpp0: float) -> list[dict[str, float]]:
+    """Detected cell centres in level-0 pixels and um."""
+    out = []
+    for y, x, v in agg.peaks:
+        yu, xu = (y + 0.5) * geom.model_mpp, (x + 0.5) * geom.model_mpp
+        out.append({"x_px": round(xu / mpp0 - 0.5, 2), "y_px": round(yu / mpp0 - 0.5, 2),
+                    "x_um": round(xu, 3), "y_um": round(yu, 3), "peak_density": float(v)})
+    return out
+
+
+def _geojson(cells: list[dict[str, float]], units: str, mpp0: float) -> str:
+    """QuPath-importable FeatureCollection of points (level-0 pixels or um, stated)."""
+    kx, ky = ("x_px", "y_px") if units == "px" else ("x_um", "y_um")
+    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [c[kx], c[ky]]},
+              "properties": {"objectType": "detection", "classification": {"name": "Cell"},
+                             "measurements": {"peak_density": c["peak_density"]}}} for c in cells]
+    return json.dumps({"type": "FeatureCollection",
+                       "wsicount": {"coordinates": "level-0 pixels" if units == "px" else "micrometres",
+                                    "mpp": mpp0},
+                       "features": feats})
+
+
+def _html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[dict[str, Any]], g: float) -> str:
+    """Self-contained HTML report (images embedded)."""
+    def img(b: bytes) -> str:
+        return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" style="max-width:48%">'
+
+    reg = summary["regional"].get(f"{g:g}um", {})
+    cpm = summary["cells_per_mm2"]
+    facts = [("Slide", summary["slide"]["path"]), ("Vendor", summary["slide"].get("vendor")),
+             ("Total cells", f"{summary['total_cells']:.1f}"), ("Tissue area", f"{summary['tissue_area_mm2']:.3f} mm²"),
+             ("Cells per mm² of tissue", f"{cpm:.1f}" if cpm is not None else "n/a"),
+             ("Cells detected (peaks)", summary["n_cells_detected"]),
+             (f"Min density ({g:g} µm cells)", _loc(reg.get("min"))),
+             (f"Max density ({g:g} µm cells)", _loc(reg.get("max"))),
+             ("Model", f"{summary['model']['name']} v{summary['model']['version']} ({summary['model']['arch']})"),
+             ("Complete", summary["complete"]), ("Run time", f"{summary['timings'].get('total', 0):.1f} s")]
+    table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    sel = [r for r in rows if r["grid_um"] == max(summary["parameters"]["grid_um"])]
+    sel = sorted(sel, key=lambda r: (-(r["count"] or 0)))[:200]
+    head = "".join(f"<th>{h}</th>" for h in ("row", "col", "x0 µm", "y0 µm", "tissue %", "count", "cells/mm²"))
+    body = "".join(
+        f"<tr><td>{r['row']}</td><td>{r['col']}</td><td>{r['x0_um']:.0f}</td><td>{r['y0_um']:.0f}</td>"
+        f"<td>{100 * r['tissue_fraction']:.1f}</td><td>{r['count']:.1f}</td>"
+        f"<td>{r['cells_per_mm2'] if r['cells_per_mm2'] == '' else format(r['cells_per_mm2'], '.1f')}</td></tr>"
+        for r in sel)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>wsicount report</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>"
+            f"<h1>wsicount report</h1><table>{table}</table><h2>Slide and density</h2>{img(thumb)} {img(heat)}"
+            f"<h2>Regions ({max(summary['parameters']['grid_um']):g} µm grid, top {len(sel)} by count)</h2>"
+            f"<table><tr>{head}</tr>{body}</table><p>Full table: regions.csv. Cell centres: cells.csv, cells.geojson."
+            f" Density map: density/ (OME-Zarr).</p></body></html>")
+
+
+def _loc(d: dict | None) -> str:
+    """Format a regional extreme."""
+    if not d:
+        return "n/a"
+    return f"{d['density']:.1f} cells/mm² at x={d['x_um']:.0f} µm, y={d['y_um']:.0f} µm"
+
+
+def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], t_start: float,
+                 units: str = "px"):
+    """Write count maps, tables, figures, HTML and (last) summary.json; return the Dataset."""
+    from .stitch import write_image
+
+    t = time.perf_counter()
+    for g in agg.counts:
+        write_image(out, f"counts_{g:g}um", agg.counts[g].astype(np.float32), g)
+        write_image(out, f"tissue_{g:g}um", agg.tissue_mm2[g].astype(np.float32), g)
+    rows = _regions_rows(agg)
+    atomic_write(out / "regions.csv", _csv_text(rows, ["grid_um", "row", "col", "x0_um", "y0_um", "x1_um", "y1_um",
+                                                        "tissue_fraction", "tissue_mm2", "count", "cells_per_mm2"]))
+    cells = _cells(agg, geom, slide.mpp)
+    atomic_write(out / "cells.csv", _csv_text(cells, ["x_px", "y_px", "x_um", "y_um", "peak_density"]))
+    atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
+    g_small = min(agg.counts)
+    thumb, heat = _figures(slide, tm, agg, g_small)
+    atomic_write(out / "thumbnail.png", thumb)
+    atomic_write(out / "heatmap.png", heat)
+    summary["timings"]["report"] = time.perf_counter() - t
+    summary["timings"]["total"] = time.perf_counter() - t_start
+    summary["outputs"] = ["summary.json", "regions.csv", "cells.csv", "cells.geojson", "report.html",
+                          "thumbnail.png", "heatmap.png", "density/ (OME-Zarr)"]
+    atomic_write(out / "report.html", _html(summary, thumb, heat, rows, g_small))
+    atomic_write(out / "summary.json", json.dumps(_jsonable(summary), indent=2))
+    return _dataset(out, tm, geom, agg, summary, cells)
+
+
+def _jsonable(o: Any) -> Any:
+    """Convert numpy scalars/paths/tuples for json.dumps."""
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def _dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], cells: list[dict[str, float]]):
+    """Results as an xarray Dataset (density lazily from the Zarr store)."""
+    import dask.array as da
+    import xarray as xr
+    import zarr
+
+    dens = da.from_zarr(zarr.open_array(str(out / "density" / "0"), mode="r"))
+    m = geom.model_mpp
+    data = {
+        "density": xr.DataArray(dens, dims=("y", "x"), coords={"y": (np.arange(dens.shape[0]) + 0.5) * m,
+                                                              "x": (np.arange(dens.shape[1]) + 0.5) * m},
+                                attrs={"units": "cells per pixel", "mpp": m}),
+        "tissue": xr.DataArray(tm.mask, dims=("mask_y", "mask_x"),
+                               coords={"mask_y": (np.arange(tm.mask.shape[0]) + 0.5) * tm.mpp0 * tm.scale_y,
+                                       "mask_x": (np.arange(tm.mask.shape[1]) + 0.5) * tm.mpp0 * tm.scale_x}),
+        "cell_y_um": xr.DataArray(np.array([c["y_um"] for c in cells]), dims=("cell",)),
+        "cell_x_um": xr.DataArray(np.array([c["x_um"] for c in cells]), dims=("cell",)),
+    }
+    for g in agg.counts:
+        gy, gx = f"grid{g:g}_y", f"grid{g:g}_x"
+        coords = {gy: (np.arange(agg.counts[g].shape[0]) + 0.5) * g, gx: (np.arange(agg.counts[g].shape[1]) + 0.5) * g}
+        data[f"counts_{g:g}um"] = xr.DataArray(agg.counts[g], dims=(gy, gx), coords=coords)
+        data[f"tissue_mm2_{g:g}um"] = xr.DataArray(agg.tissue_mm2[g], dims=(gy, gx), coords=coords)
+    return xr.Dataset(data, attrs={k: summary[k] for k in ("total_cells", "tissue_area_mm2", "cells_per_mm2", "complete")}
+                      | {"summary": summary})

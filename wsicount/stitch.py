@@ -1,0 +1,128 @@
+"""The output store: an OME-Zarr (NGFF 0.4, Zarr v2) folder holding the results.
+
+Layout of ``OUT/`` (itself the Zarr root group)::
+
+    density/0            float32 density at model resolution, cells per pixel (sums to the count)
+    density/1..n         2x2 *sums* of the level below, so every level sums to the same count
+    density/labels/tissue/0   uint8 tissue mask at the mask resolution (NGFF label image)
+    counts_<G>um/0       float32 cells per grid cell of G um (count map on a physical grid)
+    tissue_<G>um/0       float32 tissue area (mm²) per grid cell
+
+Writers: each tile writes exactly one chunk of ``density/0`` (chunk = tile core), so
+parallel writers never share a chunk; a tile is marked done only after its chunk is
+written (see :mod:`wsicount.runstate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+__all__ = ["create_density", "open_density", "write_chunk", "build_pyramid", "write_label", "write_image", "ngff_multiscales"]
+
+_V = "0.4"
+
+
+def ngff_multiscales(name: str, scales: list[float], translations: list[float], unit: str = "micrometer") -> dict:
+    """NGFF 0.4 ``multiscales`` attribute for a 2-D (y, x) image with isotropic scales."""
+    return {
+        "multiscales": [
+            {
+                "version": _V,
+                "name": name,
+                "axes": [{"name": "y", "type": "space", "unit": unit}, {"name": "x", "type": "space", "unit": unit}],
+                "datasets": [
+                    {
+                        "path": str(i),
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [s, s]},
+                            {"type": "translation", "translation": [t, t]},
+                        ],
+                    }
+                    for i, (s, t) in enumerate(zip(scales, translations))
+                ],
+                "type": "sum" if name == "density" else "nearest",
+            }
+        ]
+    }
+
+
+def _root(out: Path) -> zarr.Group:
+    """Open (or create) the output root group as Zarr v2."""
+    return zarr.open_group(str(out), mode="a", zarr_format=2)
+
+
+def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float) -> zarr.Array:
+    """Create (or reopen, if identical) ``density/0`` with one chunk per tile core."""
+    root = _root(out)
+    g = root.require_group("density")
+    g.attrs.update(ngff_multiscales("density", [mpp], [0.5 * mpp]))
+    if "0" in g:
+        arr = g["0"]
+        if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == (chunk, chunk):
+            return arr
+        del g["0"]
+    return g.create_array("0", shape=shape, chunks=(chunk, chunk), dtype="float32", fill_value=0.0)
+
+
+def open_density(out: Path) -> zarr.Array:
+    """Open ``density/0`` for reading or writing."""
+    return zarr.open_array(str(Path(out) / "density" / "0"), mode="r+", zarr_format=2)
+
+
+def write_chunk(arr: zarr.Array, y0: int, x0: int, block: np.ndarray) -> None:
+    """Write one tile core (aligned to one chunk) into the density array."""
+    arr[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+
+
+def build_pyramid(out: Path, mpp: float, min_side: int = 512) -> int:
+    """Write density levels 1..n as 2x2 block sums of the level below; returns n levels."""
+    g = _root(out)["density"]
+    level = 0
+    scales, trans = [mpp], [0.5 * mpp]
+    src = da.from_zarr(g["0"])
+    while min(src.shape) // 2 >= min_side:
+        h, w = (src.shape[0] // 2) * 2, (src.shape[1] // 2) * 2
+        nxt = da.coarsen(np.sum, src[:h, :w], {0: 2, 1: 2})
+        level += 1
+        nxt = nxt.rechunk((min(1024, nxt.shape[0]), min(1024, nxt.shape[1])))
+        if str(level) in g:
+            del g[str(level)]
+        arr = g.create_array(str(level), shape=nxt.shape, chunks=nxt.chunksize, dtype="float32", fill_value=0.0)
+        da.store(nxt.astype("float32"), arr, lock=False)
+        s = mpp * 2**level
+        scales.append(s)
+        trans.append(0.5 * s)
+        src = da.from_zarr(arr)
+    g.attrs.update(ngff_multiscales("density", scales, trans))
+    return level + 1
+
+
+def write_image(out: Path, name: str, data: np.ndarray, mpp: float) -> None:
+    """Write a small single-level 2-D image group ``name/0`` with NGFF metadata."""
+    root = _root(out)
+    g = root.require_group(name)
+    if "0" in g:
+        del g["0"]
+    arr = g.create_array("0", shape=data.shape, chunks=tuple(min(1024, s) for s in data.shape), dtype=data.dtype, fill_value=0)
+    arr[...] = data
+    g.attrs.update(ngff_multiscales(name, [mpp], [0.5 * mpp]))
+
+
+def write_label(out: Path, name: str, mask: np.ndarray, mpp: float) -> None:
+    """Write ``density/labels/<name>`` as an NGFF label image (uint8, 1 = tissue)."""
+    root = _root(out)
+    labels = root.require_group("density").require_group("labels")
+    labels.attrs["labels"] = [name]
+    g = labels.require_group(name)
+    if "0" in g:
+        del g["0"]
+    data = mask.astype(np.uint8)
+    arr = g.create_array("0", shape=data.shape, chunks=tuple(min(2048, s) for s in data.shape), dtype="uint8", fill_value=0)
+    arr[...] = data
+    attrs = ngff_multiscales(name, [mpp], [0.5 * mpp])
+    attrs["image-label"] = {"version": _V, "colors": [{"label-value": 1, "rgba": [0, 200, 0, 128]}], "source": {"image": "../../"}}
+    g.attrs.update(attrs)

@@ -1,0 +1,213 @@
+"""Cutting a slide into overlapping, stride-aligned tiles at the model's resolution.
+
+Geometry. The *model grid* is the slide resampled to the model's um/px, ``height x width``
+pixels. Tile cores are ``core x core`` squares on that grid (the last row/column shorter);
+each tile's input window is its core grown by ``halo`` on every side, clipped to
+``[0, padded)`` where ``padded`` rounds the grid size up to the model stride. Pixels in
+``[height, padded)`` are filled by symmetric reflection, exactly as whole-image inference
+pads an image (``infer.pad_to_stride``).
+
+Invariant (the seam-free guarantee, as in StarDist's ``big.py``): if ``core`` and ``halo``
+are multiples of the model stride and ``halo >= receptive_radius + peak_margin``, then every
+window starts at a multiple of the stride and the model output restricted to the core
+(and ``peak_margin`` pixels around it) equals the whole-image output on those pixels, up to
+float summation order. Writing cores into a Zarr array whose chunks are the cores
+therefore reproduces whole-image inference, and no two tiles write the same chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = ["Geometry", "Tile", "TileGrid", "plan_geometry", "read_model_window", "tissue_tiles"]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the model grid maps onto a pyramid level of the slide."""
+
+    level: int  # pyramid level read
+    level_mpp: float
+    model_mpp: float  # um/px of the model grid (the level's own mpp when no resampling)
+    factor: float  # level pixels per model pixel (1.0: read as is)
+    height: int  # model-grid size
+    width: int
+    level_height: int
+    level_width: int
+    mpp0: float
+    level0_height: int
+    level0_width: int
+
+    @property
+    def resampled(self) -> bool:
+        """Whether level pixels are resampled to the model grid."""
+        return self.factor != 1.0
+
+    @property
+    def scale0(self) -> float:
+        """Level-0 pixels per model-grid pixel."""
+        return self.model_mpp / self.mpp0
+
+
+def plan_geometry(slide, model_mpp: float | None, tol: float = 0.02) -> Geometry:
+    """Pick the level nearest the model's um/px (never upsampling) and the grid size."""
+    h0, w0 = (int(s) for s in slide.levels[0].shape[:2])
+    if model_mpp is None:  # model without physical scale: run on level 0 pixels
+        level, target = 0, slide.mpp
+    else:
+        level, target = slide.best_level(model_mpp, tol), float(model_mpp)
+    lh, lw = (int(s) for s in slide.levels[level].shape[:2])
+    lmpp = slide.level_mpp(level)
+    if abs(lmpp / target - 1.0) <= tol:
+        return Geometry(level, lmpp, lmpp, 1.0, lh, lw, lh, lw, slide.mpp, h0, w0)
+    factor = target / lmpp  # > 1: level finer than model grid
+    h = int(math.floor(lh / factor))
+    w = int(math.floor(lw / factor))
+    return Geometry(level, lmpp, target, factor, h, w, lh, lw, slide.mpp, h0, w0)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: its index, core box and input window on the model grid (half-open)."""
+
+    ty: int
+    tx: int
+    core: tuple[int, int, int, int]  # y0, y1, x0, x1
+    window: tuple[int, int, int, int]
+
+    @property
+    def key(self) -> str:
+        """Stable identifier used for completion records."""
+        return f"{self.ty}_{self.tx}"
+
+    @property
+    def window_shape(self) -> tuple[int, int]:
+        """(h, w) of the input window."""
+        return self.window[1] - self.window[0], self.window[3] - self.window[2]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The grid of tiles over a ``height x width`` model grid."""
+
+    height: int
+    width: int
+    core: int
+    halo: int
+    stride: int
+
+    @classmethod
+    def for_model(cls, height: int, width: int, tile_size: int, receptive_radius: int, stride: int, peak_margin: int = 0) -> "TileGrid":
+        """Grid whose windows are at most ``tile_size`` px; halo covers RF + peak margin."""
+        halo = int(math.ceil((receptive_radius + peak_margin) / stride) * stride)
+        core = (tile_size - 2 * halo) // stride * stride
+        if core < stride:
+            raise ValueError(
+                f"tile size {tile_size} too small: the halo alone is {halo} px per side "
+                f"(receptive radius {receptive_radius}); use --tile-size >= {2 * halo + 8 * stride}"
+            )
+        return cls(height, width, core, halo, stride)
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        """Grid size rounded up to the stride."""
+        s = self.stride
+        return -(-self.height // s) * s, -(-self.width // s) * s
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of tiles (rows, cols)."""
+        return -(-self.height // self.core), -(-self.width // self.core)
+
+    def tile(self, ty: int, tx: int) -> Tile:
+        """Tile at index (ty, tx)."""
+        c, hh = self.core, self.halo
+        ph, pw = self.padded
+        y0, x0 = ty * c, tx * c
+        y1, x1 = min(y0 + c, self.height), min(x0 + c, self.width)
+        win = (max(y0 - hh, 0), min(y1 + hh, ph), max(x0 - hh, 0), min(x1 + hh, pw))
+        return Tile(ty, tx, (y0, y1, x0, x1), win)
+
+    def __iter__(self):
+        ny, nx = self.shape
+        for ty in range(ny):
+            for tx in range(nx):
+                yield self.tile(ty, tx)
+
+
+def tissue_tiles(grid: TileGrid, mask: np.ndarray, scale_y: float, scale_x: float) -> list[Tile]:
+    """Tiles whose core overlaps tissue; ``scale_*`` = model-grid px per mask px."""
+    out = []
+    mh, mw = mask.shape
+    for t in grid:
+        y0, y1, x0, x1 = t.core
+        # conservative: any mask pixel the core touches counts
+        my0, my1 = int(math.floor(y0 / scale_y)), int(math.ceil(y1 / scale_y))
+        mx0, mx1 = int(math.floor(x0 / scale_x)), int(math.ceil(x1 / scale_x))
+        if mask[max(my0, 0) : min(my1, mh), max(mx0, 0) : min(mx1, mw)].any():
+            out.append(t)
+    return out
+
+
+def mask_on_grid(mask: np.ndarray, scale_y: float, scale_x: float, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Nearest-neighbour tissue mask on model-grid pixels ``box`` (y0, y1, x0, x1)."""
+    y0, y1, x0, x1 = box
+    iy = np.minimum(((np.arange(y0, y1) + 0.5) / scale_y).astype(np.int64), mask.shape[0] - 1)
+    ix = np.minimum(((np.arange(x0, x1) + 0.5) / scale_x).astype(np.int64), mask.shape[1] - 1)
+    return mask[iy[:, None], ix[None, :]]
+
+
+def _resample(img: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray, factor: float) -> np.ndarray:
+    """Sample model-grid pixels (rows x cols) from a level window starting at ``origin``.
+
+    Source coordinates are global ((i + 0.5) * factor - 0.5), and the anti-aliasing blur's
+    margin lies inside the window, so the result does not depend on how the grid is tiled.
+    """
+    sigma = max((factor - 1.0) / 2.0, 0.0)
+    out = []
+    sy = (rows + 0.5) * factor - 0.5 - origin[0]
+    sx = (cols + 0.5) * factor - 0.5 - origin[1]
+    yy, xx = np.meshgrid(sy, sx, indexing="ij")
+    for c in range(img.shape[2]):
+        ch = img[..., c].astype(np.float32)
+        if sigma > 0:
+            ch = ndimage.gaussian_filter(ch, sigma, mode="nearest")
+        out.append(ndimage.map_coordinates(ch, [yy, xx], order=1, mode="nearest"))
+    return np.stack(out, axis=-1)
+
+
+def read_model_window(slide, geom: Geometry, window: tuple[int, int, int, int]) -> np.ndarray:
+    """(h, w, C) float32 pixels of a model-grid window, reflect-padded past the grid end."""
+    y0, y1, x0, x1 = window
+    vy1, vx1 = min(y1, geom.height), min(x1, geom.width)
+    if not geom.resampled:
+        img = slide.read_region(geom.level, y0, x0, vy1 - y0, vx1 - x0).astype(np.float32)
+    else:
+        f = geom.factor
+        margin = int(math.ceil(4 * max((f - 1) / 2, 0))) + 2
+        ly0 = int(math.floor(y0 * f)) - margin
+        lx0 = int(math.floor(x0 * f)) - margin
+        ly1 = int(math.ceil(vy1 * f)) + margin
+        lx1 = int(math.ceil(vx1 * f)) + margin
+        src = slide.read_region(geom.level, ly0, lx0, ly1 - ly0, lx1 - lx0)
+        # zero-filled parts outside the level would bleed in: replicate the edge instead
+        src = _edge_fill(src, ly0, lx0, geom.level_height, geom.level_width)
+        img = _resample(src, (ly0, lx0), np.arange(y0, vy1), np.arange(x0, vx1), f)
+    ph, pw = y1 - vy1, x1 - vx1
+    if ph or pw:
+        img = np.pad(img, [(0, ph), (0, pw), (0, 0)], mode="symmetric")
+    return img
+
+
+def _edge_fill(src: np.ndarray, y0: int, x0: int, lh: int, lw: int) -> np.ndarray:
+    """Replace out-of-level rows/cols of a window with the nearest in-level ones."""
+    h, w = src.shape[:2]
+    iy = np.clip(np.arange(y0, y0 + h), 0, lh - 1) - y0
+    ix = np.clip(np.arange(x0, x0 + w), 0, lw - 1) - x0
+    iy = np.clip(iy, 0, h - 1)
+    ix = np.clip(ix, 0, w - 1)
+    return src[iy[:, None], ix[None, :]]
