@@ -187,6 +187,37 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
                f"A_err {100 * m['a_err']:.2f} %, T_err {100 * m['t_err']:.2f} %")
 
 
+@cli.command()
+@click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--manifest", type=click.Path(path_type=Path), default=None, help="CSV with a 'slide' column.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Study folder: one subfolder per slide + study.csv.")
+@click.option("--model", "-m", default=None, help="Bundled model name or path.")
+@click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
+@click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
+@click.option("--tile-size", type=int, default=512, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--mpp", type=float, default=None)
+@click.option("--overwrite", is_flag=True)
+@click.option("--skip-bad-tiles", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True)
+def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str | None, quiet: bool, **opts) -> None:
+    """Count cells on many SLIDES (or --manifest); failures are recorded, the rest finish."""
+    from .batch import batch as batch_api, read_manifest
+    from .errors import InputError
+
+    paths = list(slides) + (read_manifest(manifest) if manifest else [])
+    if not paths:
+        raise InputError("no slides given (pass SLIDES... or --manifest)")
+    rows = batch_api(paths, out, model=model, progress=not quiet, **opts)
+    failed = [r for r in rows if r["status"] != "ok"]
+    click.echo(f"{len(rows) - len(failed)}/{len(rows)} slides counted -> {out / 'study.csv'}")
+    if failed:
+        for r in failed:
+            click.echo(f"  {r['slide']}: {r['status']}: {r.get('error', '')}", err=True)
+        sys.exit(9)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="wsicount")

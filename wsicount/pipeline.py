@@ -80,7 +80,7 @@ class TileJob:
     grid_um: tuple[float, ...]
     grid_shape: tuple[tuple[int, int], ...]
     peak_min_distance: int
-    peak_threshold: float
+    sigma_px: float
     peak_margin: int
     skip_bad_tiles: bool
     torch_threads: int | None = None
@@ -185,11 +185,12 @@ def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict
     core = np.ascontiguousarray(valid[y0 - vy0 : y1 - vy0, x0 - vx0 : x1 - vx0], dtype=np.float32)
     peaks = []
     if core.any():
-        pk = density_peaks(valid, min_distance=job.peak_min_distance, threshold_abs=job.peak_threshold)
-        for py, px in np.asarray(pk, dtype=np.int64).reshape(-1, 2):
-            gy, gx = py + vy0, px + vx0
-            if y0 <= gy < y1 and x0 <= gx < x1:
-                peaks.append([int(gy), int(gx), float(valid[py, px])])
+        pk = density_peaks(valid, job.sigma_px, min_distance=job.peak_min_distance)
+        for py, px in pk.reshape(-1, 2):
+            iy, ix = int(round(py)), int(round(px))
+            # a peak belongs to the tile whose core holds its pixel: no duplicates, no gaps
+            if y0 <= iy + vy0 < y1 and x0 <= ix + vx0 < x1:
+                peaks.append([round(float(py) + vy0, 3), round(float(px) + vx0, 3), float(valid[iy, ix])])
     grid = {}
     for g, (ngy, ngx) in zip(job.grid_um, job.grid_shape):
         cell = g / job.geom.model_mpp
@@ -224,14 +225,14 @@ def _chunks(seq: list, size: int) -> list[list]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def _execute(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, n_tiles: int, threads: int) -> None:
+def _execute(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, n_tiles: int, threads: int, client=None) -> None:
     """Run the tile tasks on the local threaded scheduler or a distributed cluster."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n_tiles, desc="tiles", unit="tile", disable=not cfg.progress, leave=False)
     try:
-        if cfg.scheduler or cfg.workers:
-            _execute_distributed(job, batches, cfg, bar)
+        if client is not None or cfg.scheduler or cfg.workers:
+            _execute_distributed(job, batches, cfg, bar, client)
         else:
             _execute_local(job, batches, threads, bar)
     finally:
@@ -253,10 +254,15 @@ def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -
         dask.compute(*tasks, scheduler="threads", num_workers=threads)
 
 
-def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar) -> None:
-    """A dask.distributed cluster: existing (--scheduler) or a LocalCluster (--workers)."""
+def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar, client=None) -> None:
+    """A dask.distributed cluster: a given client, an existing scheduler, or a LocalCluster."""
     from distributed import Client, LocalCluster, as_completed
 
+    if client is not None:
+        futures = client.map(process_tiles, [job] * len(batches), batches, pure=False, retries=3)
+        for fut in as_completed(futures):
+            bar.update(len(fut.result()))
+        return
     cluster = None
     if cfg.scheduler:
         client = Client(cfg.scheduler)
@@ -274,10 +280,11 @@ def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig
 
 
 def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None = None,
-        config: RunConfig | None = None, **kwargs: Any):
+        config: RunConfig | None = None, client=None, **kwargs: Any):
     """Count cells on a whole slide; writes the output folder and returns an xarray Dataset.
 
-    ``kwargs`` override fields of :class:`RunConfig`. Raises a :class:`WsicountError`
+    ``kwargs`` override fields of :class:`RunConfig`; ``client`` is an optional
+    ``distributed.Client`` to run the tile tasks on (``wsicount batch`` shares one). Raises a :class:`WsicountError`
     subclass for every input problem (see README: exit codes).
     """
     from .infer import pick_device
@@ -326,14 +333,14 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), device, cfg.precision, cfg.batch_size,
                       str(out), geom, grid, norm, mask_scale, cfg.grid_um, grid_shape, card.peak_min_distance_px,
-                      _peak_threshold(card.sigma_px), peak_margin, cfg.skip_bad_tiles,
-                      torch_threads=max(1, cores // threads) if not (cfg.scheduler or cfg.workers) else None)
+                      card.sigma_px, peak_margin, cfg.skip_bad_tiles,
+                      torch_threads=_torch_threads(cores, threads, cfg, client))
         timings["plan"] = time.perf_counter() - t
         t = time.perf_counter()
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
         per_task = cfg.tiles_per_task or max(cfg.batch_size, 2 * cfg.batch_size)
-        _execute(job, _chunks(todo, per_task), cfg, len(todo), threads)
+        _execute(job, _chunks(todo, per_task), cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()
         records = [state.record(x.key) for x in tiles]
@@ -367,10 +374,10 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         state.release()
 
 
-def _peak_threshold(sigma_px: float) -> float:
-    """Peak height above which a density maximum is reported as a cell (in cells/px).
-
-    A lone cell renders as a unit-mass Gaussian of peak 1/(2 pi sigma²); a third of that
-    keeps faint cells and drops the shallow ripples between them.
-    """
-    return float(1.0 / (2 * math.pi * sigma_px**2) / 3.0)
+def _torch_threads(cores: int, threads: int, cfg: RunConfig, client) -> int | None:
+    """Intra-op threads per task so that concurrent tasks do not oversubscribe the cores."""
+    if cfg.workers:  # a LocalCluster on this machine (ours or batch's)
+        return max(1, cores // cfg.workers)
+    if client is not None or cfg.scheduler:
+        return None  # the cluster's workers know their own cores
+    return max(1, cores // threads)

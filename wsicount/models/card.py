@@ -139,9 +139,15 @@ def load_model(model: str | os.PathLike | None = None, device: str | torch.devic
     cpath = resolve_model_path(model)
     wpath = cpath.with_suffix(".safetensors")
     try:
-        card = ModelCard.from_dict(json.loads(cpath.read_text()))
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+        raw = json.loads(cpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"model card {cpath} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"model card {cpath} must hold a JSON object, not {type(raw).__name__}")
+    try:
+        card = ModelCard.from_dict(raw)
+    except TypeError as e:  # a required field (name, arch) is missing
+        raise ModelError(f"model card {cpath} is incomplete: {e}") from None
     if not wpath.exists():
         raise ModelError(f"model weights {wpath} are missing")
     try:

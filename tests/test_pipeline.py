@@ -1,0 +1,138 @@
+"""End-to-end invariants of ``wsicount.run`` on synthetic slides read through the real readers.
+
+- seam-free: tiled density == whole-image density (max abs diff <= 1e-4 of the max) for
+  tiles of 256/512/1024 on a 3000x3000 image with cells straddling tile borders;
+- count invariance: totals identical (<= 1e-4 relative) across tile sizes and 1 vs 2 threads;
+- accuracy: the bundled default model counts a synthetic slide within 10 %, and the tissue
+  area of a synthetic disk is within 1 % of pi r².
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import zarr
+
+import wsicount
+from wsicount.infer import pad_to_stride, pick_device, predict_batch
+from wsicount.io import open_slide
+from wsicount.models import load_model
+from wsicount.preprocess import apply_normalization, select_channels
+from wsicount.synth import synth_slide
+from wsicount.tiling import mask_on_grid
+
+TILE_SIZES = (256, 512, 1024)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()  # the bundled default
+
+
+@pytest.fixture(scope="module")
+def grid_slide(tmp_path_factory, model):
+    """3000x3000 fluorescence slide whose level 0 is exactly the model's grid (no resampling)."""
+    d = tmp_path_factory.mktemp("seam")
+    return synth_slide(d / "seam.tiff", format="tiff", size=(3000, 3000), seed=3, look="fluorescence",
+                       mpp=model.card.mpp, cell_density_per_mm2=400.0, tissue="disk", tissue_fraction=0.6)
+
+
+@pytest.fixture(scope="module")
+def tiled_runs(grid_slide, tmp_path_factory):
+    """One run per tile size (threads=2) plus a 1-thread run at 1024."""
+    d = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for ts in TILE_SIZES:
+        runs[(ts, 2)] = wsicount.run(grid_slide.path, d / f"t{ts}", tile_size=ts, threads=2, progress=False)
+    runs[(1024, 1)] = wsicount.run(grid_slide.path, d / "t1024-1", tile_size=1024, threads=1, progress=False)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def whole_density(grid_slide, tiled_runs, model):
+    """Whole-image inference on the full level-0 image, normalised and masked like the runs."""
+    s = tiled_runs[(512, 2)].attrs["summary"]
+    norm = s["processing"]["normalization"]
+    slide = open_slide(grid_slide.path)
+    h, w = (int(v) for v in slide.levels[0].shape[:2])
+    img = slide.read_region(0, 0, 0, h, w)
+    x = apply_normalization(select_channels(img.astype(np.float32), model.card.channels), norm["offset"], norm["span"])
+    d = predict_batch(model, pad_to_stride(x, model.card.stride)[None], pick_device("cpu"))[0, :h, :w]
+    ds = tiled_runs[(512, 2)]
+    mask = ds["tissue"].values
+    scale = (h / mask.shape[0], w / mask.shape[1])
+    return d * mask_on_grid(mask, *scale, (0, h, 0, w))
+
+
+@pytest.mark.parametrize("tile", TILE_SIZES)
+def test_tiled_equals_whole_image(tiled_runs, whole_density, tile):
+    tiled = tiled_runs[(tile, 2)]["density"].values
+    assert tiled.shape == whole_density.shape
+    err = np.abs(tiled - whole_density).max()
+    assert err <= 1e-4 * whole_density.max(), f"seam error {err:.3g} vs max {whole_density.max():.3g}"
+
+
+def test_totals_invariant_to_tiles_and_threads(tiled_runs, whole_density):
+    totals = {k: ds.attrs["total_cells"] for k, ds in tiled_runs.items()}
+    ref = float(whole_density.sum(dtype=np.float64))
+    assert ref > 10
+    for k, v in totals.items():
+        assert abs(v - ref) <= 1e-4 * ref, (k, v, ref)
+    assert abs(totals[(1024, 1)] - totals[(1024, 2)]) <= 1e-4 * ref
+
+
+def test_density_zarr_sums_to_total(tiled_runs):
+    ds = tiled_runs[(512, 2)]
+    out = ds.attrs["summary"]["slide"]["path"]  # noqa: F841 - keeps summary structure exercised
+    total = ds.attrs["total_cells"]
+    assert float(ds["density"].sum()) == pytest.approx(total, rel=1e-5)
+    for g in (100, 1000):
+        assert float(ds[f"counts_{g}um"].sum()) == pytest.approx(total, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ndpi_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("acc")
+    truth = synth_slide(d / "acc.ndpi", format="ndpi", size=(6144, 6144), seed=11, look="fluorescence",
+                        cell_density_per_mm2=500.0, tissue="disk", tissue_fraction=0.5)
+    ds = wsicount.run(truth.path, d / "out", progress=False)
+    return truth, ds, d / "out"
+
+
+def test_default_model_counts_synthetic_slide(ndpi_run):
+    truth, ds, _ = ndpi_run
+    assert truth.n_cells > 300
+    rel = abs(ds.attrs["total_cells"] - truth.n_cells) / truth.n_cells
+    assert rel <= 0.10, f"counted {ds.attrs['total_cells']:.1f}, truth {truth.n_cells}"
+
+
+def test_tissue_area_of_disk(ndpi_run):
+    truth, ds, _ = ndpi_run
+    expected = math.pi * truth.tissue_radius_px**2 * truth.mpp**2 / 1e6
+    assert ds.attrs["tissue_area_mm2"] == pytest.approx(expected, rel=0.01)
+
+
+def test_outputs_written(ndpi_run):
+    truth, ds, out = ndpi_run
+    s = json.loads((out / "summary.json").read_text())
+    for k in ("total_cells", "tissue_area_mm2", "cells_per_mm2", "slide", "model", "parameters", "timings"):
+        assert k in s
+    assert s["complete"] is True
+    assert s["slide"]["vendor"] == "hamamatsu"
+    assert s["processing"]["level"] > 0  # never decode level 0 when a coarser level serves
+    for f in ("regions.csv", "cells.csv", "cells.geojson", "report.html", "thumbnail.png", "heatmap.png"):
+        assert (out / f).stat().st_size > 0, f
+    gj = json.loads((out / "cells.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and gj["features"]
+    assert gj["wsicount"]["coordinates"] == "level-0 pixels"
+    # detections roughly agree with the integral
+    assert abs(len(gj["features"]) - s["total_cells"]) <= 0.25 * s["total_cells"]
+    root = zarr.open_group(str(out), mode="r")
+    assert "multiscales" in root["density"].attrs
+    assert root["density/labels/tissue/0"].dtype == np.uint8
+    lines = (out / "regions.csv").read_text().splitlines()
+    assert lines[0].startswith("grid_um,row,col")
+    assert len(lines) > 10

@@ -1,0 +1,275 @@
+"""Evaluating a density model on an annotated dataset split: counts, detections, reports.
+
+Count metrics (:func:`count_metrics`) compare the true count ``c`` (the manifest's count) with
+the predicted ``ĉ`` (the density map's sum) per image. Detection metrics match density peaks
+(:func:`wsicount.detect.density_peaks`) to the annotated points one-to-one within a radius
+(default 1.5 x the model card's sigma_px, about a cell radius) and are micro-averaged: TP,
+FP and FN are summed over images before precision / recall / F1 are formed. All rates are
+fractions, not percentages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import load_dataset
+from .detect import density_peaks, match_points
+from .errors import InputError, OutputError
+from .infer import pick_device, predict_image
+from .models import LoadedModel, load_model
+
+__all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation"]
+
+CSV_FIELDS = ["name", "true", "pred", "abs_err", "rel_err", "n_points", "n_peaks", "tp", "fp", "fn", "mean_dist_px"]
+
+
+def count_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, A-err, T-err, bias and means of per-image counts.
+
+    ``a_err`` = mean(|c - ĉ| / c) over the images with c > 0 only (a relative error is
+    undefined for an empty image; ``a_err_n_images`` says how many were used; NaN if none).
+    ``t_err`` = sum|c - ĉ| / sum c (NaN if sum c = 0). ``bias`` = mean(ĉ - c).
+    """
+    t = np.asarray(true, dtype=np.float64).ravel()
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"true and pred differ in length ({t.size} vs {p.size})")
+    n = t.size
+    if n == 0:
+        raise ValueError("no images to score")
+    err = p - t
+    pos = t > 0
+    total = float(t.sum())
+    return {
+        "n_images": int(n),
+        "mae": float(np.abs(err).mean()),
+        "rmse": float(np.sqrt((err**2).mean())),
+        "a_err": float(np.mean(np.abs(err[pos]) / t[pos])) if pos.any() else math.nan,
+        "a_err_n_images": int(pos.sum()),
+        "t_err": float(np.abs(err).sum() / total) if total > 0 else math.nan,
+        "bias": float(err.mean()),
+        "mean_true": float(t.mean()),
+        "mean_pred": float(p.mean()),
+    }
+
+
+@dataclass
+class ImageResult:
+    """Per-image outcome: counts, their errors, and the detection match."""
+
+    name: str
+    true: float
+    pred: float
+    abs_err: float
+    #: |c - ĉ| / c; NaN when c = 0
+    rel_err: float
+    n_points: int
+    n_peaks: int
+    tp: int
+    fp: int
+    fn: int
+    #: mean distance of matched pairs in px; NaN without matches
+    mean_dist_px: float
+
+
+@dataclass
+class EvalResult:
+    """Dataset-level metrics, per-image rows and what was evaluated."""
+
+    model: str
+    model_path: str
+    data: str
+    split: str
+    match_radius_px: float
+    metrics: dict[str, Any]
+    images: list[ImageResult] = field(default_factory=list)
+
+
+def _detection_metrics(matches: list, mpps: list[float | None]) -> dict[str, Any]:
+    """Micro-averaged precision / recall / F1 and mean localisation error (px, and um if known)."""
+    tp = sum(m.tp for m in matches)
+    fp = sum(m.fp for m in matches)
+    fn = sum(m.fn for m in matches)
+    d_px = np.concatenate([m.distances for m in matches]) if matches else np.zeros(0)
+    out: dict[str, Any] = {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
+        "loc_error_px": float(d_px.mean()) if d_px.size else math.nan,
+        "loc_error_um": None,
+    }
+    if all(mpp is not None for mpp in mpps) and d_px.size:
+        d_um = np.concatenate([m.distances * mpp for m, mpp in zip(matches, mpps)])
+        out["loc_error_um"] = float(d_um.mean())
+    return out
+
+
+def _load(model: str | os.PathLike | LoadedModel | None, device: str) -> LoadedModel:
+    """Accept an already-loaded model or anything :func:`load_model` resolves."""
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, device=pick_device(device))
+
+
+def evaluate(
+    model: str | os.PathLike | LoadedModel | None,
+    data: str | os.PathLike,
+    split: str = "test",
+    device: str = "cpu",
+    precision: str = "fp32",
+    match_radius_px: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
+
+    ``model`` is a bundled name, a card/weights path, a model folder or a :class:`LoadedModel`.
+    ``progress(i, n)`` is called after each image when given.
+    """
+    lm = _load(model, device)
+    root = Path(data)
+    if not root.exists():
+        raise InputError(f"dataset folder {root} does not exist")
+    try:
+        samples = load_dataset(root, split=split)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    if not samples:
+        raise InputError(f"dataset {root} has no images in split {split!r}")
+    card = lm.card
+    radius = float(match_radius_px) if match_radius_px is not None else 1.5 * card.sigma_px
+    dev = pick_device(device)
+    rows, matches = [], []
+    for i, s in enumerate(samples):
+        dens = predict_image(lm, s.image, device=dev, precision=precision)
+        pred = float(dens.sum(dtype=np.float64))
+        peaks = density_peaks(dens, card.sigma_px, min_distance=card.peak_min_distance_px)
+        m = match_points(peaks, s.points[:, ::-1], radius)  # points are (x, y); peaks (y, x)
+        matches.append(m)
+        err = abs(pred - s.count)
+        rows.append(ImageResult(
+            name=s.name, true=float(s.count), pred=pred, abs_err=err,
+            rel_err=err / s.count if s.count > 0 else math.nan, n_points=len(s.points),
+            n_peaks=len(peaks), tp=m.tp, fp=m.fp, fn=m.fn,
+            mean_dist_px=float(m.distances.mean()) if m.tp else math.nan,
+        ))
+        if progress is not None:
+            progress(i + 1, len(samples))
+    metrics = count_metrics([r.true for r in rows], [r.pred for r in rows])
+    metrics.update(_detection_metrics(matches, [s.mpp for s in samples]))
+    return EvalResult(
+        model=card.name, model_path=str(lm.path), data=str(root), split=split,
+        match_radius_px=radius, metrics=metrics, images=rows,
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    """NaN/inf -> None (strict JSON has no NaN); numpy scalars -> Python."""
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Write via ``write(tmp_path)`` to a temp file beside ``path``, then rename over it."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        os.close(fd)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _summary(result: EvalResult) -> dict[str, Any]:
+    """The JSON report: what was evaluated plus every dataset-level metric."""
+    head = {"model": result.model, "model_path": result.model_path, "data": result.data,
+            "split": result.split, "match_radius_px": result.match_radius_px}
+    return _jsonable({**head, **result.metrics})
+
+
+def _csv_text(result: EvalResult) -> str:
+    """Per-image rows as CSV text (NaN written as an empty field)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in result.images:
+        row = asdict(r)
+        w.writerow({k: ("" if isinstance(row[k], float) and not math.isfinite(row[k]) else row[k]) for k in CSV_FIELDS})
+    return buf.getvalue()
+
+
+def _plot(result: EvalResult, path: str) -> None:
+    """Scatter of predicted vs true counts with the identity line, metrics in the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = np.array([r.true for r in result.images])
+    p = np.array([r.pred for r in result.images])
+    m = result.metrics
+    fig = Figure(figsize=(5, 5), dpi=100)
+    FigureCanvasAgg(fig)  # Agg canvas without pyplot: no global state, no display needed
+    ax = fig.add_subplot(111)
+    lo = float(min(t.min(initial=0), p.min(initial=0)))  # an untrained model can predict < 0
+    hi = float(max(t.max(initial=0), p.max(initial=0), lo + 1.0))
+    pad = 0.04 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=1, ls="--", label="identity")
+    ax.scatter(t, p, s=14, alpha=0.8)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="true count", ylabel="predicted count", aspect="equal")
+    a_err = m.get("a_err", math.nan)
+    a_txt = f"{100 * a_err:.1f}%" if math.isfinite(a_err) else "n/a"
+    ax.set_title(
+        f"{result.model} on {Path(result.data).name} ({result.split}, n={m['n_images']})\n"
+        f"MAE {m['mae']:.2f}  RMSE {m['rmse']:.2f}  A-err {a_txt}  F1 {m.get('f1', math.nan):.3f}",
+        fontsize=9,
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def write_evaluation(
+    result: EvalResult,
+    json_path: str | os.PathLike | None = None,
+    csv_path: str | os.PathLike | None = None,
+    plot_path: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write the JSON summary, per-image CSV and scatter PNG (each atomically); returns the paths."""
+    written = []
+    if json_path is not None:
+        text = json.dumps(_summary(result), indent=2, allow_nan=False) + "\n"
+        written.append(_atomic_write(Path(json_path), lambda f: Path(f).write_text(text)))
+    if csv_path is not None:
+        text = _csv_text(result)
+        written.append(_atomic_write(Path(csv_path), lambda f: Path(f).write_text(text)))
+    if plot_path is not None:
+        written.append(_atomic_write(Path(plot_path), lambda f: _plot(result, f)))
+    return written
