@@ -204,13 +204,19 @@ def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict
 
 
 # --- orchestration ----------------------------------------------------------------------
-def _normalization_stats(slide, geom: Geometry, tiles: list[Tile], tm, mask_scale, card, n: int = 16) -> tuple[float, float]:
-    """Slide-level intensity normalisation from up to ``n`` evenly spaced tissue tile cores."""
+def _normalization_stats(slide, geom: Geometry, tm, mask_scale, card, n: int = 16, block: int = 512) -> tuple[float, float]:
+    """Slide-level intensity normalisation from up to ``n`` tissue blocks of the model grid.
+
+    The blocks come from a fixed ``block``-px lattice, not from the tile grid, so the
+    statistics (and hence the density) do not depend on the tile size.
+    """
     from .preprocess import percentile_stats, select_channels
 
     if card.normalization.get("kind") == "fixed":
         return percentile_stats(np.zeros(1), card.normalization)
-    pick = [tiles[int(i)] for i in np.linspace(0, len(tiles) - 1, min(n, len(tiles)))]
+    lattice = TileGrid(geom.height, geom.width, block, 0, 1)
+    cands = tissue_tiles(lattice, tm.mask, *mask_scale)
+    pick = [cands[int(i)] for i in np.linspace(0, len(cands) - 1, min(n, len(cands)))]
     vals = []
     for t in pick:
         img = read_model_window(slide, geom, t.core)
@@ -323,7 +329,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = (tm.scale_y / geom.scale0, tm.scale_x / geom.scale0)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
-        norm = _normalization_stats(sl, geom, tiles, tm, mask_scale, card)
+        norm = _normalization_stats(sl, geom, tm, mask_scale, card)
         create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
         write_label(out, "tissue", tm.mask, tm.mpp)
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))

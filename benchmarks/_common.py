@@ -1,0 +1,63 @@
+"""Shared helpers for the benchmark scripts: machine description and BENCHMARKS.md rows."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    """One line describing CPU, cores, memory, torch and (if any) GPU."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {cores} cores{mem}{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def git_rev() -> str:
+    """Short commit hash of the working tree (or 'unknown')."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command() -> str:
+    """The command line that produced a result."""
+    return "python " + " ".join([Path(sys.argv[0]).relative_to(ROOT).as_posix() if Path(sys.argv[0]).is_absolute()
+                                 else sys.argv[0], *sys.argv[1:]])
+
+
+def append_section(title: str, body: str) -> None:
+    """Append a dated section to BENCHMARKS.md (created with a header if missing)."""
+    if not BENCHMARKS_MD.exists():
+        BENCHMARKS_MD.write_text("# Benchmarks\n\nEvery number here was produced by a script in `benchmarks/`; "
+                                 "each section names its command, machine, commit and date.\n")
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(BENCHMARKS_MD, "a") as f:
+        f.write(f"\n## {title}\n\n- date: {stamp}\n- command: `{command()}`\n- machine: {machine()}\n"
+                f"- commit: {git_rev()}\n\n{body.rstrip()}\n")
