@@ -20,7 +20,8 @@ from .runstate import atomic_write
 
 __all__ = ["batch", "read_manifest"]
 
-FIELDS = ["slide", "output", "status", "total_cells", "tissue_area_mm2", "cells_per_mm2", "seconds", "error"]
+FIELDS = ["slide", "output", "status", "total_cells", "tissue_area_mm2", "cells_per_mm2", "bad_tiles", "seconds",
+          "error"]
 
 
 def read_manifest(path: str | os.PathLike) -> list[Path]:
@@ -74,6 +75,7 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
                 row.update(total_cells=round(ds.attrs["total_cells"], 3),
                            tissue_area_mm2=round(ds.attrs["tissue_area_mm2"], 6),
                            cells_per_mm2=round(ds.attrs["cells_per_mm2"] or 0.0, 3),
+                           bad_tiles=len(ds.attrs["summary"]["bad_tiles"]),
                            status="ok" if ds.attrs["complete"] else "incomplete")
             except WsicountError as e:
                 row.update(status="failed", error=str(e))

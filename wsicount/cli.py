@@ -85,6 +85,9 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     cpm = s["cells_per_mm2"]
     click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
                f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
+    if s["bad_tiles"]:
+        click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
+                   f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
 
 
 @cli.command()
@@ -115,7 +118,7 @@ def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--look", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
 @click.option("--mpp", type=float, default=0.4523, show_default=True)
-@click.option("--density", "cell_density", type=float, default=600.0, show_default=True, help="Cells per mm² of tissue.")
+@click.option("--density", "cell_density", type=float, default=300.0, show_default=True, help="Cells per mm² of tissue.")
 @click.option("--tissue", type=click.Choice(["disk", "blob"]), default="disk", show_default=True)
 @click.option("--tissue-fraction", type=float, default=0.6, show_default=True)
 @click.option("--no-mpp", is_flag=True, help="Write no pixel size (to test --mpp).")

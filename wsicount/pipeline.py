@@ -204,11 +204,13 @@ def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict
 
 
 # --- orchestration ----------------------------------------------------------------------
-def _normalization_stats(slide, geom: Geometry, tm, mask_scale, card, n: int = 16, block: int = 512) -> tuple[float, float]:
+def _normalization_stats(slide, geom: Geometry, tm, mask_scale, card, skip_bad: bool = False, n: int = 16,
+                         block: int = 512) -> tuple[float, float]:
     """Slide-level intensity normalisation from up to ``n`` tissue blocks of the model grid.
 
     The blocks come from a fixed ``block``-px lattice, not from the tile grid, so the
-    statistics (and hence the density) do not depend on the tile size.
+    statistics (and hence the density) do not depend on the tile size. With ``skip_bad``
+    an undecodable block is left out of the sample (its tiles are recorded bad later).
     """
     from .preprocess import percentile_stats, select_channels
 
@@ -217,13 +219,37 @@ def _normalization_stats(slide, geom: Geometry, tm, mask_scale, card, n: int = 1
     lattice = TileGrid(geom.height, geom.width, block, 0, 1)
     cands = tissue_tiles(lattice, tm.mask, *mask_scale)
     pick = [cands[int(i)] for i in np.linspace(0, len(cands) - 1, min(n, len(cands)))]
-    vals = []
+    vals, error = [], None
     for t in pick:
-        img = read_model_window(slide, geom, t.core)
+        try:
+            img = read_model_window(slide, geom, t.core)
+        except TileReadError as e:
+            if not skip_bad:
+                raise
+            error = e
+            continue
         x = select_channels(img, card.channels)
         m = mask_on_grid(tm.mask, *mask_scale, t.core)
         vals.append(x[:, m].ravel())
+    if not vals and error is not None:
+        raise error  # nothing decodable to normalise with
     return percentile_stats(np.concatenate(vals), card.normalization)
+
+
+def _bad_tile_rows(bad: list[dict[str, Any]], tiles: list[Tile], geom: Geometry, tm,
+                   mask_scale: tuple[float, float]) -> list[dict[str, Any]]:
+    """Where each undecodable tile lies (core box in level-0 µm) and how much tissue it holds."""
+    by_key = {t.key: t for t in tiles}
+    m = geom.model_mpp
+    rows = []
+    for b in bad:
+        t = by_key[b["tile"]]
+        y0, y1, x0, x1 = t.core
+        tissue_px = int(mask_on_grid(tm.mask, *mask_scale, t.core).sum())
+        um = {k: round(v * m, 3) for k, v in (("y0_um", y0), ("x0_um", x0), ("y1_um", y1), ("x1_um", x1))}
+        rows.append({"tile": t.key, "row": t.ty, "col": t.tx, **um, "tissue_mm2": round(tissue_px * m * m / 1e6, 6),
+                     "error": b["error"]})
+    return rows
 
 
 def _chunks(seq: list, size: int) -> list[list]:
@@ -293,9 +319,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     ``distributed.Client`` to run the tile tasks on (``wsicount batch`` shares one). Raises a :class:`WsicountError`
     subclass for every input problem (see README: exit codes).
     """
-    from .infer import pick_device
     from .io import open_slide, slide_info
-    from .models import load_model
     from .report import aggregate, write_report
     from .stitch import build_pyramid, create_density, write_label
     from .tissue import detect_tissue, load_user_mask
@@ -310,6 +334,10 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     t_start = t = time.perf_counter()
     out = Path(out)
     sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
+    # torch is imported only now, so that input errors are reported without its start-up cost
+    from .infer import pick_device
+    from .models import load_model
+
     lm = load_model(model)
     card = lm.card
     timings["open"] = time.perf_counter() - t
@@ -329,7 +357,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = (tm.scale_y / geom.scale0, tm.scale_x / geom.scale0)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
-        norm = _normalization_stats(sl, geom, tm, mask_scale, card)
+        norm = _normalization_stats(sl, geom, tm, mask_scale, card, cfg.skip_bad_tiles)
         create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
         write_label(out, "tissue", tm.mask, tm.mpp)
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
@@ -351,6 +379,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         t = time.perf_counter()
         records = [state.record(x.key) for x in tiles]
         agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
+        agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
         n_levels = build_pyramid(out, geom.model_mpp)
         timings["stitch"] = time.perf_counter() - t
         stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "post")}
@@ -358,8 +387,11 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         summary = {
             "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,
             "cells_per_mm2": agg.total / tm.area_mm2 if tm.area_mm2 > 0 else None,
-            "complete": not agg.bad_tiles, "n_cells_detected": len(agg.peaks),
+            # complete: every tissue tile was counted or, with --skip-bad-tiles, is listed in
+            # bad_tiles (0 cells there; bad_tiles_tissue_mm2 says how much tissue that is)
+            "complete": True, "n_cells_detected": len(agg.peaks),
             "regional": agg.regional, "bad_tiles": agg.bad_tiles,
+            "bad_tiles_tissue_mm2": float(sum(b["tissue_mm2"] for b in agg.bad_tiles)),
             "slide": {**info, "path": str(sl.path), "fingerprint": fingerprint["slide"]},
             "model": {"name": card.name, "version": card.version, "arch": card.arch, "path": str(lm.path),
                       "mpp": card.mpp, "density_scale": card.density_scale, "training_data": card.training.get("data")},

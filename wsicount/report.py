@@ -3,7 +3,8 @@
 Files in ``OUT/`` (each written to a temporary name, then renamed; ``summary.json`` last,
 so a summary on disk always describes a finished run):
 ``regions.csv`` (one row per grid cell), ``cells.csv`` and ``cells.geojson`` (detected cell
-centres), ``thumbnail.png``, ``heatmap.png``, ``report.html``, ``summary.json``.
+centres), ``bad_tiles.csv`` (tiles skipped as undecodable; header only when none),
+``thumbnail.png``, ``heatmap.png``, ``report.html``, ``summary.json``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import numpy as np
 from .runstate import atomic_write
 from .tiling import Geometry
 
-__all__ = ["Aggregate", "aggregate", "write_report"]
+__all__ = ["Aggregate", "aggregate", "write_report", "BAD_TILE_FIELDS"]
+
+BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
 
 
 @dataclass
@@ -97,6 +100,22 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _decodable_level(slide, first: int) -> tuple[np.ndarray, int]:
+    """Pixels of level ``first``, or of the next coarser level that decodes (black if none).
+
+    A picture is not worth failing a finished count for (undecodable tiles, --skip-bad-tiles).
+    """
+    from .errors import TileReadError
+
+    for level in range(first, len(slide.levels)):
+        h, w = (int(s) for s in slide.levels[level].shape[:2])
+        try:
+            return slide.read_region(level, 0, 0, h, w), level
+        except TileReadError:
+            continue
+    return np.zeros(tuple(int(s) for s in slide.levels[-1].shape), np.uint8), len(slide.levels) - 1
+
+
 def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
     """Smallest level that still has >= max_side/2 px on its longer side, as RGB uint8."""
     best = len(slide.levels) - 1
@@ -104,8 +123,8 @@ def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
         if max(lv.shape[:2]) <= max_side * 2:
             best = i
             break
-    h, w = (int(s) for s in slide.levels[best].shape[:2])
-    img = slide.read_region(best, 0, 0, h, w)
+    img, best = _decodable_level(slide, best)
+    h, w = img.shape[:2]
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
     step = max(1, int(np.ceil(max(h, w) / max_side)))
@@ -212,7 +231,9 @@ def _html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[dict[st
              (f"Min density ({g:g} µm cells)", _loc(reg.get("min"))),
              (f"Max density ({g:g} µm cells)", _loc(reg.get("max"))),
              ("Model", f"{summary['model']['name']} v{summary['model']['version']} ({summary['model']['arch']})"),
-             ("Complete", summary["complete"]), ("Run time", f"{summary['timings'].get('total', 0):.1f} s")]
+             ("Complete", summary["complete"]),
+             ("Undecodable tiles (counted as 0 cells)", len(summary.get("bad_tiles", []))),
+             ("Run time", f"{summary['timings'].get('total', 0):.1f} s")]
     table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     sel = [r for r in rows if r["grid_um"] == max(summary["parameters"]["grid_um"])]
     sel = sorted(sel, key=lambda r: (-(r["count"] or 0)))[:200]
@@ -253,13 +274,14 @@ def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: 
     cells = _cells(agg, geom, slide.mpp)
     atomic_write(out / "cells.csv", _csv_text(cells, ["x_px", "y_px", "x_um", "y_um", "peak_density"]))
     atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
+    atomic_write(out / "bad_tiles.csv", _csv_text(agg.bad_tiles, BAD_TILE_FIELDS))
     g_small = min(agg.counts)
     thumb, heat = _figures(slide, tm, agg, g_small)
     atomic_write(out / "thumbnail.png", thumb)
     atomic_write(out / "heatmap.png", heat)
     summary["timings"]["report"] = time.perf_counter() - t
     summary["timings"]["total"] = time.perf_counter() - t_start
-    summary["outputs"] = ["summary.json", "regions.csv", "cells.csv", "cells.geojson", "report.html",
+    summary["outputs"] = ["summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv", "report.html",
                           "thumbnail.png", "heatmap.png", "density/ (OME-Zarr)"]
     atomic_write(out / "report.html", _html(summary, thumb, heat, rows, g_small))
     atomic_write(out / "summary.json", json.dumps(_jsonable(summary), indent=2))

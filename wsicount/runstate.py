@@ -5,7 +5,8 @@
 - ``lock``: ``{"pid", "host", "started"}`` of the run writing this folder. A second run
   refuses to start; a lock whose process is gone (same host) is stale and taken over.
 - ``run.json``: the fingerprint of the job (slide identity, model, every parameter that
-  changes results). Resuming with a different fingerprint is refused unless ``--overwrite``.
+  changes results). Resuming with a different fingerprint is refused unless ``--overwrite``
+  or the folder holds no results yet (no summary, no finished tile).
 - ``tiles/<ty>_<tx>.json``: written atomically *after* the tile's density chunk is
   written; its presence means the chunk is final. A rerun skips those tiles and reuses
   their records (sums, grid partials, peaks), so resumed outputs equal uninterrupted ones.
@@ -100,7 +101,9 @@ class RunState:
         self.dir.mkdir(exist_ok=True)
         self._acquire()
         manifest = self.dir / "run.json"
-        if overwrite:
+        if overwrite or (manifest.exists() and not self._has_results()):
+            # a run that failed before finishing a tile (e.g. no tissue found) left nothing worth
+            # keeping: a rerun with other settings (--mask, --mpp) must not be refused for it
             self._clear()
         elif manifest.exists():
             old = json.loads(manifest.read_text())
@@ -125,6 +128,10 @@ class RunState:
         self.tiles_dir.mkdir(exist_ok=True)
         atomic_write(manifest, json.dumps(fingerprint, indent=2, sort_keys=True))
         return False
+
+    def _has_results(self) -> bool:
+        """Whether the folder holds a summary or at least one finished tile."""
+        return (self.out / "summary.json").exists() or any(self.tiles_dir.glob("*.json"))
 
     def _clear(self) -> None:
         """Remove everything in the output folder except the lock."""

@@ -35,17 +35,19 @@ _CELL_ROWS = 512  # rows of cell signal drawn at once (61 MB float32 at 30k px w
 DEFAULT_CELL_PARAMS: dict[str, dict] = {
     # melanocytes in a NanoZoomer fluorescence scan: green signal, dark background
     "fluorescence": {
-        "body_radius_um": (4.0, 6.0),  # 8-12 um bodies
+        # sizes match TRP1-stained melanocytes as seen at 1.81 um/px (the bundled model's
+        # training data): bodies ~15-20 um, thick tapering dendrites
+        "body_radius_um": (7.0, 11.0),
         "body_aspect": (0.7, 1.0),  # minor / major axis
         "dendrites": (3, 6),
-        "dendrite_length_um": (20.0, 50.0),
-        "dendrite_width_um": 1.0,  # half-width at the base; tapers to a quarter at the tip
+        "dendrite_length_um": (25.0, 60.0),
+        "dendrite_width_um": 2.5,  # half-width at the base; tapers to a quarter at the tip
         "dendrite_bend_rad": 0.35,  # max kink halfway along a dendrite
-        "brightness": (90.0, 230.0),  # peak green level of a body (log-uniform between cells)
+        "brightness": (120.0, 250.0),  # peak green level of a body (log-uniform between cells)
         "nucleus_dim": 0.3,  # the nucleus shows as a slightly darker core
-        "min_spacing_um": 12.0,  # Poisson-disk spacing of cell centres
+        "min_spacing_um": 20.0,  # Poisson-disk spacing of cell centres
         "background_rgb": (2.0, 5.0, 3.0),
-        "tissue_rgb": (4.0, 14.0, 6.0),  # autofluorescence added inside tissue
+        "tissue_rgb": (5.0, 22.0, 8.0),  # autofluorescence added inside tissue
         "signal_rgb": (0.10, 1.0, 0.16),  # how a cell's signal splits over R, G, B
         "texture": 0.6,  # relative amplitude of the tissue texture
         "noise_sd": 2.0,
@@ -477,7 +479,7 @@ def _objective_for(mpp: float) -> float:
 
 def synth_array(
     size: tuple[int, int] = (2048, 2048), seed: int = 0, look: str = "fluorescence",
-    mpp: float = 0.4523, cell_density_per_mm2: float = 600.0, tissue: str = "disk",
+    mpp: float = 0.4523, cell_density_per_mm2: float = 300.0, tissue: str = "disk",
     tissue_fraction: float = 0.6, cell_params: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(level-0 image (h, w, 3) uint8, points (n, 2) x, y) rendered in memory.
@@ -506,7 +508,7 @@ def _output_path(out: str | Path, fmt: str) -> Path:
 
 def synth_slide(
     out: str | Path, format: str = "ndpi", size: tuple[int, int] = (8192, 8192), seed: int = 0,
-    look: str = "fluorescence", mpp: float = 0.4523, cell_density_per_mm2: float = 600.0,
+    look: str = "fluorescence", mpp: float = 0.4523, cell_density_per_mm2: float = 300.0,
     tissue: str = "disk", tissue_fraction: float = 0.6, write_mpp: bool = True,
     tile: int = 512, quality: int = 90, cell_params: dict | None = None,
     compression: str | None = None,

@@ -1,7 +1,8 @@
 """Tissue detection on a low-resolution pyramid level.
 
-The mask is computed once per slide at a level whose longer side is at least
-``min_side`` pixels (coarser levels lose the outline, finer ones cost time), by
+The mask is computed once per slide at about ``MASK_MPP`` um/px: from the coarsest pyramid
+level at least that fine, block-averaged by an integer factor through Dask when the level
+is finer still (a slide without a pyramid is never read whole into memory). Then
 smoothing, an Otsu threshold (fluorescence: tissue brighter than the dark background;
 brightfield: darker than the white glass), closing, hole filling and small-object removal.
 Tissue area = mask pixels x (mask pixel area); the mask is stored with the outputs.
@@ -49,13 +50,30 @@ class TissueMask:
         return float(self.mask.mean())
 
 
-def choose_mask_level(shapes: list[tuple[int, int]], min_side: int = 2048) -> int:
-    """Coarsest level whose longer side is >= min_side (level 0 if none is that large)."""
-    best = 0
-    for i, (h, w) in enumerate(shapes):
-        if max(h, w) >= min_side:
-            best = i
-    return best
+#: target resolution of tissue masks: fine enough for a 1 % area on mm-sized tissue,
+#: coarse enough that morphology on a whole slide takes a second
+MASK_MPP = 4.0
+
+
+def choose_mask_level(level_mpps: list[float], target_mpp: float = MASK_MPP) -> tuple[int, int]:
+    """(level, integer block factor) giving about ``target_mpp`` without upsampling."""
+    level = 0
+    for i, m in enumerate(level_mpps):
+        if m <= target_mpp * 1.05:
+            level = i
+    factor = max(1, int(target_mpp * 1.05 // level_mpps[level]))
+    return level, factor
+
+
+def _mask_image(slide, level: int, factor: int) -> np.ndarray:
+    """Level pixels block-averaged by ``factor`` (computed chunk-wise by Dask), as uint8."""
+    import dask.array as da
+
+    arr = slide.levels[level].data
+    if factor > 1:
+        h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
+        arr = da.coarsen(np.mean, arr[:h, :w].astype(np.float32), {0: factor, 1: factor})
+    return np.asarray(arr.compute(scheduler="threads")).astype(np.uint8)
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -84,7 +102,12 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
     if float(s.max() - s.min()) < 1e-3:
         return np.zeros(s.shape, dtype=bool)
     sample = s[:: max(1, s.shape[0] // 512), :: max(1, s.shape[1] // 512)].ravel()
-    m = s > _otsu(sample)
+    # Otsu separates the classes; the final threshold is midway between the class medians,
+    # so a blurred tissue edge is cut at half height (an unbiased outline) even when bright
+    # cells inflate the tissue class
+    t = _otsu(sample)
+    lo, hi = np.median(sample[sample <= t]), np.median(sample[sample > t])
+    m = s > 0.5 * (lo + hi)
     r = max(1, int(round(10.0 / mpp)))
     m = ndimage.binary_closing(m, structure=_disk(r), border_value=0)
     m = ndimage.binary_fill_holes(m)
@@ -104,16 +127,15 @@ def _disk(r: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
-def detect_tissue(slide, mode: str = "fluorescence", level: int | None = None) -> TissueMask:
-    """Tissue mask of ``slide`` (a wsicount.io.Slide) from a low-resolution level."""
-    shapes = [tuple(lv.shape[:2]) for lv in slide.levels]
-    if level is None:
-        level = choose_mask_level(shapes)
-    h, w = shapes[level]
-    img = slide.read_region(level, 0, 0, h, w)
-    m = mask_from_image(img, mode, slide.level_mpp(level))
-    h0, w0 = shapes[0]
-    tm = TissueMask(m, h0 / h, w0 / w, slide.mpp, f"level {level} ({mode})")
+def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MPP) -> TissueMask:
+    """Tissue mask of ``slide`` (a wsicount.io.Slide) at about ``target_mpp`` um/px."""
+    level, factor = choose_mask_level([slide.level_mpp(i) for i in range(len(slide.levels))], target_mpp)
+    lh, lw = (int(v) for v in slide.levels[level].shape[:2])
+    img = _mask_image(slide, level, factor)
+    m = mask_from_image(img, mode, slide.level_mpp(level) * factor)
+    h0, w0 = (int(v) for v in slide.levels[0].shape[:2])
+    # mask pixel i covers level rows [i*factor, (i+1)*factor)
+    tm = TissueMask(m, h0 / lh * factor, w0 / lw * factor, slide.mpp, f"level {level} / {factor} ({mode})")
     if not m.any():
         raise NoTissueError(f"{slide.path}: no tissue found ({mode} mode, level {level}); pass --mask or --tissue-mode")
     return tm

@@ -8,6 +8,7 @@ VMS, other vendors, NDPI levels stored as one unsegmented JPEG).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from wsicount.errors import InputError, SlideFormatError, WsicountError
@@ -36,6 +37,8 @@ def _check_path(path: Path, backend: str) -> None:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied (not readable)")
     if path.is_dir():
         if not is_zarr_dir(path):
             raise InputError(f"{path} is a directory, not a slide file or an OME-Zarr store")

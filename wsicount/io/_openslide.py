@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import openslide
 
@@ -28,12 +30,19 @@ def _float_prop(props: dict[str, str], name: str) -> float | None:
 
 
 class OpenSlideBackend(Backend):
-    """Reads through ``openslide.OpenSlide`` (thread-safe; levels include NDPI's JPEG-scaled ones)."""
+    """Reads through ``openslide.OpenSlide`` (thread-safe; levels include NDPI's JPEG-scaled ones).
+
+    An OpenSlide handle is unusable after any error (every later call fails), so a failed
+    read replaces the shared handle and retries on a private one: one undecodable tile never
+    poisons the other windows, and a window is only reported bad if it fails on its own.
+    """
 
     name = "openslide"
 
     def __init__(self, path: str) -> None:
         """Open ``path``; raises OpenSlide's errors for unreadable files."""
+        self._path = path
+        self._swap_lock = threading.Lock()
         self._osr = openslide.OpenSlide(path)
         props = dict(self._osr.properties)
         self.vendor = props.get("openslide.vendor") or detect_vendor(path) or "unknown"
@@ -57,8 +66,32 @@ class OpenSlideBackend(Backend):
 
     def read(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """Window via read_region; level-0 origin rounded so it maps onto pixel (y0, x0)."""
-        ds = self._osr.level_downsamples[level]
-        region = self._osr.read_region((round(x0 * ds), round(y0 * ds)), level, (w, h))
+        osr = self._osr
+        try:
+            return self._read_with(osr, level, y0, x0, h, w)
+        except openslide.OpenSlideError:
+            self._replace(osr)
+            # the failure may be another thread's bad tile on the shared handle: retry alone
+            private = openslide.OpenSlide(self._path)
+            try:
+                return self._read_with(private, level, y0, x0, h, w)
+            finally:
+                private.close()
+
+    def _replace(self, failed: openslide.OpenSlide) -> None:
+        """Swap in a fresh shared handle unless another thread already did.
+
+        The failed handle is not closed here: other threads may still be inside it; it is
+        closed when the last reference goes.
+        """
+        with self._swap_lock:
+            if self._osr is failed:
+                self._osr = openslide.OpenSlide(self._path)
+
+    def _read_with(self, osr: openslide.OpenSlide, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """RGB window read through a given handle, unscanned areas in the background colour."""
+        ds = osr.level_downsamples[level]
+        region = osr.read_region((round(x0 * ds), round(y0 * ds)), level, (w, h))
         rgba = np.asarray(region)
         rgb = np.ascontiguousarray(rgba[..., :3])
         if self._background is not None and rgba[..., 3].min() < 255:

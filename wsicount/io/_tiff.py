@@ -357,9 +357,9 @@ class TiffBackend(Backend):
                                               jpegheader=key.jpegheader)
             except Exception as exc:  # noqa: BLE001 - report which tile failed
                 ty, tx = divmod(i % (nty * ntx), ntx)
-                raise TileReadError(
-                    f"{self._fh.path}: cannot decode level {level} tile (row {ty}, col {tx}) "
-                    f"at y={ty * th}, x={tx * tw}: {exc}") from exc
+                msg = (f"{self._fh.path}: cannot decode level {level} tile (row {ty}, col {tx}) "
+                       f"at y={ty * th}, x={tx * tw}: {exc}")
+                raise TileReadError(" ".join(msg.split())) from exc  # one line for the CLI
             if seg is None:
                 continue
             self._paste(out, seg, pos, y0, x0, lv.planar)

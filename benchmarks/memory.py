@@ -1,0 +1,179 @@
+"""Peak memory of ``wsicount run`` as the slide grows: it must stay flat (target: the larger
+slide needs at most 1.3x the peak RSS of the smaller one), on the local scheduler and with
+``--workers N`` (client process and every worker process measured separately).
+
+    python benchmarks/memory.py                                  # 32768² and 65536² NDPI (~1 and ~4 Gpx)
+    python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
+
+Slides are synthesized once (NDPI, fluorescence look) and cached in ``runs/bench-slides/``.
+Each run is a ``wsicount run`` subprocess; its process tree is polled and each process's
+peak RSS is read from ``/proc/PID/status`` (VmHWM, the kernel's high-water mark, so short
+spikes between polls are not missed; other systems fall back to sampled RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import ROOT, append_section  # noqa: E402
+
+MiB = 2**20
+
+
+@dataclass
+class Result:
+    """One measured run."""
+
+    size: int
+    mode: str
+    wall_s: float
+    client_peak: int  # bytes
+    worker_peaks: list[int]
+    n_tiles: int
+    total_cells: float
+
+    @property
+    def gpx(self) -> float:
+        """Level-0 gigapixels of the slide."""
+        return self.size * self.size / 1e9
+
+    @property
+    def peak(self) -> int:
+        """The largest single-process peak of the run (client or any worker)."""
+        return max([self.client_peak, *self.worker_peaks])
+
+
+def _slide(size: int, folder: Path, seed: int) -> Path:
+    """The cached synthetic NDPI slide of ``size``² px (written on first use)."""
+    from wsicount.synth import synth_slide
+
+    path = folder / f"mem-{size}-s{seed}.ndpi"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        print(f"synthesizing {path} ...", flush=True)
+        synth_slide(path, format="ndpi", size=(size, size), seed=seed)
+        print(f"  {time.perf_counter() - t:.0f} s", flush=True)
+    return path
+
+
+def _peak_rss(proc) -> int:
+    """Peak resident set of a process so far (VmHWM on Linux, else the current RSS)."""
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return proc.memory_info().rss
+
+
+def _is_helper(proc) -> bool:
+    """multiprocessing's resource tracker and similar helpers are not workers."""
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - a process that just ended
+        return True
+
+
+def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int], str]:
+    """Run ``cmd``; (wall s, client peak, {worker pid: peak}, stderr) from polling its tree."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client, workers = 0, {}
+    while proc.poll() is None:
+        try:
+            client = max(client, _peak_rss(proc))
+            for child in proc.children(recursive=True):
+                if not _is_helper(child):
+                    workers[child.pid] = max(workers.get(child.pid, 0), _peak_rss(child))
+        except psutil.Error:
+            pass  # a process ended between listing and reading it
+        time.sleep(interval)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, client, workers, err
+
+
+def measure(slide: Path, size: int, mode: str, args: argparse.Namespace) -> Result:
+    """Run wsicount on ``slide`` in ``mode`` ('local' or 'workers') and measure it."""
+    out = ROOT / "runs" / "bench-memory" / f"{slide.stem}-{mode}"
+    cmd = [sys.executable, "-m", "wsicount", "run", str(slide), "--out", str(out), "--overwrite", "-q",
+           "--tile-size", str(args.tile_size)]
+    if mode == "workers":
+        cmd += ["--workers", str(args.workers)]
+    if args.model:
+        cmd += ["--model", args.model]
+    print(f"{slide.name} [{mode}] ...", flush=True)
+    wall, client, workers, _ = _watch(cmd, args.interval)
+    s = json.loads((out / "summary.json").read_text())
+    if not args.keep_outputs:
+        shutil.rmtree(out, ignore_errors=True)
+    r = Result(size, mode, wall, client, sorted(workers.values()), s["processing"]["n_tiles_tissue"], s["total_cells"])
+    print(f"  {wall:.1f} s, client {client / MiB:.0f} MiB, workers "
+          f"{', '.join(f'{w / MiB:.0f}' for w in r.worker_peaks) or '-'} MiB", flush=True)
+    return r
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table; the ratio compares each run's peak with the smallest slide's, same mode."""
+    smallest = {}
+    for r in sorted(results, key=lambda r: r.size):
+        smallest.setdefault(r.mode, r)
+    lines = ["| slide | Gpx | mode | tiles | wall s | client peak RSS MiB | max worker peak RSS MiB | "
+             "ratio to smallest |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        base = smallest[r.mode]
+        ratio = "—" if r is base else f"{r.peak / base.peak:.2f}"
+        worker = f"{max(r.worker_peaks) / MiB:.0f}" if r.worker_peaks else "—"
+        lines.append(f"| {r.size}² | {r.gpx:.3g} | {r.mode} | {r.n_tiles} | {r.wall_s:.1f} | "
+                     f"{r.client_peak / MiB:.0f} | {worker} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse options, measure every (size, mode), print and append the table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32768, 65536],
+                    help="slide sides in px (multiples of 8), smallest first [32768 65536]")
+    ap.add_argument("--modes", nargs="+", choices=["local", "workers"], default=["local", "workers"])
+    ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
+    ap.add_argument("--tile-size", type=int, default=512)
+    ap.add_argument("--model", default=None, help="model name or path [bundled default]")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--slides", type=Path, default=ROOT / "runs" / "bench-slides", help="slide cache folder")
+    ap.add_argument("--interval", type=float, default=0.2, help="polling interval, s")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep runs/bench-memory/* after measuring")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
+    args = ap.parse_args()
+    if any(s % 8 for s in args.sizes):
+        ap.error("NDPI slide sizes must be multiples of 8")
+    results = []
+    for size in sorted(args.sizes):
+        slide = _slide(size, args.slides, args.seed)
+        results += [measure(slide, size, mode, args) for mode in args.modes]
+    body = (f"{table(results)}\n\nPeak RSS per process (VmHWM). `local`: `wsicount run` on the threaded scheduler; "
+            f"`workers`: `--workers {args.workers}` (LocalCluster), the client and each worker process measured "
+            "separately. Ratio: the run's largest process peak over that of the smallest slide in the same mode "
+            "(target ≤ 1.3).")
+    print("\n" + body)
+    if not args.no_write:
+        append_section("Memory vs slide size", body)
+
+
+if __name__ == "__main__":
+    main()
