@@ -5,7 +5,8 @@ slide needs at most 1.3x the peak RSS of the smaller one), on the local schedule
     python benchmarks/memory.py                                  # 32768² and 65536² NDPI (~1 and ~4 Gpx)
     python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
 
-Slides are synthesized once (NDPI, fluorescence look) and cached in ``runs/bench-slides/``.
+Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
+``runs/bench-slides/`` under the names ``benchmarks/throughput.py`` uses, so both share them.
 Each run is a ``wsicount run`` subprocess; its process tree is polled and each process's
 peak RSS is read from ``/proc/PID/status`` (VmHWM, the kernel's high-water mark, so short
 spikes between polls are not missed; other systems fall back to sampled RSS).
@@ -53,16 +54,16 @@ class Result:
         return max([self.client_peak, *self.worker_peaks])
 
 
-def _slide(size: int, folder: Path, seed: int) -> Path:
+def _slide(size: int, folder: Path, seed: int, tissue_fraction: float = 0.6) -> Path:
     """The cached synthetic NDPI slide of ``size``² px (written on first use)."""
     from wsicount.synth import synth_slide
 
-    path = folder / f"mem-{size}-s{seed}.ndpi"
-    if not path.exists():
+    path = folder / f"nz-{size}x{size}-tf{tissue_fraction:g}-s{seed}.ndpi"
+    if not (path.exists() and path.with_name(path.name + ".truth.json").exists()):
         folder.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         print(f"synthesizing {path} ...", flush=True)
-        synth_slide(path, format="ndpi", size=(size, size), seed=seed)
+        synth_slide(path, format="ndpi", size=(size, size), seed=seed, tissue_fraction=tissue_fraction)
         print(f"  {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
     ap.add_argument("--tile-size", type=int, default=512)
     ap.add_argument("--model", default=None, help="model name or path [bundled default]")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slides", type=Path, default=ROOT / "runs" / "bench-slides", help="slide cache folder")
     ap.add_argument("--interval", type=float, default=0.2, help="polling interval, s")
     ap.add_argument("--keep-outputs", action="store_true", help="keep runs/bench-memory/* after measuring")

@@ -28,12 +28,12 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
         modality="fluorescence")),
     # VGG synthetic cells: signal in the blue channel; 90 train / 10 val of cell_001-100
     "vgg-cells": ("vgg_cells", TrainConfig(
-        name="vgg-cells", arch="unet", channels=[2], sigma_px=3.0, n_val=10, epochs=30,
+        name="vgg-cells", arch="unet", channels=[2], sigma_px=3.0, n_val=10, epochs=24,
         batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=40, precision="bf16",
         modality="fluorescence")),
     # GTEx H&E adipocytes, 150x150 RGB: 90 train / 10 val of the 100 training ROIs
     "adipocyte-he": ("adipocyte", TrainConfig(
-        name="adipocyte-he", arch="unet", channels=[0, 1, 2], sigma_px=4.0, n_val=10, epochs=40,
+        name="adipocyte-he", arch="unet", channels=[0, 1, 2], sigma_px=4.0, n_val=10, epochs=30,
         batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="bf16",
         modality="brightfield")),
 }

@@ -1,5 +1,6 @@
 """The CLI's bad-input matrix: one readable line on stderr, the documented exit code, no
-traceback, and nothing written that claims to be complete."""
+traceback, and nothing written that claims to be complete; a failed run never changes the
+results already in its output folder; reruns and ``--overwrite`` of a finished run."""
 
 from __future__ import annotations
 
@@ -239,8 +240,6 @@ def test_overwrite_starts_fresh(complete_run, small_ndpi, full_mask, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["processing"]["n_tiles_resumed"] == 0 and not s["processing"]["resumed"]
     assert s["parameters"]["tile_size"] == 256 and not (out / "stale.txt").exists()
-    tiles = {p.stem for p in (out / ".wsicount" / "tiles").glob("*.json")}
-    assert len(tiles) == s["processing"]["n_tiles_tissue"]  # no records of the 512-px tiling survive
     ref = json.loads((complete_run / "summary.json").read_text())
     assert s["total_cells"] == pytest.approx(ref["total_cells"], rel=1e-4)  # tile size does not change counts
 

@@ -130,11 +130,14 @@ def _worker_mask(job: TileJob) -> np.ndarray:
 # --- the tile task ----------------------------------------------------------------------
 def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
     """Read, infer, stitch and record a batch of tiles; returns their records."""
-    from .infer import pick_device, predict_batch
+    from .infer import pick_device, predict_batch, set_threads
     from .preprocess import apply_normalization, select_channels
     from .stitch import open_density, write_chunk
 
     slide, model, mask = _worker_slide(job), _worker_model(job), _worker_mask(job)
+    if job.torch_threads:
+        # OpenMP's thread count is per calling thread: set it in every task's thread
+        set_threads(job.torch_threads)
     device = pick_device(job.device)
     state = RunState(Path(job.out))
     arr = open_density(Path(job.out))
@@ -373,7 +376,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         t = time.perf_counter()
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
-        per_task = cfg.tiles_per_task or max(cfg.batch_size, 2 * cfg.batch_size)
+        per_task = cfg.tiles_per_task or 2 * cfg.batch_size
         _execute(job, _chunks(todo, per_task), cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()

@@ -123,7 +123,12 @@ def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
         if max(lv.shape[:2]) <= max_side * 2:
             best = i
             break
-    img, best = _decodable_level(slide, best)
+    lh, lw = (int(v) for v in slide.levels[best].shape[:2])
+    if max(lh, lw) > 4 * max_side:  # no small level (e.g. a flat TIFF): stride through Dask chunk by chunk
+        k = int(np.ceil(max(lh, lw) / max_side))
+        img = np.asarray(slide.levels[best].data[::k, ::k].compute(scheduler="threads"))
+    else:
+        img, best = _decodable_level(slide, best)
     h, w = img.shape[:2]
     if img.shape[-1] == 1:
         img = np.repeat(img, 3, axis=-1)
@@ -148,8 +153,10 @@ def _figures(slide, tm, agg: Aggregate, g: float) -> tuple[bytes, bytes]:
     ext_um = [0, w0 * slide.mpp, h0 * slide.mpp, 0]
     fig, ax = plt.subplots(figsize=(6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
     ax.imshow(thumb, extent=ext_um)
-    ax.contour(tm.mask, levels=[0.5], colors="lime", linewidths=0.8,
-               extent=[0, tm.mask.shape[1] * tm.mpp0 * tm.scale_x, 0, tm.mask.shape[0] * tm.mpp0 * tm.scale_y])
+    ms = max(1, int(np.ceil(max(tm.mask.shape) / 2048)))  # a display outline needs no more
+    ax.contour(tm.mask[::ms, ::ms], levels=[0.5], colors="lime", linewidths=0.8,
+               extent=[0, tm.mask[::ms, ::ms].shape[1] * ms * tm.mpp0 * tm.scale_x, 0,
+                       tm.mask[::ms, ::ms].shape[0] * ms * tm.mpp0 * tm.scale_y])
     ax.set_ylim(ext_um[2], 0)
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
