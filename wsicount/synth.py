@@ -35,9 +35,10 @@ _CELL_ROWS = 512  # rows of cell signal drawn at once (61 MB float32 at 30k px w
 DEFAULT_CELL_PARAMS: dict[str, dict] = {
     # melanocytes in a NanoZoomer fluorescence scan: green signal, dark background
     "fluorescence": {
-        # sizes match TRP1-stained melanocytes as seen at 1.81 um/px (the bundled model's
-        # training data): bodies ~15-20 um, thick tapering dendrites
-        "body_radius_um": (7.0, 11.0),
+        # calibrated to resemble TRP1 set1 at 1.81 um/px (the bundled model's training data):
+        # body size, thick tapering dendrites, tissue background ~15 % of the brightest
+        # bodies, melanocytes spaced >= 30 um as in basal epidermis (see BENCHMARKS.md)
+        "body_radius_um": (6.0, 9.0),
         "body_aspect": (0.7, 1.0),  # minor / major axis
         "dendrites": (3, 6),
         "dendrite_length_um": (25.0, 60.0),
@@ -45,9 +46,9 @@ DEFAULT_CELL_PARAMS: dict[str, dict] = {
         "dendrite_bend_rad": 0.35,  # max kink halfway along a dendrite
         "brightness": (120.0, 250.0),  # peak green level of a body (log-uniform between cells)
         "nucleus_dim": 0.3,  # the nucleus shows as a slightly darker core
-        "min_spacing_um": 20.0,  # Poisson-disk spacing of cell centres
+        "min_spacing_um": 30.0,  # Poisson-disk spacing of cell centres
         "background_rgb": (2.0, 5.0, 3.0),
-        "tissue_rgb": (5.0, 22.0, 8.0),  # autofluorescence added inside tissue
+        "tissue_rgb": (5.0, 40.0, 10.0),  # autofluorescence added inside tissue
         "signal_rgb": (0.10, 1.0, 0.16),  # how a cell's signal splits over R, G, B
         "texture": 0.6,  # relative amplitude of the tissue texture
         "noise_sd": 2.0,
