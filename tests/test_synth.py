@@ -73,7 +73,7 @@ def test_fluorescence_look():
     img, pts = synth_array((1024, 1024), seed=3)
     assert img[:20, :20].mean() < 10  # corner: outside the disk
     centre = img[400:624, 400:624, 1].astype(float)
-    assert 5 < np.median(centre) < 40
+    assert 5 < np.median(centre) < 70  # tissue background ~15-25 % of bright bodies, as in TRP1
     at = img[np.round(pts[:, 1]).astype(int), np.round(pts[:, 0]).astype(int)].astype(float)
     assert np.median(at[:, 1]) > 60 and (at[:, 1] > 2 * at[:, 0]).all() and (at[:, 1] > 2 * at[:, 2]).all()
 
