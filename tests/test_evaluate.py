@@ -18,13 +18,7 @@ from wsicount.models import ModelCard, build_model, save_model
 from wsicount.targets import density_map
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP spin-waits make tiny convs 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_count_metrics_hand_made():

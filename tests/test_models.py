@@ -18,13 +18,7 @@ from wsicount.targets import density_map
 NARROW = {"unet": {"base_filters": 8}, "fcrn": {"width": 8}, "cellnet": {"width": 8}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP spin-waits make tiny convs 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _narrow(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
