@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy.py                       # evaluate the bundled weights
     python benchmarks/accuracy.py --retrain --seeds 0 1 2   # retrain each recipe per seed, then evaluate
+    python benchmarks/accuracy.py --precisions fp32 bf16    # the same weights at each inference precision
 
 TRP1 has no public test split here (only set1, the paper's training set): its model is
 scored on the 16 validation images held out of set1 (card: training.val_names), which is
@@ -48,8 +49,8 @@ def _val_split_folder(model_card: dict, src: Path, dst: Path) -> Path:
     return dst
 
 
-def evaluate_model(name: str, model_path: str) -> dict:
-    """Evaluate one model on its benchmark split; returns the metrics dict."""
+def evaluate_model(name: str, model_path: str, precision: str = "fp32") -> dict:
+    """Evaluate one model on its benchmark split at ``precision``; returns the metrics dict."""
     from wsicount.evaluate import evaluate
     from wsicount.models import resolve_model_path
 
@@ -58,10 +59,10 @@ def evaluate_model(name: str, model_path: str) -> dict:
     if name == "melanocyte-trp1":
         with tempfile.TemporaryDirectory() as tmp:
             view = _val_split_folder(card, data, Path(tmp))
-            res = evaluate(model_path, view, split="val")
-            return {**res.metrics, "split": "val (16 of set1)"}
-    res = evaluate(model_path, data, split="test")
-    return {**res.metrics, "split": "test"}
+            res = evaluate(model_path, view, split="val", precision=precision)
+            return {**res.metrics, "split": "val (16 of set1)", "precision": precision}
+    res = evaluate(model_path, data, split="test", precision=precision)
+    return {**res.metrics, "split": "test", "precision": precision}
 
 
 def main() -> None:
@@ -70,6 +71,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(DATASETS))
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32"],
+                    help="inference precision(s) to evaluate each model at [fp32]")
     ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch BENCHMARKS.md")
     args = ap.parse_args()
@@ -77,7 +80,7 @@ def main() -> None:
         sys.exit(f"datasets not found at {DATA}")
     rows = []
     for name in args.names:
-        results = []
+        results: dict[str, list[dict]] = {p: [] for p in args.precisions}
         for seed in args.seeds if args.retrain else [None]:
             if seed is None:
                 path = name
@@ -89,19 +92,20 @@ def main() -> None:
                 folder, cfg = RECIPES[name]
                 cfg.seed = seed
                 path = str(train(DATA / folder, Path(args.out) / f"{name}-seed{seed}", cfg, progress=False))
-            m = evaluate_model(name, path)
-            results.append(m)
-            print(name, seed, {k: m[k] for k in ("mae", "rmse", "a_err", "t_err", "n_images")}, flush=True)
-        rows.append((name, results))
-    lines = ["| model | split | n | MAE | RMSE | A_err | T_err | F1 (peaks) | seeds | published |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, res in rows:
+            for prec in args.precisions:
+                m = evaluate_model(name, path, prec)
+                results[prec].append(m)
+                print(name, seed, prec, {k: m[k] for k in ("mae", "rmse", "a_err", "t_err", "n_images")}, flush=True)
+        rows += [(name, prec, res) for prec, res in results.items()]
+    lines = ["| model | split | n | precision | MAE | RMSE | A_err | T_err | F1 (peaks) | seeds | published |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, prec, res in rows:
         def ms(key: str, pct: bool = False) -> str:
             v = np.array([r[key] for r in res], dtype=float) * (100 if pct else 1)
             return f"{v.mean():.2f}" + (f" ± {v.std(ddof=1):.2f}" if len(v) > 1 else "") + (" %" if pct else "")
         f1 = ms("f1") if "f1" in res[0] else "—"
         seeds = ",".join(str(s) for s in args.seeds) if args.retrain else "bundled"
-        lines.append(f"| {name} | {res[0]['split']} | {res[0]['n_images']} | {ms('mae')} | {ms('rmse')} | "
+        lines.append(f"| {name} | {res[0]['split']} | {res[0]['n_images']} | {prec} | {ms('mae')} | {ms('rmse')} | "
                      f"{ms('a_err', True)} | {ms('t_err', True)} | {f1} | {seeds} | {PUBLISHED[name]} |")
     table = "\n".join(lines)
     print(table)

@@ -2,7 +2,7 @@
 slide needs at most 1.3x the peak RSS of the smaller one), on the local scheduler and with
 ``--workers N`` (client process and every worker process measured separately).
 
-    python benchmarks/memory.py                                  # 32768² and 65536² NDPI (~1 and ~4 Gpx)
+    python benchmarks/memory.py                                  # 32768² and 65496² NDPI (~1.07 and ~4.29 Gpx)
     python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
 
 Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
@@ -42,6 +42,7 @@ class Result:
     worker_peaks: list[int]
     n_tiles: int
     total_cells: float
+    precision: str
 
     @property
     def gpx(self) -> float:
@@ -124,7 +125,8 @@ def measure(slide: Path, size: int, mode: str, args: argparse.Namespace) -> Resu
     s = json.loads((out / "summary.json").read_text())
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
-    r = Result(size, mode, wall, client, sorted(workers.values()), s["processing"]["n_tiles_tissue"], s["total_cells"])
+    r = Result(size, mode, wall, client, sorted(workers.values()), s["processing"]["n_tiles_tissue"], s["total_cells"],
+               s["processing"]["precision"])
     print(f"  {wall:.1f} s, client {client / MiB:.0f} MiB, workers "
           f"{', '.join(f'{w / MiB:.0f}' for w in r.worker_peaks) or '-'} MiB", flush=True)
     return r
@@ -135,13 +137,13 @@ def table(results: list[Result]) -> str:
     smallest = {}
     for r in sorted(results, key=lambda r: r.size):
         smallest.setdefault(r.mode, r)
-    lines = ["| slide | Gpx | mode | tiles | wall s | client peak RSS MiB | max worker peak RSS MiB | "
-             "ratio to smallest |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| slide | Gpx | mode | precision | tissue tiles | wall s | client peak RSS MiB | "
+             "worker peak RSS MiB (each) | ratio to smallest |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         base = smallest[r.mode]
         ratio = "—" if r is base else f"{r.peak / base.peak:.2f}"
-        worker = f"{max(r.worker_peaks) / MiB:.0f}" if r.worker_peaks else "—"
-        lines.append(f"| {r.size}² | {r.gpx:.3g} | {r.mode} | {r.n_tiles} | {r.wall_s:.1f} | "
+        worker = ", ".join(f"{w / MiB:.0f}" for w in r.worker_peaks) if r.worker_peaks else "—"
+        lines.append(f"| {r.size}² | {r.gpx:.3g} | {r.mode} | {r.precision} | {r.n_tiles} | {r.wall_s:.1f} | "
                      f"{r.client_peak / MiB:.0f} | {worker} | {ratio} |")
     return "\n".join(lines)
 
@@ -149,8 +151,8 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     """Parse options, measure every (size, mode), print and append the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32768, 65536],
-                    help="slide sides in px (multiples of 8), smallest first [32768 65536]")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32768, 65496],
+                    help="slide sides in px (multiples of 8), smallest first; NDPI sides <= 65496 [32768 65496]")
     ap.add_argument("--modes", nargs="+", choices=["local", "workers"], default=["local", "workers"])
     ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
     ap.add_argument("--tile-size", type=int, default=512)

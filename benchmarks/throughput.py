@@ -1,7 +1,7 @@
 """Throughput and memory of ``wsicount run`` next to the model's floor and a naive script.
 
-    python benchmarks/throughput.py                          # default workload (~20 min on 2 idle cores, est.)
-    python benchmarks/throughput.py --runs fp32:2 bf16:2 fp32:1  # every run on every slide (GPU: minutes)
+    python benchmarks/throughput.py                          # default workload
+    python benchmarks/throughput.py --runs fp32:2 bf16:2 bf16:1  # every run on every slide
     python benchmarks/throughput.py --sizes 2048x2048 3072x3072 --crop 1024 --no-write   # a quick check
 
 Workload: synthetic NanoZoomer-like ``.ndpi`` slides (``wsicount.synth.synth_slide``, cached under
@@ -11,7 +11,8 @@ Workload: synthetic NanoZoomer-like ``.ndpi`` slides (``wsicount.synth.synth_sli
 Measured in one run, on one device (``--device auto``: CUDA if present):
 
 * model floor -- the network alone on pre-loaded random tensors of the pipeline's tile/batch
-  shape (channels_last, inference_mode, after warm-up), fp32 and bf16 autocast, in Mpx/s of
+  shape (channels_last, inference_mode, after warm-up), fp32 and bf16 (the module wsicount run
+  uses: ``wsicount.infer.module_for``, weights and activations in that dtype), in Mpx/s of
   network-input pixels; the device's matmul rate (GFLOP/s) and the model's FLOPs per input
   pixel (torch FlopCounterMode: convolutions; BatchNorm/activations/upsampling not counted),
   so floor FLOP/s / matmul FLOP/s shows the gap to the compute bound; the activation memory
@@ -53,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import ROOT, append_section, machine  # noqa: E402
 
 DEFAULT_SIZES = ("26624x30000", "32768x32768")
-DEFAULT_RUNS = ("fp32:2", "bf16:2@0", "fp32:1@0")
+DEFAULT_RUNS = ("bf16:2", "fp32:2@0", "bf16:1@0")
 MIB = 2**20
 
 
@@ -246,14 +247,16 @@ def model_floor(lm, device, tile: int, batch: int, precision: str, seconds: floa
     """Network-input Mpx/s of the model alone on a pre-loaded random batch."""
     import torch
 
-    from wsicount.infer import autocast_for
+    from wsicount.infer import DTYPES, module_for
 
     c = len(lm.card.channels)
-    x = torch.randn(batch, c, tile, tile, device=device).contiguous(memory_format=torch.channels_last)
+    module = module_for(lm, device, precision)  # the very module wsicount run uses
+    x = torch.randn(batch, c, tile, tile, device=device, dtype=DTYPES[precision])
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
-        with torch.inference_mode(), autocast_for(device, precision):
-            return lm.module(x)
+        with torch.inference_mode():
+            return module(x)
 
     dt = timed_rate(step, device, seconds, warmup)
     return batch * tile * tile / dt / 1e6
@@ -278,20 +281,22 @@ def _activation_child(model: str | None, device: str, tile: int, batch: int, pre
     import psutil
     import torch
 
-    from wsicount.infer import autocast_for, pick_device
+    from wsicount.infer import DTYPES, module_for, pick_device
     from wsicount.models import load_model
 
     proc = psutil.Process()
     rss_import = proc.memory_info().rss
     dev = pick_device(device)
     lm = load_model(model, device=dev)
+    module = module_for(lm, dev, precision)
     rss_model = proc.memory_info().rss
     c = len(lm.card.channels)
-    x = torch.randn(batch, c, tile, tile, device=dev).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, c, tile, tile, device=dev, dtype=DTYPES[precision])
+    x = x.contiguous(memory_format=torch.channels_last)
 
     def fwd(inp: torch.Tensor) -> None:
-        with torch.inference_mode(), autocast_for(dev, precision):
-            lm.module(inp)
+        with torch.inference_mode():
+            module(inp)
         sync(dev)
 
     fwd(x[..., :64, :64].contiguous(memory_format=torch.channels_last))  # load kernels/libraries first
@@ -527,7 +532,8 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
                 for p in ("fp32", "bf16")}
         nv = next((n for n in naives if n.slide is s), None)
         fp, bf = best["fp32"], best["bf16"]
-        t1, t2 = mine.get("fp32:1"), mine.get("fp32:2")
+        pair = [(mine[f"{p}:1"], mine[f"{p}:2"]) for p in ("bf16", "fp32") if f"{p}:1" in mine and f"{p}:2" in mine]
+        t1, t2 = pair[0] if pair else (None, None)
         rows.append([
             s.path.name,
             fmt(fp.net_mpx_s / floors["fp32"].mpx_s if fp and "fp32" in floors else None),
@@ -538,7 +544,7 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
             fmt(100 * (bf.summary["total_cells"] / fp.summary["total_cells"] - 1) if fp and bf else None, 3),
         ])
     return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "naive ÷ e2e fp32 (≥ 5)",
-                      "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up)", "count bf16 vs fp32 %"], rows)
+                      "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up, bf16 if run)", "count bf16 vs fp32 %"], rows)
             + "\n\ne2e rows use the run with the most threads of each precision; e2e ÷ floor = end-to-end "
               "network-input Mpx/s (wall time, process start included) ÷ model-alone Mpx/s.")
 
@@ -559,9 +565,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--runs", type=parse_run, nargs="+", default=[parse_run(r) for r in DEFAULT_RUNS],
                     metavar="PREC:THREADS[@I]",
                     help=f"end-to-end runs: precision fp32|bf16|fp16 and --threads, on every slide or only on "
-                         f"slide I of --sizes (0-based). Default: {' '.join(DEFAULT_RUNS)} (fp32 on every slide; "
-                         "bf16 and 1 thread, for the count difference and the thread scaling, on the first); "
-                         "one run on a default slide takes an estimated ~5 min on 2 CPU cores")
+                         f"slide I of --sizes (0-based). Default: {' '.join(DEFAULT_RUNS)} (bf16, what 'auto' picks on "
+                         "CPUs with AMX/AVX512-BF16, on every slide; fp32 and 1 thread, for the count difference and "
+                         "the thread scaling, on the first)")
     ap.add_argument("--crop", type=int, default=8192, help="naive baseline: centred crop side in level-0 px (8192)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--no-floor", action="store_true", help="skip the model floor, matmul and activation measurements")

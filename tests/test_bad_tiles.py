@@ -130,3 +130,35 @@ def test_skip_bad_tiles_completes_with_zero_density_there(corrupt, tmp_path):
     assert dens.sum(dtype=np.float64) > 0
     assert s["total_cells"] == pytest.approx(float(dens.sum(dtype=np.float64)), rel=1e-5)
     assert s["processing"]["level"] == level
+
+
+@pytest.fixture(scope="module")
+def corrupt_mask_level(corrupt, tmp_path_factory):
+    """A copy of the clean slide with one tile zeroed at the level tissue detection reads."""
+    from wsicount.tissue import choose_mask_level
+
+    clean = corrupt[0]
+    with open_slide(clean) as s:
+        level, _ = choose_mask_level([s.level_mpp(i) for i in range(len(s.levels))])
+        shape = tuple(int(v) for v in s.levels[level].shape[:2])
+    bad = tmp_path_factory.mktemp("badmask") / "badmask.tiff"
+    shutil.copy(clean, bad)
+    # middle row, last column: past the window that opening the slide validates
+    _zero_tile(bad, shape, shape[0] // FILE_TILE // 2, -(-shape[1] // FILE_TILE) - 1)
+    return clean, bad, level
+
+
+def test_bad_tile_at_mask_level_falls_back_with_skip(corrupt_mask_level, tmp_path):
+    clean, bad, level = corrupt_mask_level
+    r = _cli("run", str(bad), "--out", str(tmp_path / "strict"), "-q")
+    assert r.returncode == 8 and f"level {level} " in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _cli("run", str(bad), "--out", str(tmp_path / "skip"), "--skip-bad-tiles", "-q")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    source = s["processing"]["tissue_source"]
+    assert not source.startswith(f"level {level} ") and f"level {level} undecodable" in source
+    r = _cli("run", str(clean), "--out", str(tmp_path / "clean"), "-q")
+    assert r.returncode == 0, r.stderr
+    ref = json.loads((tmp_path / "clean" / "summary.json").read_text())
+    # the mask from a neighbouring level measures the same tissue
+    assert s["tissue_area_mm2"] == pytest.approx(ref["tissue_area_mm2"], rel=0.05)

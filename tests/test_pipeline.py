@@ -1,7 +1,9 @@
 """End-to-end invariants of ``wsicount.run`` on synthetic slides read through the real readers.
 
 - seam-free: tiled density == whole-image density (max abs diff <= 1e-4 of the max) for
-  tiles of 256/512/1024 on a 3000x3000 image with cells straddling tile borders;
+  tiles of 256/512/1024 on a 3000x3000 image with cells straddling tile borders, in the
+  precision the runs resolved ('auto': bf16 on CPUs with native bf16, else fp32; the
+  network-level check of every precision is in test_infer.py);
 - count invariance: totals identical (<= 1e-4 relative) across tile sizes and 1 vs 2 threads;
 - accuracy: the bundled default model counts a synthetic slide within 10 %, and the tissue
   area of a synthetic disk is within 1 % of pi r².
@@ -53,14 +55,16 @@ def tiled_runs(grid_slide, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole_density(grid_slide, tiled_runs, model):
-    """Whole-image inference on the full level-0 image, normalised and masked like the runs."""
+    """Whole-image inference on the full level-0 image, normalised, masked and in the precision of the runs."""
     s = tiled_runs[(512, 2)].attrs["summary"]
     norm = s["processing"]["normalization"]
+    precisions = {ds.attrs["summary"]["processing"]["precision"] for ds in tiled_runs.values()}
+    assert len(precisions) == 1, precisions
     slide = open_slide(grid_slide.path)
     h, w = (int(v) for v in slide.levels[0].shape[:2])
     img = slide.read_region(0, 0, 0, h, w)
     x = apply_normalization(select_channels(img.astype(np.float32), model.card.channels), norm["offset"], norm["span"])
-    d = predict_batch(model, pad_to_stride(x, model.card.stride)[None], pick_device("cpu"))[0, :h, :w]
+    d = predict_batch(model, pad_to_stride(x, model.card.stride)[None], pick_device("cpu"), precisions.pop())[0, :h, :w]
     ds = tiled_runs[(512, 2)]
     mask = ds["tissue"].values
     scale = (h / mask.shape[0], w / mask.shape[1])

@@ -57,8 +57,11 @@ def cli(debug: bool) -> None:
 @click.option("--tile-size", type=int, default=512, show_default=True, help="Network-input pixels per tile side (halo included).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Inference precision (bf16: ~2x faster on recent CPUs; see BENCHMARKS.md for count impact).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Inference precision; auto = bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, "
+                   "Ampere+), else fp32. See BENCHMARKS.md for speed and count impact.")
+@click.option("--prefetch", type=int, default=2, show_default=True,
+              help="Batches decoded ahead of the network per task (memory: prefetch x batch x tile²).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="User tissue mask image (non-zero = tissue).")
 @click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield"]), default=None,
@@ -174,7 +177,8 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Per-image CSV [next to --json].")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Scatter PNG [next to --json].")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="As for 'wsicount run'.")
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
              plot_path: Path | None, device: str, precision: str) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
@@ -199,7 +203,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
 @click.option("--tile-size", type=int, default=512, show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--mpp", type=float, default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--skip-bad-tiles", is_flag=True)

@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from .detect import density_peaks, match_points
 from .errors import InputError, OutputError
 from .infer import pick_device, predict_image
 from .models import LoadedModel, load_model
+from .runstate import atomic_write_with
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation"]
 
@@ -129,7 +129,7 @@ def evaluate(
     data: str | os.PathLike,
     split: str = "test",
     device: str = "cpu",
-    precision: str = "fp32",
+    precision: str = "auto",
     match_radius_px: float | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
@@ -189,23 +189,13 @@ def _jsonable(v: Any) -> Any:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Write via ``write(tmp_path)`` to a temp file beside ``path``, then rename over it."""
+    """:func:`~wsicount.runstate.atomic_write_with`, creating the folder; OS errors become OutputError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        os.close(fd)
+        return atomic_write_with(path, write)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _summary(result: EvalResult) -> dict[str, Any]:

@@ -1,4 +1,12 @@
-"""Running a density model on arrays: device choice, padding to the stride, batching.
+"""Running a density model on arrays: device choice, precision, padding to the stride, batching.
+
+Precision: 'fp32', or 'bf16'/'fp16', which run a copy of the module whose weights and
+activations are in that dtype (convolutions still accumulate in fp32 inside oneDNN/cuDNN).
+A whole low-precision network is ~3x faster than autocast on CPUs with AMX/AVX512-BF16,
+because autocast converts every activation back and forth around BatchNorm and LeakyReLU.
+'auto' picks bf16 where the device computes it natively, fp32 elsewhere. Tiling stays
+bit-exact in every precision: an output pixel gets the same value from any stride-aligned
+window holding its receptive field (checked by the seam tests).
 
 Whole-image prediction pads the image at its bottom/right end by reflection up to a multiple
 of the model stride and crops the output back, the same rule the slide tiler applies at the
@@ -8,6 +16,7 @@ slide's end, so an image and its tiles see identical inputs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 
 import numpy as np
@@ -16,7 +25,13 @@ import torch
 from .models import LoadedModel
 from .preprocess import normalize_image
 
-__all__ = ["pick_device", "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
+__all__ = ["pick_device", "resolve_precision", "module_for", "DTYPES", "autocast_for", "pad_to_stride", "predict_batch", "predict_image",
+           "set_threads", "PRECISIONS"]
+
+#: accepted ``precision`` values ('auto' resolves to one of the others)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: torch dtype of the weights and activations of each concrete precision
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -38,8 +53,38 @@ def set_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """'auto' -> 'bf16' where ``device`` runs bf16 natively (AMX/AVX512-BF16 CPU, Ampere+ GPU), else 'fp32'."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
+def module_for(model: LoadedModel, device: torch.device, precision: str) -> torch.nn.Module:
+    """The model's module on ``device`` in ``precision``.
+
+    fp32 on the module's own device is the module itself; any other combination is a copy
+    made once and cached on ``model`` (so it does not follow later changes to the weights).
+    """
+    module = model.module
+    if precision == "fp32" and next(module.parameters()).device == device:
+        return module
+    cache = model.__dict__.setdefault("_variants", {})
+    key = (str(device), precision)
+    if key not in cache:
+        variant = copy.deepcopy(module).to(device=device, dtype=DTYPES[precision])
+        cache[key] = variant.to(memory_format=torch.channels_last).eval()
+    return cache[key]
+
+
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast context for 'fp32' (none), 'bf16' or 'fp16' on the given device."""
+    """Autocast context for 'fp32' (none), 'bf16' or 'fp16' on the given device (training uses it)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -58,11 +103,14 @@ def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:
 
 @torch.inference_mode()
 def predict_batch(model: LoadedModel, batch: np.ndarray, device: torch.device, precision: str = "fp32") -> np.ndarray:
-    """(N, C, H, W) normalised float32 -> (N, H, W) density in cells per pixel."""
-    t = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
-    t = t.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device, precision):
-        y = model.module(t)
+    """(N, C, H, W) normalised float32 -> (N, H, W) float32 density in cells per pixel."""
+    precision = resolve_precision(device, precision)
+    module = module_for(model, device, precision)
+    t = torch.from_numpy(np.ascontiguousarray(batch))
+    if device.type == "cuda":
+        t = t.pin_memory()  # lets the copy below run asynchronously
+    t = t.to(device, dtype=DTYPES[precision], non_blocking=True).contiguous(memory_format=torch.channels_last)
+    y = module(t)
     return (y[:, 0].float() / model.card.density_scale).cpu().numpy()
 
 

@@ -14,10 +14,13 @@ tissue-touching tiles were processed (tile size) nor on how tasks were scheduled
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +42,8 @@ class RunConfig:
     tile_size: int = 512
     batch_size: int = 4
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
+    prefetch: int = 2
     mpp: float | None = None
     mask: str | None = None
     tissue_mode: str | None = None
@@ -84,6 +88,7 @@ class TileJob:
     peak_margin: int
     skip_bad_tiles: bool
     torch_threads: int | None = None
+    prefetch: int = 2
 
 
 # --- per-process caches: a worker opens the slide and loads the model once ---------------
@@ -129,19 +134,50 @@ def _worker_mask(job: TileJob) -> np.ndarray:
 
 # --- the tile task ----------------------------------------------------------------------
 def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
-    """Read, infer, stitch and record a batch of tiles; returns their records."""
-    from .infer import pick_device, predict_batch, set_threads
-    from .preprocess import apply_normalization, select_channels
-    from .stitch import open_density, write_chunk
+    """Read, infer, stitch and record a list of tiles; returns their records.
+
+    Tiles are batched by window shape. A reader thread decodes up to ``job.prefetch``
+    batches ahead of the network, so that decoding (GIL-free in imagecodecs/libjpeg) and
+    inference overlap; memory held by the queue is ``prefetch x batch x window pixels``.
+    """
+    from .infer import pick_device, set_threads
+    from .stitch import open_density
 
     slide, model, mask = _worker_slide(job), _worker_model(job), _worker_mask(job)
     if job.torch_threads:
         # OpenMP's thread count is per calling thread: set it in every task's thread
         set_threads(job.torch_threads)
     device = pick_device(job.device)
-    state = RunState(Path(job.out))
-    arr = open_density(Path(job.out))
-    records, inputs = [], []
+    state, density = RunState(Path(job.out)), open_density(Path(job.out))
+    batches = [b for group in _by_shape(tiles) for b in _chunks(group, job.batch_size)]
+    records: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-read") as reader:
+        ahead: deque = deque()
+        todo = iter(batches)
+        for part in itertools.islice(todo, max(1, job.prefetch)):
+            ahead.append(reader.submit(_read_batch, job, slide, model.card.channels, part))
+        while ahead:
+            items = ahead.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                ahead.append(reader.submit(_read_batch, job, slide, model.card.channels, nxt))
+            records += _infer_batch(job, model, device, mask, state, density, items)
+    return records
+
+
+def _by_shape(tiles: list[Tile]) -> list[list[Tile]]:
+    """Tiles grouped by input-window shape (only equal shapes stack into one batch), order kept."""
+    groups: dict[tuple[int, int], list[Tile]] = {}
+    for t in tiles:
+        groups.setdefault(t.window_shape, []).append(t)
+    return list(groups.values())
+
+
+def _read_batch(job: TileJob, slide, channels, tiles: list[Tile]) -> list[tuple[Tile, Any, float]]:
+    """Decode and normalise tiles: (tile, (C, h, w) array or the TileReadError, seconds) each."""
+    from .preprocess import apply_normalization, select_channels
+
+    items = []
     for t in tiles:
         t0 = time.perf_counter()
         try:
@@ -149,28 +185,37 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
         except TileReadError as e:
             if not job.skip_bad_tiles:
                 raise
-            rec = {"key": t.key, "bad": True, "error": str(e), "sum": 0.0, "peaks": [], "grid": {}, "t": {}}
-            state.write_record(t.key, rec)
-            records.append(rec)
+            items.append((t, e, 0.0))
             continue
-        x = apply_normalization(select_channels(img, model.card.channels), *job.norm)
-        inputs.append((t, x, time.perf_counter() - t0))
-    by_shape: dict[tuple, list] = {}
-    for item in inputs:
-        by_shape.setdefault(item[1].shape, []).append(item)
-    for group in by_shape.values():
-        for i in range(0, len(group), job.batch_size):
-            part = group[i : i + job.batch_size]
-            t1 = time.perf_counter()
-            dens = predict_batch(model, np.stack([x for _, x, _ in part]), device, job.precision)
-            t_inf = (time.perf_counter() - t1) / len(part)
-            for (t, _, t_read), d in zip(part, dens):
-                t2 = time.perf_counter()
-                rec = _finish_tile(job, t, d, mask)
-                write_chunk(arr, t.core[0], t.core[2], rec.pop("_core"))
-                rec["t"] = {"read": t_read, "infer": t_inf, "post": time.perf_counter() - t2}
-                state.write_record(t.key, rec)
-                records.append(rec)
+        x = apply_normalization(select_channels(img, channels), *job.norm)
+        items.append((t, x, time.perf_counter() - t0))
+    return items
+
+
+def _infer_batch(job: TileJob, model, device, mask: np.ndarray, state: RunState, density,
+                 items: list[tuple[Tile, Any, float]]) -> list[dict[str, Any]]:
+    """Run one batch through the network, then stitch and record each tile (bad ones as bad)."""
+    from .infer import predict_batch
+    from .stitch import write_chunk
+
+    records = []
+    for t, err, _ in (i for i in items if isinstance(i[1], TileReadError)):
+        rec = {"key": t.key, "bad": True, "error": str(err), "sum": 0.0, "peaks": [], "grid": {}, "t": {}}
+        state.write_record(t.key, rec)
+        records.append(rec)
+    good = [i for i in items if not isinstance(i[1], TileReadError)]
+    if not good:
+        return records
+    t1 = time.perf_counter()
+    dens = predict_batch(model, np.stack([x for _, x, _ in good]), device, job.precision)
+    t_inf = (time.perf_counter() - t1) / len(good)
+    for (t, _, t_read), d in zip(good, dens):
+        t2 = time.perf_counter()
+        rec = _finish_tile(job, t, d, mask)
+        write_chunk(density, t.core[0], t.core[2], rec.pop("_core"))
+        rec["t"] = {"read": t_read, "infer": t_inf, "post": time.perf_counter() - t2}
+        state.write_record(t.key, rec)
+        records.append(rec)
     return records
 
 
@@ -338,21 +383,25 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     out = Path(out)
     sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
     # torch is imported only now, so that input errors are reported without its start-up cost
-    from .infer import pick_device
+    from .infer import pick_device, resolve_precision
     from .models import load_model
 
     lm = load_model(model)
     card = lm.card
+    device = pick_device(cfg.device)
+    precision = resolve_precision(device, cfg.precision)
     timings["open"] = time.perf_counter() - t
+    # the resolved precision, not 'auto': results depend on what actually ran
     fingerprint = {"slide": slide_fingerprint(sl.path), "model": {"name": card.name, "version": card.version,
-                   "path": str(lm.path)}, "params": cfg.result_params(), "wsicount": __version__}
+                   "path": str(lm.path)}, "params": {**cfg.result_params(), "precision": precision},
+                   "wsicount": __version__}
     state = RunState(out)
     resumed = state.prepare(fingerprint, cfg.overwrite)
     try:
         t = time.perf_counter()
         mode = cfg.tissue_mode or card.modality
         h0, w0 = (int(s) for s in sl.levels[0].shape[:2])
-        tm = load_user_mask(cfg.mask, (h0, w0), sl.mpp) if cfg.mask else detect_tissue(sl, mode)
+        tm = load_user_mask(cfg.mask, (h0, w0), sl.mpp) if cfg.mask else detect_tissue(sl, mode, skip_bad_tiles=cfg.skip_bad_tiles)
         timings["tissue"] = time.perf_counter() - t
         t = time.perf_counter()
         geom = plan_geometry(sl, card.mpp)
@@ -366,18 +415,19 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
                            for g in cfg.grid_um)
         threads = cfg.threads or min(2, os.cpu_count() or 1)
-        device = str(pick_device(cfg.device))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), device, cfg.precision, cfg.batch_size,
+        job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), str(device), precision, cfg.batch_size,
                       str(out), geom, grid, norm, mask_scale, cfg.grid_um, grid_shape, card.peak_min_distance_px,
                       card.sigma_px, peak_margin, cfg.skip_bad_tiles,
-                      torch_threads=_torch_threads(cores, threads, cfg, client))
+                      torch_threads=_torch_threads(cores, threads, cfg, client), prefetch=cfg.prefetch)
         timings["plan"] = time.perf_counter() - t
         t = time.perf_counter()
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
-        per_task = cfg.tiles_per_task or 2 * cfg.batch_size
-        _execute(job, _chunks(todo, per_task), cfg, len(todo), threads, client)
+        per_task = cfg.tiles_per_task or 4 * cfg.batch_size
+        # one window shape per task, so that edge tiles batch together too
+        tasks = [c for group in _by_shape(todo) for c in _chunks(group, per_task)]
+        _execute(job, tasks, cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()
         records = [state.record(x.key) for x in tiles]
@@ -403,7 +453,8 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
                            "tile_core": grid.core, "halo": grid.halo, "n_tiles": grid.shape[0] * grid.shape[1],
                            "n_tiles_tissue": len(tiles), "n_tiles_resumed": len(tiles) - len(todo),
                            "normalization": {"offset": norm[0], "span": norm[1]}, "tissue_source": tm.source,
-                           "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": device,
+                           "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": str(device),
+                           "precision": precision, "n_tasks": len(tasks),
                            "threads": threads, "resumed": resumed},
             "parameters": {**asdict(cfg), "grid_um": list(cfg.grid_um), "model": str(model) if model else card.name},
             "timings": {**timings, "stage_seconds_summed_over_tiles": stage},

@@ -24,28 +24,40 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "RunState", "slide_fingerprint"]
+__all__ = ["atomic_write", "atomic_write_with", "RunState", "slide_fingerprint"]
 
 STATE = ".wsicount"
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
+def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
+    """Have ``writer(tmp)`` write a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary name is hidden (``.NAME.XXXX.tmpSUFFIX``) and keeps the suffix, so writers
+    that infer the format from it (matplotlib, PIL) work; readers of a folder skip dotfiles.
+    A failed write leaves ``path`` as it was and no temporary file behind.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        writer(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_write_with`)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(raw))
 
 
 def slide_fingerprint(path: Path) -> dict[str, Any]:
@@ -131,7 +143,7 @@ class RunState:
 
     def _has_results(self) -> bool:
         """Whether the folder holds a summary or at least one finished tile."""
-        return (self.out / "summary.json").exists() or any(self.tiles_dir.glob("*.json"))
+        return (self.out / "summary.json").exists() or bool(self.done_keys())
 
     def _clear(self) -> None:
         """Remove everything in the output folder except the lock."""
@@ -184,7 +196,7 @@ class RunState:
         """Keys of tiles whose chunk and record are complete."""
         if not self.tiles_dir.exists():
             return set()
-        return {p.stem for p in self.tiles_dir.glob("*.json")}
+        return {p.stem for p in self.tiles_dir.glob("*.json") if not p.name.startswith(".")}
 
     def record(self, key: str) -> dict[str, Any]:
         """Read one tile's completion record."""

@@ -10,13 +10,14 @@ Tissue area = mask pixels x (mask pixel area); the mask is stored with the outpu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError, NoTissueError
+from .errors import InputError, NoTissueError, TileReadError
 
 __all__ = ["TissueMask", "detect_tissue", "load_user_mask", "choose_mask_level"]
 
@@ -127,9 +128,34 @@ def _disk(r: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
-def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MPP) -> TissueMask:
-    """Tissue mask of ``slide`` (a wsicount.io.Slide) at about ``target_mpp`` um/px."""
-    level, factor = choose_mask_level([slide.level_mpp(i) for i in range(len(slide.levels))], target_mpp)
+def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MPP,
+                  skip_bad_tiles: bool = False) -> TissueMask:
+    """Tissue mask of ``slide`` (a wsicount.io.Slide) at about ``target_mpp`` um/px.
+
+    With ``skip_bad_tiles`` an undecodable tile at the chosen level is not fatal: the mask
+    is taken from the next-closest level that decodes (``source`` says which and why).
+    """
+    mpps = [slide.level_mpp(i) for i in range(len(slide.levels))]
+    level, factor = choose_mask_level(mpps, target_mpp)
+    try:
+        return _detect_at(slide, mode, level, factor)
+    except TileReadError as first:
+        if not skip_bad_tiles:
+            raise
+        # other levels, closest in resolution first; each gets its own block factor
+        for other in sorted((i for i in range(len(mpps)) if i != level), key=lambda i: abs(math.log(mpps[i] / mpps[level]))):
+            f = max(1, int(target_mpp * 1.05 // mpps[other]))
+            try:
+                tm = _detect_at(slide, mode, other, f)
+            except TileReadError:
+                continue
+            tm.source += f"; level {level} undecodable: {first}"
+            return tm
+        raise
+
+
+def _detect_at(slide, mode: str, level: int, factor: int) -> TissueMask:
+    """Tissue mask from ``level`` block-averaged by ``factor``."""
     lh, lw = (int(v) for v in slide.levels[level].shape[:2])
     img = _mask_image(slide, level, factor)
     m = mask_from_image(img, mode, slide.level_mpp(level) * factor)

@@ -38,11 +38,18 @@ def default_suffix(fmt: str) -> str:
     return _SUFFIX[fmt]
 
 
+#: largest NDPI side this writer can store (libjpeg's limit, rounded down to a multiple of 8)
+NDPI_MAX_SIDE = 65496
+
+
 def level_shapes(fmt: str, shape: tuple[int, int]) -> list[tuple[int, int]]:
     """Pyramid level shapes a format gets (NDPI pads lower levels to multiples of 8 px)."""
     if fmt == "ndpi" and (shape[0] % 8 or shape[1] % 8):
         # OpenSlide 4 returns black pixels for partial JPEG MCUs at NDPI level edges
         raise ValueError(f"NDPI size must be a multiple of 8 px on both sides, got {shape[0]}x{shape[1]}")
+    if fmt == "ndpi" and max(shape) > NDPI_MAX_SIDE:
+        # each NDPI level is one baseline JPEG; libjpeg refuses sides above 65500
+        raise ValueError(f"NDPI sides are at most {NDPI_MAX_SIDE} px (one JPEG per level), got {shape[0]}x{shape[1]}")
     return pyramid_shapes(shape, multiple=8 if fmt == "ndpi" else 1)
 
 

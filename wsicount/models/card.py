@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..runstate import atomic_write, atomic_write_with
 
 __all__ = ["ModelCard", "LoadedModel", "save_model", "load_model", "bundled_models", "resolve_model_path"]
 
@@ -120,12 +120,9 @@ def save_model(module: nn.Module, card: ModelCard, path: str | os.PathLike, half
         state[k] = v
     wpath = path.with_suffix(".safetensors")
     cpath = path.with_suffix(".json")
-    for target, writer in ((wpath, lambda f: save_file(state, f)), (cpath, lambda f: Path(f).write_text(card.to_json()))):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=target.suffix)
-        os.close(fd)
-        writer(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+    # weights first: a card never points at weights that are not there yet
+    atomic_write_with(wpath, lambda f: save_file(state, f))
+    atomic_write(cpath, card.to_json())
     return cpath
 
 
