@@ -353,10 +353,12 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int]:
 
 
 def network_input_pixels(out: Path, summary: dict[str, Any], stride: int) -> int:
-    """Sum of the input-window areas of the tiles this run processed (from its completion records)."""
+    """Sum of the input-window areas of the tiles this run processed (summary, else completion records)."""
     from wsicount.tiling import TileGrid
 
     p = summary["processing"]
+    if "network_input_px" in p:
+        return int(p["network_input_px"])
     grid = TileGrid(p["grid_shape"][0], p["grid_shape"][1], p["tile_core"], p["halo"], stride)
     total = 0
     for rec in (out / ".wsicount" / "tiles").glob("*.json"):
@@ -559,8 +561,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tissue-fraction", type=float, default=0.6, help="tissue fraction of the synthetic slides (0.6)")
     ap.add_argument("--seed", type=int, default=0, help="synthetic slide seed (0)")
     ap.add_argument("--model", default=None, help="model name or card path (default: the bundled default model)")
-    ap.add_argument("--tile-size", type=int, default=512, help="network-input px per tile side, as wsicount run (512)")
-    ap.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass, as wsicount run (4)")
+    ap.add_argument("--tile-size", type=int, default=1024, help="network-input px per tile side, as wsicount run (1024)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="tiles per forward pass; 0 = what wsicount run's auto picks on this device (0)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (auto)")
     ap.add_argument("--runs", type=parse_run, nargs="+", default=[parse_run(r) for r in DEFAULT_RUNS],
                     metavar="PREC:THREADS[@I]",
@@ -615,6 +618,10 @@ def main(argv: list[str] | None = None) -> None:
     lm = load_model(args.model, device=device)
     dev_label = device_name(device)
     precisions = sorted({r[0] for r in args.runs} | {"fp32"}, key=["fp32", "bf16", "fp16"].index)
+    if not args.batch_size:  # the batch wsicount run's auto picks (1 on CPU), used for the floor too
+        from wsicount.infer import auto_batch_size
+
+        args.batch_size = auto_batch_size(lm, device, precisions[-1], args.tile_size)
     print(f"machine: {machine()}\ndevice: {dev_label}", flush=True)
     slides = [ensure_slide(Path(args.slides_dir), s, args.tissue_fraction, args.seed) for s in args.sizes]
     fpp = flops_per_pixel(lm.module, len(lm.card.channels), args.tile_size)

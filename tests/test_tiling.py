@@ -46,3 +46,34 @@ def test_tissue_tiles_cover_every_tissue_pixel() -> None:
     full = mask_on_grid(mask, sy, sx, (0, h, 0, w))
     assert not (full & ~covered).any()
     assert len(chosen) < grid.shape[0] * grid.shape[1]
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.7, 0.45])
+def test_trimmed_windows_hold_every_tissue_pixel_with_its_halo(scale: float) -> None:
+    """A trimmed window is stride-aligned, inside the full one, and holds each tissue pixel's halo."""
+    rng = np.random.default_rng(1)
+    h, w = 900, 1300
+    mask = np.zeros((int(h / scale), int(w / scale)), dtype=bool)
+    yy, xx = np.ogrid[: mask.shape[0], : mask.shape[1]]
+    mask |= (yy - mask.shape[0] * 0.5) ** 2 + (xx - mask.shape[1] * 0.4) ** 2 < (mask.shape[0] * 0.3) ** 2
+    mask |= rng.random(mask.shape) > 0.999  # isolated specks: tiny boxes
+    sy, sx = h / mask.shape[0], w / mask.shape[1]
+    grid = TileGrid.for_model(h, w, 400, 50, 8, 4)
+    full = {t.key: t for t in tissue_tiles(grid, mask, sy, sx, trim=False)}
+    trimmed = tissue_tiles(grid, mask, sy, sx)
+    assert [t.key for t in trimmed] == list(full)
+    on_grid = mask_on_grid(mask, sy, sx, (0, h, 0, w))
+    smaller = 0
+    for t in trimmed:
+        wy0, wy1, wx0, wx1 = t.window
+        fy0, fy1, fx0, fx1 = full[t.key].window
+        assert t.core == full[t.key].core
+        assert fy0 <= wy0 < wy1 <= fy1 and fx0 <= wx0 < wx1 <= fx1
+        assert wy0 % 8 == 0 and wx0 % 8 == 0 and (wy1 - wy0) % 8 == 0 and (wx1 - wx0) % 8 == 0
+        y0, y1, x0, x1 = t.core
+        ys, xs = np.nonzero(on_grid[y0:y1, x0:x1])
+        if len(ys):  # every tissue pixel of the core sees halo px on each side (or the grid edge)
+            assert wy0 <= max(y0 + ys.min() - grid.halo, 0) and wy1 >= min(y0 + ys.max() + 1 + grid.halo, fy1)
+            assert wx0 <= max(x0 + xs.min() - grid.halo, 0) and wx1 >= min(x0 + xs.max() + 1 + grid.halo, fx1)
+        smaller += (wy1 - wy0) * (wx1 - wx0) < (fy1 - fy0) * (fx1 - fx0)
+    assert smaller > 0  # boundary tiles really got smaller windows

@@ -54,8 +54,10 @@ def cli(debug: bool) -> None:
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (OME-Zarr + reports).")
 @click.option("--model", "-m", default=None, help="Bundled model name or path to NAME.json/.safetensors [melanocyte-trp1].")
-@click.option("--tile-size", type=int, default=512, show_default=True, help="Network-input pixels per tile side (halo included).")
-@click.option("--batch-size", type=int, default=4, show_default=True, help="Tiles per forward pass.")
+@click.option("--tile-size", type=int, default=1024, show_default=True,
+              help="Network-input pixels per tile side (halo included); lower it on machines with little memory.")
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="Tiles per forward pass; 0 = auto (1 on CPU, from free memory on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Inference precision; auto = bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, "
@@ -201,8 +203,8 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
 @click.option("--model", "-m", default=None, help="Bundled model name or path.")
 @click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
-@click.option("--tile-size", type=int, default=512, show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--tile-size", type=int, default=1024, show_default=True)
+@click.option("--batch-size", type=int, default=0, show_default=True, help="0 = auto, as for 'wsicount run'.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--mpp", type=float, default=None)
 @click.option("--overwrite", is_flag=True)

@@ -25,7 +25,7 @@ import torch
 from .models import LoadedModel
 from .preprocess import normalize_image
 
-__all__ = ["pick_device", "resolve_precision", "module_for", "DTYPES", "autocast_for", "pad_to_stride", "predict_batch", "predict_image",
+__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "DTYPES", "autocast_for", "pad_to_stride", "predict_batch", "predict_image",
            "set_threads", "PRECISIONS"]
 
 #: accepted ``precision`` values ('auto' resolves to one of the others)
@@ -81,6 +81,29 @@ def module_for(model: LoadedModel, device: torch.device, precision: str) -> torc
         variant = copy.deepcopy(module).to(device=device, dtype=DTYPES[precision])
         cache[key] = variant.to(memory_format=torch.channels_last).eval()
     return cache[key]
+
+
+def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, tile: int, limit: int = 16) -> int:
+    """Tiles per forward pass: 1 on CPU; on CUDA as many ``tile``² windows as fit in half the free memory.
+
+    On CPU batching does not raise throughput (measured: BENCHMARKS.md) but multiplies the
+    activation memory, so one tile per pass. On CUDA one forward pass of a single tile is
+    measured (peak allocation) and the batch is ``0.5 x free / that``, at most ``limit``.
+    """
+    if device.type != "cuda":
+        return 1
+    precision = resolve_precision(device, precision)
+    module = module_for(model, device, precision)
+    x = torch.zeros((1, len(model.card.channels), tile, tile), device=device, dtype=DTYPES[precision])
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        module(x.contiguous(memory_format=torch.channels_last))
+    torch.cuda.synchronize(device)
+    per_tile = max(1, torch.cuda.max_memory_allocated(device) - base)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(limit, 0.5 * free // per_tile)))
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -39,8 +39,8 @@ __all__ = ["RunConfig", "run", "TileJob", "process_tiles"]
 class RunConfig:
     """Parameters of :func:`run` (all recorded in summary.json)."""
 
-    tile_size: int = 512
-    batch_size: int = 4
+    tile_size: int = 1024
+    batch_size: int = 0  # 0: auto (infer.auto_batch_size)
     device: str = "auto"
     precision: str = "auto"
     prefetch: int = 2
@@ -140,7 +140,7 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
     batches ahead of the network, so that decoding (GIL-free in imagecodecs/libjpeg) and
     inference overlap; memory held by the queue is ``prefetch x batch x window pixels``.
     """
-    from .infer import pick_device, set_threads
+    from .infer import auto_batch_size, pick_device, set_threads
     from .stitch import open_density
 
     slide, model, mask = _worker_slide(job), _worker_model(job), _worker_mask(job)
@@ -149,7 +149,9 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
         set_threads(job.torch_threads)
     device = pick_device(job.device)
     state, density = RunState(Path(job.out)), open_density(Path(job.out))
-    batches = [b for group in _by_shape(tiles) for b in _chunks(group, job.batch_size)]
+    size = job.batch_size or _cached(("batch", job.model_path, str(device), job.precision, job.grid.core),
+                                     lambda: auto_batch_size(model, device, job.precision, job.grid.tile_size))
+    batches = [b for group in _by_shape(tiles) for b in _chunks(group, size)]
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-read") as reader:
         ahead: deque = deque()
@@ -223,14 +225,17 @@ def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict
     """Mask the tile output, crop its core, find peaks and grid partial sums."""
     from .detect import density_peaks
 
-    wy0, _, wx0, _ = t.window
+    wy0, wy1, wx0, wx1 = t.window
     y0, y1, x0, x1 = t.core
     m = job.peak_margin
     # valid region for peak finding: core grown by the margin, inside window and grid
-    vy0, vy1 = max(y0 - m, t.window[0]), min(y1 + m, t.window[1], job.grid.height)
-    vx0, vx1 = max(x0 - m, t.window[2]), min(x1 + m, t.window[3], job.grid.width)
+    vy0, vy1 = max(y0 - m, wy0), min(y1 + m, wy1, job.grid.height)
+    vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, job.grid.width)
     valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0] * mask_on_grid(mask, *job.mask_scale, (vy0, vy1, vx0, vx1))
-    core = np.ascontiguousarray(valid[y0 - vy0 : y1 - vy0, x0 - vx0 : x1 - vx0], dtype=np.float32)
+    # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
+    core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    oy0, oy1, ox0, ox1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
+    core[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = valid[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0]
     peaks = []
     if core.any():
         pk = density_peaks(valid, job.sigma_px, min_distance=job.peak_min_distance)
@@ -424,9 +429,11 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         t = time.perf_counter()
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
-        per_task = cfg.tiles_per_task or 4 * cfg.batch_size
-        # one window shape per task, so that edge tiles batch together too
-        tasks = [c for group in _by_shape(todo) for c in _chunks(group, per_task)]
+        # small tasks balance the workers at the end of a run; <= ~500 of them keep the
+        # distributed scheduler's per-task cost (~2 ms) negligible
+        per_task = cfg.tiles_per_task or max(2, math.ceil(len(todo) / 500))
+        # tiles sorted by window shape, so that a task's tiles batch together
+        tasks = _chunks([t for group in _by_shape(todo) for t in group], per_task)
         _execute(job, tasks, cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -452,6 +459,8 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
                            "resampled": geom.resampled, "grid_shape": [geom.height, geom.width],
                            "tile_core": grid.core, "halo": grid.halo, "n_tiles": grid.shape[0] * grid.shape[1],
                            "n_tiles_tissue": len(tiles), "n_tiles_resumed": len(tiles) - len(todo),
+                           # pixels the network ran on (windows trimmed to the tissue, halos included)
+                           "network_input_px": int(sum(t.window_shape[0] * t.window_shape[1] for t in tiles)),
                            "normalization": {"offset": norm[0], "span": norm[1]}, "tissue_source": tm.source,
                            "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": str(device),
                            "precision": precision, "n_tasks": len(tasks),

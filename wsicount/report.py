@@ -172,6 +172,8 @@ def _figures(slide, tm, agg: Aggregate, g: float) -> tuple[bytes, bytes]:
     ax.set_xlim(0, ext_um[1])
     ax.set_ylim(ext_um[2], 0)
     fig.colorbar(im, ax=ax, label=f"cells / mm² ({g:g} µm cells)")
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("y (µm)")
     ax.set_title("cell density")
     heat_png = _png(fig)
     plt.close(fig)

@@ -113,6 +113,11 @@ class TileGrid:
         return cls(height, width, core, halo, stride)
 
     @property
+    def tile_size(self) -> int:
+        """Side of a full input window (core plus halo on both sides)."""
+        return self.core + 2 * self.halo
+
+    @property
     def padded(self) -> tuple[int, int]:
         """Grid size rounded up to the stride."""
         s = self.stride
@@ -125,12 +130,20 @@ class TileGrid:
 
     def tile(self, ty: int, tx: int) -> Tile:
         """Tile at index (ty, tx)."""
-        c, hh = self.core, self.halo
-        ph, pw = self.padded
+        c = self.core
         y0, x0 = ty * c, tx * c
-        y1, x1 = min(y0 + c, self.height), min(x0 + c, self.width)
-        win = (max(y0 - hh, 0), min(y1 + hh, ph), max(x0 - hh, 0), min(x1 + hh, pw))
-        return Tile(ty, tx, (y0, y1, x0, x1), win)
+        core = (y0, min(y0 + c, self.height), x0, min(x0 + c, self.width))
+        return Tile(ty, tx, core, self.window(core))
+
+    def window(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """Input window of a box of the grid: grown by the halo, clipped to ``[0, padded)``.
+
+        A box whose start is a multiple of the stride gets a stride-aligned window.
+        """
+        hh = self.halo
+        ph, pw = self.padded
+        y0, y1, x0, x1 = box
+        return max(y0 - hh, 0), min(y1 + hh, ph), max(x0 - hh, 0), min(x1 + hh, pw)
 
     def __iter__(self):
         ny, nx = self.shape
@@ -139,17 +152,35 @@ class TileGrid:
                 yield self.tile(ty, tx)
 
 
-def tissue_tiles(grid: TileGrid, mask: np.ndarray, scale_y: float, scale_x: float) -> list[Tile]:
-    """Tiles whose core overlaps tissue; ``scale_*`` = model-grid px per mask px."""
+def tissue_tiles(grid: TileGrid, mask: np.ndarray, scale_y: float, scale_x: float, trim: bool = True) -> list[Tile]:
+    """Tiles whose core overlaps tissue; ``scale_*`` = model-grid px per mask px.
+
+    With ``trim`` a tile's window covers only the stride-aligned bounding box of the tissue
+    in its core (plus the halo), not the whole core: outside that box the density is
+    masked to zero anyway, and inside it every pixel still has its receptive field in the
+    window, so values are unchanged while boundary tiles cost fewer network pixels.
+    """
     out = []
     mh, mw = mask.shape
+    s = grid.stride
     for t in grid:
         y0, y1, x0, x1 = t.core
         # conservative: any mask pixel the core touches counts
-        my0, my1 = int(math.floor(y0 / scale_y)), int(math.ceil(y1 / scale_y))
-        mx0, mx1 = int(math.floor(x0 / scale_x)), int(math.ceil(x1 / scale_x))
-        if mask[max(my0, 0) : min(my1, mh), max(mx0, 0) : min(mx1, mw)].any():
+        my0, my1 = max(int(math.floor(y0 / scale_y)), 0), min(int(math.ceil(y1 / scale_y)), mh)
+        mx0, mx1 = max(int(math.floor(x0 / scale_x)), 0), min(int(math.ceil(x1 / scale_x)), mw)
+        sub = mask[my0:my1, mx0:mx1]
+        if not sub.any():
+            continue
+        if not trim:
             out.append(t)
+            continue
+        rows, cols = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
+        # model pixels of tissue mask pixels, grown by 1 px against rounding, aligned outward
+        by0 = max(y0, (int(math.floor((my0 + rows[0]) * scale_y)) - 1) // s * s)
+        by1 = min(y1, -(-(int(math.ceil((my0 + rows[-1] + 1) * scale_y)) + 1) // s) * s)
+        bx0 = max(x0, (int(math.floor((mx0 + cols[0]) * scale_x)) - 1) // s * s)
+        bx1 = min(x1, -(-(int(math.ceil((mx0 + cols[-1] + 1) * scale_x)) + 1) // s) * s)
+        out.append(Tile(t.ty, t.tx, t.core, grid.window((by0, by1, bx0, bx1))))
     return out
 
 
