@@ -114,8 +114,9 @@ def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int],
 def measure(slide: Path, size: int, mode: str, args: argparse.Namespace) -> Result:
     """Run wsicount on ``slide`` in ``mode`` ('local' or 'workers') and measure it."""
     out = ROOT / "runs" / "bench-memory" / f"{slide.stem}-{mode}"
-    cmd = [sys.executable, "-m", "wsicount", "run", str(slide), "--out", str(out), "--overwrite", "-q",
-           "--tile-size", str(args.tile_size)]
+    cmd = [sys.executable, "-m", "wsicount", "run", str(slide), "--out", str(out), "--overwrite", "-q"]
+    if args.tile_size:
+        cmd += ["--tile-size", str(args.tile_size)]
     if mode == "workers":
         cmd += ["--workers", str(args.workers)]
     if args.model:
@@ -155,7 +156,7 @@ def main() -> None:
                     help="slide sides in px (multiples of 8), smallest first; NDPI sides <= 65496 [32768 65496]")
     ap.add_argument("--modes", nargs="+", choices=["local", "workers"], default=["local", "workers"])
     ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
-    ap.add_argument("--tile-size", type=int, default=512)
+    ap.add_argument("--tile-size", type=int, default=None, help="passed to wsicount run [its default]")
     ap.add_argument("--model", default=None, help="model name or path [bundled default]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slides", type=Path, default=ROOT / "runs" / "bench-slides", help="slide cache folder")

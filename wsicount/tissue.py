@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from .errors import InputError, NoTissueError, TileReadError
 
-__all__ = ["TissueMask", "detect_tissue", "load_user_mask", "choose_mask_level"]
+__all__ = ["TissueMask", "detect_tissue", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
 
 
 @dataclass
@@ -54,6 +54,15 @@ class TissueMask:
 #: target resolution of tissue masks: fine enough for a 1 % area on mm-sized tissue,
 #: coarse enough that morphology on a whole slide takes a second
 MASK_MPP = 4.0
+#: most mask pixels: larger slides get a coarser mask, so that the mask's memory (~60 B/px
+#: while it is computed) does not grow with the slide (16 Mpx: up to ~16x16 mm at 4 um/px)
+MASK_MAX_PX = 16_000_000
+
+
+def mask_target_mpp(mpp0: float, height0: int, width0: int, target_mpp: float = MASK_MPP,
+                    max_px: int = MASK_MAX_PX) -> float:
+    """Mask resolution for a slide: ``target_mpp``, coarsened until the mask has at most ``max_px`` pixels."""
+    return max(target_mpp, mpp0 * math.sqrt(height0 * width0 / max_px))
 
 
 def choose_mask_level(level_mpps: list[float], target_mpp: float = MASK_MPP) -> tuple[int, int]:
@@ -136,6 +145,8 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
     is taken from the next-closest level that decodes (``source`` says which and why).
     """
     mpps = [slide.level_mpp(i) for i in range(len(slide.levels))]
+    h0, w0 = (int(v) for v in slide.levels[0].shape[:2])
+    target_mpp = mask_target_mpp(slide.mpp, h0, w0, target_mpp)
     level, factor = choose_mask_level(mpps, target_mpp)
     try:
         return _detect_at(slide, mode, level, factor)
