@@ -4,7 +4,8 @@ Precision: 'fp32', or 'bf16'/'fp16', which run a copy of the module whose weight
 activations are in that dtype (convolutions still accumulate in fp32 inside oneDNN/cuDNN).
 A whole low-precision network is ~3x faster than autocast on CPUs with AMX/AVX512-BF16,
 because autocast converts every activation back and forth around BatchNorm and LeakyReLU.
-'auto' picks bf16 where the device computes it natively, fp32 elsewhere. Tiling stays
+'auto' picks bf16 where the device computes it natively and the model card lists bf16 as
+validated on the model's accuracy benchmark (``ModelCard.low_precision``), fp32 elsewhere. Tiling stays
 bit-exact in every precision: an output pixel gets the same value from any stride-aligned
 window holding its receptive field (checked by the seam tests).
 
@@ -22,7 +23,7 @@ import os
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from .models import LoadedModel, ModelCard
 from .preprocess import normalize_image
 
 __all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "DTYPES", "autocast_for", "pad_to_stride", "predict_batch", "predict_image",
@@ -53,12 +54,15 @@ def set_threads(n: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def resolve_precision(device: torch.device, precision: str = "auto") -> str:
-    """'auto' -> 'bf16' where ``device`` runs bf16 natively (AMX/AVX512-BF16 CPU, Ampere+ GPU), else 'fp32'."""
+def resolve_precision(device: torch.device, precision: str = "auto", card: ModelCard | None = None) -> str:
+    """'auto' -> 'bf16' where ``device`` runs bf16 natively (AMX/AVX512-BF16 CPU, Ampere+ GPU) and the
+    model ``card`` lists bf16 as validated (``card.low_precision``), else 'fp32'."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
+    if card is not None and "bf16" not in card.low_precision:
+        return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
@@ -92,7 +96,7 @@ def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, ti
     """
     if device.type != "cuda":
         return 1
-    precision = resolve_precision(device, precision)
+    precision = resolve_precision(device, precision, model.card)
     module = module_for(model, device, precision)
     x = torch.zeros((1, len(model.card.channels), tile, tile), device=device, dtype=DTYPES[precision])
     torch.cuda.synchronize(device)
@@ -127,7 +131,7 @@ def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:
 @torch.inference_mode()
 def predict_batch(model: LoadedModel, batch: np.ndarray, device: torch.device, precision: str = "fp32") -> np.ndarray:
     """(N, C, H, W) normalised float32 -> (N, H, W) float32 density in cells per pixel."""
-    precision = resolve_precision(device, precision)
+    precision = resolve_precision(device, precision, model.card)
     module = module_for(model, device, precision)
     t = torch.from_numpy(np.ascontiguousarray(batch))
     if device.type == "cuda":

@@ -394,7 +394,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     lm = load_model(model)
     card = lm.card
     device = pick_device(cfg.device)
-    precision = resolve_precision(device, cfg.precision)
+    precision = resolve_precision(device, cfg.precision, card)
     timings["open"] = time.perf_counter() - t
     # the resolved precision, not 'auto': results depend on what actually ran
     fingerprint = {"slide": slide_fingerprint(sl.path), "model": {"name": card.name, "version": card.version,

@@ -50,6 +50,9 @@ class ModelCard:
     modality: str = "fluorescence"
     #: minimum distance between detected cell centres, in network-input pixels
     peak_min_distance_px: int = 3
+    #: reduced precisions validated on this model's accuracy benchmark; ``precision='auto'``
+    #: uses bf16 only when it is listed here (and the hardware computes it natively)
+    low_precision: list[str] = field(default_factory=list)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
