@@ -373,7 +373,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     subclass for every input problem (see README: exit codes).
     """
     from .io import open_slide, slide_info
-    from .report import aggregate, write_report
+    from .report import aggregate, figures, write_report
     from .stitch import build_pyramid, create_density, write_label
     from .tissue import detect_tissue, load_user_mask
 
@@ -440,7 +440,12 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         records = [state.record(x.key) for x in tiles]
         agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
         agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
-        n_levels = build_pyramid(out, geom.model_mpp)
+        # the figures need no output files: draw them (GIL-bound matplotlib) while the
+        # pyramid is built (numpy sums and blosc, which release the GIL)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-figures") as pool:
+            drawing = pool.submit(figures, sl, tm, agg)
+            n_levels = build_pyramid(out, geom.model_mpp)
+            pngs = drawing.result()
         timings["stitch"] = time.perf_counter() - t
         stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "post")}
         info = slide_info(sl)
@@ -469,7 +474,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
             "timings": {**timings, "stage_seconds_summed_over_tiles": stage},
             "wsicount_version": __version__,
         }
-        ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units)
+        ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs)
         return ds
     finally:
         state.release()

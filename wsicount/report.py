@@ -141,8 +141,12 @@ def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
     return img, best
 
 
-def _figures(slide, tm, agg: Aggregate, g: float) -> tuple[bytes, bytes]:
-    """Thumbnail PNG and density heat map over it (cells/mm² per g-um cell)."""
+def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, bytes]:
+    """Thumbnail PNG and density heat map over it (cells/mm² per ``g``-um cell; default the finest grid).
+
+    Needs no output files, so :func:`wsicount.run` draws them while the density pyramid is built.
+    """
+    g = min(agg.counts) if g is None else g
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,26 +208,34 @@ def _csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
     return buf.getvalue()
 
 
-def _cells(agg: Aggregate, geom: Geometry, mpp0: float) -> list[dict[str, float]]:
-    """Detected cell centres in level-0 pixels and um."""
-    out = []
-    for y, x, v in agg.peaks:
-        yu, xu = (y + 0.5) * geom.model_mpp, (x + 0.5) * geom.model_mpp
-        out.append({"x_px": round(xu / mpp0 - 0.5, 2), "y_px": round(yu / mpp0 - 0.5, 2),
-                    "x_um": round(xu, 3), "y_um": round(yu, 3), "peak_density": float(v)})
-    return out
+CELL_FIELDS = ["x_px", "y_px", "x_um", "y_um", "peak_density"]
 
 
-def _geojson(cells: list[dict[str, float]], units: str, mpp0: float) -> str:
+def _cells(agg: Aggregate, geom: Geometry, mpp0: float) -> dict[str, np.ndarray]:
+    """Detected cell centres in level-0 pixels and um, as columns (vectorised: slides have 10^5+ cells)."""
+    pk = np.asarray(agg.peaks, dtype=np.float64).reshape(-1, 3)
+    yu, xu = (pk[:, 0] + 0.5) * geom.model_mpp, (pk[:, 1] + 0.5) * geom.model_mpp
+    return {"x_px": np.round(xu / mpp0 - 0.5, 2), "y_px": np.round(yu / mpp0 - 0.5, 2),
+            "x_um": np.round(xu, 3), "y_um": np.round(yu, 3), "peak_density": pk[:, 2]}
+
+
+def _cells_csv(cells: dict[str, np.ndarray]) -> str:
+    """cells.csv text: a header and one row per cell."""
+    cols = [cells[k].tolist() for k in CELL_FIELDS]
+    return "\n".join([",".join(CELL_FIELDS), *(",".join(map(repr, row)) for row in zip(*cols))]) + "\n"
+
+
+def _geojson(cells: dict[str, np.ndarray], units: str, mpp0: float) -> str:
     """QuPath-importable FeatureCollection of points (level-0 pixels or um, stated)."""
     kx, ky = ("x_px", "y_px") if units == "px" else ("x_um", "y_um")
-    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [c[kx], c[ky]]},
-              "properties": {"objectType": "detection", "classification": {"name": "Cell"},
-                             "measurements": {"peak_density": c["peak_density"]}}} for c in cells]
-    return json.dumps({"type": "FeatureCollection",
-                       "wsicount": {"coordinates": "level-0 pixels" if units == "px" else "micrometres",
-                                    "mpp": mpp0},
-                       "features": feats})
+    # one template per feature: json.dumps of 10^5 nested dicts is the slow part otherwise
+    feats = ",".join(
+        '{"type":"Feature","geometry":{"type":"Point","coordinates":[%r,%r]},"properties":{"objectType":"detection",'
+        '"classification":{"name":"Cell"},"measurements":{"peak_density":%r}}}' % t
+        for t in zip(cells[kx].tolist(), cells[ky].tolist(), cells["peak_density"].tolist()))
+    head = json.dumps({"type": "FeatureCollection",
+                       "wsicount": {"coordinates": "level-0 pixels" if units == "px" else "micrometres", "mpp": mpp0}})
+    return head[:-1] + ', "features": [' + feats + "]}"
 
 
 def _html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[dict[str, Any]], g: float) -> str:
@@ -269,8 +281,11 @@ def _loc(d: dict | None) -> str:
 
 
 def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], t_start: float,
-                 units: str = "px"):
-    """Write count maps, tables, figures, HTML and (last) summary.json; return the Dataset."""
+                 units: str = "px", pngs: tuple[bytes, bytes] | None = None):
+    """Write count maps, tables, figures, HTML and (last) summary.json; return the Dataset.
+
+    ``pngs``: the (thumbnail, heat map) of :func:`figures` when already drawn.
+    """
     from .stitch import write_image
 
     t = time.perf_counter()
@@ -281,11 +296,11 @@ def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: 
     atomic_write(out / "regions.csv", _csv_text(rows, ["grid_um", "row", "col", "x0_um", "y0_um", "x1_um", "y1_um",
                                                         "tissue_fraction", "tissue_mm2", "count", "cells_per_mm2"]))
     cells = _cells(agg, geom, slide.mpp)
-    atomic_write(out / "cells.csv", _csv_text(cells, ["x_px", "y_px", "x_um", "y_um", "peak_density"]))
+    atomic_write(out / "cells.csv", _cells_csv(cells))
     atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
     atomic_write(out / "bad_tiles.csv", _csv_text(agg.bad_tiles, BAD_TILE_FIELDS))
     g_small = min(agg.counts)
-    thumb, heat = _figures(slide, tm, agg, g_small)
+    thumb, heat = pngs if pngs is not None else figures(slide, tm, agg, g_small)
     atomic_write(out / "thumbnail.png", thumb)
     atomic_write(out / "heatmap.png", heat)
     summary["timings"]["report"] = time.perf_counter() - t
@@ -310,7 +325,7 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def _dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], cells: list[dict[str, float]]):
+def _dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], cells: dict[str, np.ndarray]):
     """Results as an xarray Dataset (density lazily from the Zarr store)."""
     import dask.array as da
     import xarray as xr
@@ -325,8 +340,8 @@ def _dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, A
         "tissue": xr.DataArray(tm.mask, dims=("mask_y", "mask_x"),
                                coords={"mask_y": (np.arange(tm.mask.shape[0]) + 0.5) * tm.mpp0 * tm.scale_y,
                                        "mask_x": (np.arange(tm.mask.shape[1]) + 0.5) * tm.mpp0 * tm.scale_x}),
-        "cell_y_um": xr.DataArray(np.array([c["y_um"] for c in cells]), dims=("cell",)),
-        "cell_x_um": xr.DataArray(np.array([c["x_um"] for c in cells]), dims=("cell",)),
+        "cell_y_um": xr.DataArray(cells["y_um"], dims=("cell",)),
+        "cell_x_um": xr.DataArray(cells["x_um"], dims=("cell",)),
     }
     for g in agg.counts:
         gy, gx = f"grid{g:g}_y", f"grid{g:g}_x"
