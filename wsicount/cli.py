@@ -61,7 +61,7 @@ def cli(debug: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Inference precision; auto = bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, "
-                   "Ampere+), else fp32. See BENCHMARKS.md for speed and count impact.")
+                   "Ampere+) and the model card validated it (low_precision), else fp32. See BENCHMARKS.md.")
 @click.option("--prefetch", type=int, default=2, show_default=True,
               help="Batches decoded ahead of the network per task (memory: prefetch x batch x tile²).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")

@@ -2,8 +2,8 @@
 
 Precision: 'fp32', or 'bf16'/'fp16', which run a copy of the module whose weights and
 activations are in that dtype (convolutions still accumulate in fp32 inside oneDNN/cuDNN).
-A whole low-precision network is ~3x faster than autocast on CPUs with AMX/AVX512-BF16,
-because autocast converts every activation back and forth around BatchNorm and LeakyReLU.
+A whole low-precision network avoids autocast's conversion of every activation around
+BatchNorm and LeakyReLU (bf16 vs fp32 model floor: ``benchmarks/throughput.py``).
 'auto' picks bf16 where the device computes it natively and the model card lists bf16 as
 validated on the model's accuracy benchmark (``ModelCard.low_precision``), fp32 elsewhere. Tiling stays
 bit-exact in every precision: an output pixel gets the same value from any stride-aligned
@@ -26,8 +26,8 @@ import torch
 from .models import LoadedModel, ModelCard
 from .preprocess import normalize_image
 
-__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "DTYPES", "autocast_for", "pad_to_stride", "predict_batch", "predict_image",
-           "set_threads", "PRECISIONS"]
+__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "DTYPES", "PRECISIONS",
+           "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
 
 #: accepted ``precision`` values ('auto' resolves to one of the others)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -90,8 +90,8 @@ def module_for(model: LoadedModel, device: torch.device, precision: str) -> torc
 def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, tile: int, limit: int = 16) -> int:
     """Tiles per forward pass: 1 on CPU; on CUDA as many ``tile``² windows as fit in half the free memory.
 
-    On CPU batching does not raise throughput (measured: BENCHMARKS.md) but multiplies the
-    activation memory, so one tile per pass. On CUDA one forward pass of a single tile is
+    On CPU batching did not raise throughput in our probes (not a recorded benchmark) but it
+    multiplies the activation memory, so one tile per pass. On CUDA one forward pass of a single tile is
     measured (peak allocation) and the batch is ``0.5 x free / that``, at most ``limit``.
     """
     if device.type != "cuda":
@@ -114,8 +114,7 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     """Autocast context for 'fp32' (none), 'bf16' or 'fp16' on the given device (training uses it)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
 def pad_to_stride(x: np.ndarray, stride: int) -> np.ndarray:

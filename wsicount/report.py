@@ -158,9 +158,9 @@ def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, b
     fig, ax = plt.subplots(figsize=(6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
     ax.imshow(thumb, extent=ext_um)
     ms = max(1, int(np.ceil(max(tm.mask.shape) / 2048)))  # a display outline needs no more
-    ax.contour(tm.mask[::ms, ::ms], levels=[0.5], colors="lime", linewidths=0.8,
-               extent=[0, tm.mask[::ms, ::ms].shape[1] * ms * tm.mpp0 * tm.scale_x, 0,
-                       tm.mask[::ms, ::ms].shape[0] * ms * tm.mpp0 * tm.scale_y])
+    outline = tm.mask[::ms, ::ms]
+    ax.contour(outline, levels=[0.5], colors="lime", linewidths=0.8,
+               extent=[0, outline.shape[1] * ms * tm.mpp0 * tm.scale_x, 0, outline.shape[0] * ms * tm.mpp0 * tm.scale_y])
     ax.set_ylim(ext_um[2], 0)
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")

@@ -175,13 +175,17 @@ def tissue_tiles(grid: TileGrid, mask: np.ndarray, scale_y: float, scale_x: floa
             out.append(t)
             continue
         rows, cols = np.flatnonzero(sub.any(axis=1)), np.flatnonzero(sub.any(axis=0))
-        # model pixels of tissue mask pixels, grown by 1 px against rounding, aligned outward
-        by0 = max(y0, (int(math.floor((my0 + rows[0]) * scale_y)) - 1) // s * s)
-        by1 = min(y1, -(-(int(math.ceil((my0 + rows[-1] + 1) * scale_y)) + 1) // s) * s)
-        bx0 = max(x0, (int(math.floor((mx0 + cols[0]) * scale_x)) - 1) // s * s)
-        bx1 = min(x1, -(-(int(math.ceil((mx0 + cols[-1] + 1) * scale_x)) + 1) // s) * s)
+        by0, by1 = _tissue_span(my0 + rows[0], my0 + rows[-1] + 1, scale_y, s, y0, y1)
+        bx0, bx1 = _tissue_span(mx0 + cols[0], mx0 + cols[-1] + 1, scale_x, s, x0, x1)
         out.append(Tile(t.ty, t.tx, t.core, grid.window((by0, by1, bx0, bx1))))
     return out
+
+
+def _tissue_span(m0: int, m1: int, scale: float, stride: int, lo: int, hi: int) -> tuple[int, int]:
+    """Model-grid span of mask pixels [m0, m1): grown by 1 px against rounding, aligned outward, within [lo, hi)."""
+    a = (int(math.floor(m0 * scale)) - 1) // stride * stride
+    b = -(-(int(math.ceil(m1 * scale)) + 1) // stride) * stride
+    return max(lo, a), min(hi, b)
 
 
 def mask_on_grid(mask: np.ndarray, scale_y: float, scale_x: float, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -71,8 +71,12 @@ def choose_mask_level(level_mpps: list[float], target_mpp: float = MASK_MPP) -> 
     for i, m in enumerate(level_mpps):
         if m <= target_mpp * 1.05:
             level = i
-    factor = max(1, int(target_mpp * 1.05 // level_mpps[level]))
-    return level, factor
+    return level, _block_factor(level_mpps[level], target_mpp)
+
+
+def _block_factor(level_mpp: float, target_mpp: float) -> int:
+    """Integer block-averaging factor bringing ``level_mpp`` to about ``target_mpp`` (never upsampling)."""
+    return max(1, int(target_mpp * 1.05 // level_mpp))
 
 
 def _mask_image(slide, level: int, factor: int) -> np.ndarray:
@@ -155,9 +159,8 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
             raise
         # other levels, closest in resolution first; each gets its own block factor
         for other in sorted((i for i in range(len(mpps)) if i != level), key=lambda i: abs(math.log(mpps[i] / mpps[level]))):
-            f = max(1, int(target_mpp * 1.05 // mpps[other]))
             try:
-                tm = _detect_at(slide, mode, other, f)
+                tm = _detect_at(slide, mode, other, _block_factor(mpps[other], target_mpp))
             except TileReadError:
                 continue
             tm.source += f"; level {level} undecodable: {first}"
