@@ -401,23 +401,12 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int]:
     return time.perf_counter() - t0, peak, proc.returncode
 
 
-def network_input_pixels(out: Path, summary: dict[str, Any], stride: int) -> int:
-    """Sum of the input-window areas of the tiles this run processed (summary, else completion records)."""
-    from wsicount.tiling import TileGrid
-
-    p = summary["processing"]
-    if "network_input_px" in p:
-        return int(p["network_input_px"])
-    grid = TileGrid(p["grid_shape"][0], p["grid_shape"][1], p["tile_core"], p["halo"], stride)
-    total = 0
-    for rec in (out / ".wsicount" / "tiles").glob("*.json"):
-        ty, tx = (int(v) for v in rec.stem.split("_"))
-        h, w = grid.tile(ty, tx).window_shape
-        total += h * w
-    return total
+def network_input_pixels(summary: dict[str, Any]) -> int:
+    """Pixels the network ran on in this run (windows trimmed to the tissue, halos included)."""
+    return int(summary["processing"]["network_input_px"])
 
 
-def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace, stride: int) -> E2E:
+def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace) -> E2E:
     """One ``wsicount run`` in a subprocess; reads its summary.json."""
     out = Path(args.work) / f"{slide.path.stem}-{precision}-t{threads}"
     cmd = [sys.executable, "-m", "wsicount", "run", str(slide.path), "--out", str(out), "--overwrite", "-q",
@@ -433,7 +422,7 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
     if rc != 0:
         raise SystemExit(f"wsicount run failed (exit {rc}); see {log}:\n{log.read_text()[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(out, summary, stride))
+    e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(summary))
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return e
@@ -685,7 +674,7 @@ def main(argv: list[str] | None = None) -> None:
     runs, naives = [], []
     for i, s in enumerate(slides):
         print(f"{s.path.name}:", flush=True)
-        runs += [run_e2e(s, p, t, args, lm.card.stride) for p, t, only in args.runs if only in (None, i)]
+        runs += [run_e2e(s, p, t, args) for p, t, only in args.runs if only in (None, i)]
         if not args.no_naive:
             print(f"  naive baseline on a {args.crop}² crop ...", flush=True)
             naives.append(naive_crop(s, lm, device, args.tile_size, args.crop))
