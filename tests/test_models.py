@@ -224,3 +224,14 @@ def test_card_with_unknown_key_raises_model_error(saved):
 
 def test_missing_model_raises_model_error(tmp_path):
     _assert_one_line_model_error(tmp_path / "nothing.json")
+
+
+def test_reading_a_card_does_not_import_torch():
+    """``wsicount.models`` and ``read_card`` stay torch-free: input errors come before torch's start-up,
+    and ``run`` loads the weights on one thread while another computes the tissue mask."""
+    import subprocess
+    import sys
+
+    code = ("import sys, wsicount.models as m; card, path = m.read_card(None); "
+            "assert card.name and path.exists(); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,3 +22,31 @@ def test_mask_pixels_are_capped_on_huge_slides(side: int):
     level, factor = choose_mask_level(mpps, target)
     assert (side * mpp0 / (mpps[level] * factor)) ** 2 <= MASK_MAX_PX * 1.05**2 * 1.0001
     assert mpps[level] * factor <= target * 1.05
+
+
+@pytest.mark.parametrize("seed,p", [(0, 0.3), (1, 0.55), (2, 0.7)])
+def test_fill_holes_equals_scipy(seed: int, p: float):
+    """The label-based hole filling is exactly scipy's binary_fill_holes (4-connected background)."""
+    import numpy as np
+    from scipy import ndimage
+
+    from wsicount.tissue import _fill_holes
+
+    m = np.random.default_rng(seed).random((301, 257)) > p
+    assert np.array_equal(_fill_holes(m), ndimage.binary_fill_holes(m))
+    assert _fill_holes(np.ones((5, 4), bool)).all() and not _fill_holes(np.zeros((5, 4), bool)).any()
+
+
+def test_mask_of_rgb_image_uses_the_channel_mean():
+    """Three channels of a grey image give the mask of that grey image (the per-plane channel mean is exact)."""
+    import numpy as np
+
+    from wsicount.tissue import mask_from_image
+
+    rng = np.random.default_rng(4)
+    grey = np.full((400, 500), 10, np.uint8)
+    grey[100:300, 120:400] = 120 + rng.integers(0, 40, (200, 280), dtype=np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    m = mask_from_image(rgb, "fluorescence", 4.0)
+    assert np.array_equal(m, mask_from_image(grey, "fluorescence", 4.0))
+    assert 0.25 < m.mean() < 0.32  # the 200x280 block of 400x500 (0.28)

@@ -24,7 +24,8 @@ import numpy as np
 from .runstate import atomic_write
 from .tiling import Geometry
 
-__all__ = ["Aggregate", "aggregate", "write_report", "BAD_TILE_FIELDS"]
+__all__ = ["Aggregate", "aggregate", "write_report", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
+           "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
 
@@ -141,17 +142,29 @@ def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
     return img, best
 
 
-def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, bytes]:
-    """Thumbnail PNG and density heat map over it (cells/mm² per ``g``-um cell; default the finest grid).
-
-    Needs no output files, so :func:`wsicount.run` draws them while the density pyramid is built.
-    """
-    g = min(agg.counts) if g is None else g
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported on first use: ~1 s)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+@dataclass
+class SlideFigure:
+    """The slide picture with the tissue outline, and the thumbnail it was drawn on."""
+
+    png: bytes
+    thumb: np.ndarray  # (h, w, 3) uint8, display-stretched
+    extent_um: list[float]  # [0, width, height, 0] of the whole slide in um
+
+
+def slide_figure(slide, tm) -> SlideFigure:
+    """Thumbnail PNG with the tissue outline; needs no counts, so :func:`wsicount.run` draws it
+    while the model loads."""
+    plt = _pyplot()
     thumb, _ = _thumbnail(slide)
     h0, w0 = (int(s) for s in slide.levels[0].shape[:2])
     ext_um = [0, w0 * slide.mpp, h0 * slide.mpp, 0]
@@ -165,8 +178,16 @@ def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, b
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.set_title("slide and tissue outline")
-    thumb_png = _png(fig)
+    png = _png(fig)
     plt.close(fig)
+    return SlideFigure(png, thumb, ext_um)
+
+
+def heatmap_figure(sf: SlideFigure, agg: Aggregate, g: float | None = None) -> bytes:
+    """Density heat map PNG over the thumbnail (cells/mm² per ``g``-um cell; default the finest grid)."""
+    plt = _pyplot()
+    g = min(agg.counts) if g is None else g
+    thumb, ext_um = sf.thumb, sf.extent_um
     c, t = agg.counts[g], agg.tissue_mm2[g]
     dens = np.where(t > 0.25 * (g / 1000) ** 2, c / np.maximum(t, 1e-12), np.nan)
     fig, ax = plt.subplots(figsize=(6.6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
@@ -179,9 +200,15 @@ def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, b
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("y (µm)")
     ax.set_title("cell density")
-    heat_png = _png(fig)
+    png = _png(fig)
     plt.close(fig)
-    return thumb_png, heat_png
+    return png
+
+
+def figures(slide, tm, agg: Aggregate, g: float | None = None) -> tuple[bytes, bytes]:
+    """Thumbnail PNG and density heat map over it (see :func:`slide_figure`, :func:`heatmap_figure`)."""
+    sf = slide_figure(slide, tm)
+    return sf.png, heatmap_figure(sf, agg, g)
 
 
 def _regions_rows(agg: Aggregate) -> list[dict[str, Any]]:

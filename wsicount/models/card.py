@@ -14,15 +14,16 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
 from ..runstate import atomic_write, atomic_write_with
 
-__all__ = ["ModelCard", "LoadedModel", "save_model", "load_model", "bundled_models", "resolve_model_path"]
+if TYPE_CHECKING:  # torch is imported where weights are read or written: a card alone needs none of it
+    import torch
+    from torch import nn
+
+__all__ = ["ModelCard", "LoadedModel", "save_model", "load_model", "read_card", "bundled_models", "resolve_model_path"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 DEFAULT_MODEL = "melanocyte-trp1"
@@ -129,15 +130,9 @@ def save_model(module: nn.Module, card: ModelCard, path: str | os.PathLike, half
     return cpath
 
 
-def load_model(model: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a bundled or user model in eval mode; a corrupt or mismatched file is a ModelError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from . import build_model
-
+def read_card(model: str | os.PathLike | None = None) -> tuple[ModelCard, Path]:
+    """The card of a bundled or user model and its path, without importing torch; bad JSON is a ModelError."""
     cpath = resolve_model_path(model)
-    wpath = cpath.with_suffix(".safetensors")
     try:
         raw = json.loads(cpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -145,9 +140,20 @@ def load_model(model: str | os.PathLike | None = None, device: str | torch.devic
     if not isinstance(raw, dict):
         raise ModelError(f"model card {cpath} must hold a JSON object, not {type(raw).__name__}")
     try:
-        card = ModelCard.from_dict(raw)
+        return ModelCard.from_dict(raw), cpath
     except TypeError as e:  # a required field (name, arch) is missing
         raise ModelError(f"model card {cpath} is incomplete: {e}") from None
+
+
+def load_model(model: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a bundled or user model in eval mode; a corrupt or mismatched file is a ModelError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from . import build_model
+
+    card, cpath = read_card(model)
+    wpath = cpath.with_suffix(".safetensors")
     if not wpath.exists():
         raise ModelError(f"model weights {wpath} are missing")
     try:
