@@ -4,6 +4,7 @@ slide needs at most 1.3x the peak RSS of the smaller one), on the local schedule
 
     python benchmarks/memory.py                                  # 32768² and 65496² NDPI (~1.07 and ~4.29 Gpx)
     python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
+    python benchmarks/memory.py --mask-probe --sizes 26624x30000 65496   # the README's mask term, B per mask px
 
 Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
 ``runs/bench-slides/`` under the names ``benchmarks/throughput.py`` uses, so both share them.
@@ -35,7 +36,7 @@ MiB = 2**20
 class Result:
     """One measured run."""
 
-    size: int
+    size: tuple[int, int]  # (H, W) px
     mode: str
     wall_s: float
     client_peak: int  # bytes
@@ -47,7 +48,7 @@ class Result:
     @property
     def gpx(self) -> float:
         """Level-0 gigapixels of the slide."""
-        return self.size * self.size / 1e9
+        return self.size[0] * self.size[1] / 1e9
 
     @property
     def peak(self) -> int:
@@ -55,16 +56,22 @@ class Result:
         return max([self.client_peak, *self.worker_peaks])
 
 
-def _slide(size: int, folder: Path, seed: int, tissue_fraction: float = 0.6) -> Path:
-    """The cached synthetic NDPI slide of ``size``² px (written on first use)."""
+def _size(text: str) -> tuple[int, int]:
+    """'N' or 'HxW' -> (H, W)."""
+    h, _, w = text.lower().partition("x")
+    return int(h), int(w or h)
+
+
+def _slide(size: tuple[int, int], folder: Path, seed: int, tissue_fraction: float = 0.6) -> Path:
+    """The cached synthetic NDPI slide of ``size`` (H, W) px (written on first use)."""
     from wsicount.synth import synth_slide
 
-    path = folder / f"nz-{size}x{size}-tf{tissue_fraction:g}-s{seed}.ndpi"
+    path = folder / f"nz-{size[0]}x{size[1]}-tf{tissue_fraction:g}-s{seed}.ndpi"
     if not (path.exists() and path.with_name(path.name + ".truth.json").exists()):
         folder.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         print(f"synthesizing {path} ...", flush=True)
-        synth_slide(path, format="ndpi", size=(size, size), seed=seed, tissue_fraction=tissue_fraction)
+        synth_slide(path, format="ndpi", size=size, seed=seed, tissue_fraction=tissue_fraction)
         print(f"  {time.perf_counter() - t:.0f} s", flush=True)
     return path
 
@@ -111,7 +118,7 @@ def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int],
     return wall, client, workers, err
 
 
-def measure(slide: Path, size: int, mode: str, args: argparse.Namespace) -> Result:
+def measure(slide: Path, size: tuple[int, int], mode: str, args: argparse.Namespace) -> Result:
     """Run wsicount on ``slide`` in ``mode`` ('local' or 'workers') and measure it."""
     out = ROOT / "runs" / "bench-memory" / f"{slide.stem}-{mode}"
     cmd = [sys.executable, "-m", "wsicount", "run", str(slide), "--out", str(out), "--overwrite", "-q"]
@@ -133,10 +140,41 @@ def measure(slide: Path, size: int, mode: str, args: argparse.Namespace) -> Resu
     return r
 
 
+_MASK_PROBE = """
+import json, sys, tracemalloc
+from wsicount.io import open_slide
+from wsicount.tissue import detect_tissue
+slide = open_slide(sys.argv[1])
+tracemalloc.start()  # numpy reports its buffers to tracemalloc: the peak is the arrays' peak
+tm = detect_tissue(slide)
+held, peak = tracemalloc.get_traced_memory()
+print(json.dumps({"shape": list(tm.mask.shape), "mpp": tm.mpp, "peak": peak, "held": held, "source": tm.source}))
+"""
+
+
+def mask_probe(slide: Path) -> dict:
+    """Peak bytes of numpy arrays while ``detect_tissue`` runs on ``slide``, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MASK_PROBE, str(slide)], check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    px = r["shape"][0] * r["shape"][1]
+    print(f"{slide.name}: mask {r['shape'][0]}x{r['shape'][1]} at {r['mpp']:.2f} um/px, "
+          f"peak {r['peak'] / MiB:.0f} MiB = {r['peak'] / px:.1f} B/mask px", flush=True)
+    return {**r, "slide": slide.name, "px": px}
+
+
+def mask_table(rows: list[dict]) -> str:
+    """Markdown table of the mask probes."""
+    lines = ["| slide | mask px | mask µm/px | level | peak MiB (numpy arrays) | B per mask px |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['slide']} | {r['shape'][0]}×{r['shape'][1]} | {r['mpp']:.2f} | {r['source']} | "
+                     f"{r['peak'] / MiB:.0f} | {r['peak'] / r['px']:.1f} |")
+    return "\n".join(lines)
+
+
 def table(results: list[Result]) -> str:
     """Markdown table; the ratio compares each run's peak with the smallest slide's, same mode."""
     smallest = {}
-    for r in sorted(results, key=lambda r: r.size):
+    for r in sorted(results, key=lambda r: r.gpx):
         smallest.setdefault(r.mode, r)
     lines = ["| slide | Gpx | mode | precision | tissue tiles | wall s | client peak RSS MiB | "
              "worker peak RSS MiB (each) | ratio to smallest |", "|---|---|---|---|---|---|---|---|---|"]
@@ -144,7 +182,7 @@ def table(results: list[Result]) -> str:
         base = smallest[r.mode]
         ratio = "—" if r is base else f"{r.peak / base.peak:.2f}"
         worker = ", ".join(f"{w / MiB:.0f}" for w in r.worker_peaks) if r.worker_peaks else "—"
-        lines.append(f"| {r.size}² | {r.gpx:.3g} | {r.mode} | {r.precision} | {r.n_tiles} | {r.wall_s:.1f} | "
+        lines.append(f"| {r.size[0]}×{r.size[1]} | {r.gpx:.3g} | {r.mode} | {r.precision} | {r.n_tiles} | {r.wall_s:.1f} | "
                      f"{r.client_peak / MiB:.0f} | {worker} | {ratio} |")
     return "\n".join(lines)
 
@@ -152,8 +190,11 @@ def table(results: list[Result]) -> str:
 def main() -> None:
     """Parse options, measure every (size, mode), print and append the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[32768, 65496],
-                    help="slide sides in px (multiples of 8), smallest first; NDPI sides <= 65496 [32768 65496]")
+    ap.add_argument("--sizes", type=_size, nargs="+", default=[(32768, 32768), (65496, 65496)],
+                    help="slide sizes, N (square) or HxW, px, multiples of 8, smallest first; NDPI sides <= 65496 "
+                         "[32768 65496]")
+    ap.add_argument("--mask-probe", action="store_true",
+                    help="measure only the tissue mask's peak memory per mask pixel (README's mask term)")
     ap.add_argument("--modes", nargs="+", choices=["local", "workers"], default=["local", "workers"])
     ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
     ap.add_argument("--tile-size", type=int, default=None, help="passed to wsicount run [its default]")
@@ -164,10 +205,18 @@ def main() -> None:
     ap.add_argument("--keep-outputs", action="store_true", help="keep runs/bench-memory/* after measuring")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to BENCHMARKS.md")
     args = ap.parse_args()
-    if any(s % 8 for s in args.sizes):
+    if any(v % 8 for s in args.sizes for v in s):
         ap.error("NDPI slide sizes must be multiples of 8")
+    if args.mask_probe:
+        rows = [mask_probe(_slide(size, args.slides, args.seed)) for size in args.sizes]
+        body = (f"{mask_table(rows)}\n\n`detect_tissue` alone in a fresh process; peak of the numpy arrays it allocates "
+                "(tracemalloc), over the mask's pixels: the README's mask term.")
+        print("\n" + body)
+        if not args.no_write:
+            append_section("Tissue-mask memory", body)
+        return
     results = []
-    for size in sorted(args.sizes):
+    for size in sorted(args.sizes, key=lambda s: s[0] * s[1]):
         slide = _slide(size, args.slides, args.seed)
         results += [measure(slide, size, mode, args) for mode in args.modes]
     body = (f"{table(results)}\n\nPeak RSS per process (VmHWM). `local`: `wsicount run` on the threaded scheduler; "
