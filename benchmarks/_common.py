@@ -61,3 +61,45 @@ def append_section(title: str, body: str) -> None:
     with open(BENCHMARKS_MD, "a") as f:
         f.write(f"\n## {title}\n\n- date: {stamp}\n- command: `{command()}`\n- machine: {machine()}\n"
                 f"- commit: {git_rev()}\n\n{body.rstrip()}\n")
+
+
+def stream_rate(make_step, n: int, seconds: float, warmup: int) -> float:
+    """CPU: calls per second of ``n`` threads each calling its own ``make_step()`` with 1 intra-op thread.
+
+    ``make_step`` runs in the thread (inputs are made there); this is how ``wsicount run`` uses a
+    CPU by default: ``--threads`` concurrent tile tasks with cores / threads intra-op threads each.
+    """
+    import threading
+    import time
+
+    import torch
+
+    counts = [0] * n
+    start, stop = threading.Barrier(n + 1), threading.Event()
+
+    def worker(i: int) -> None:
+        torch.set_num_threads(1)  # per calling thread (OpenMP)
+        step = make_step()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                step()
+            start.wait()
+            while not stop.is_set():
+                step()
+                counts[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    while sum(counts) < 2 * n:  # slow calls: wait for at least two per stream on average
+        time.sleep(0.01)
+    done = sum(counts)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join()
+    torch.set_num_threads(os.cpu_count() or 1)
+    return done / elapsed

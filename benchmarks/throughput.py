@@ -27,9 +27,14 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   at level 0, PIL box resize to the model's um/px, the model one tile at a time (fp32, no halo,
   every tile, tissue or not), stitched into an in-memory numpy array; run on a centred
   ``--crop`` of the slide and scaled to the whole slide by pixel count (the table says so);
-* ratios -- end-to-end network-input rate / model floor (target >= 0.8), naive time /
-  end-to-end time (target >= 5x), 1-thread wall / 2-thread wall, and the relative count
-  difference of bf16 vs fp32.
+* floor around each run -- this VM's speed drifts by up to ~25 % within minutes, so a floor
+  measured once at the start is a poor yardstick for a run made ten minutes later: the floor
+  of the run's own configuration (THREADS streams x cores/THREADS intra-op threads, its
+  precision) is measured again right before and right after each ``wsicount run``
+  (``--bracket-seconds`` each; 0 = off), and their mean is the run's own yardstick;
+* ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
+  floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
+  1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ROOT, append_section, machine  # noqa: E402
+from _common import ROOT, append_section, machine, stream_rate  # noqa: E402
 
 DEFAULT_SIZES = ("26624x30000", "32768x32768")
 DEFAULT_RUNS = ("bf16:2", "fp32:2@0", "bf16:1@0")
@@ -104,6 +109,12 @@ class E2E:
     peak_rss: int
     summary: dict[str, Any]
     net_px: int  # network-input pixels of the processed tiles
+    floor_around: tuple[float, float] | None = None  # floor (Mpx/s) right before and after the run
+
+    @property
+    def around(self) -> float | None:
+        """Mean of the floors measured right before and after the run."""
+        return sum(self.floor_around) / 2 if self.floor_around else None
 
     @property
     def key(self) -> str:
@@ -274,41 +285,18 @@ def model_floor_streams(lm, tile: int, batch: int, precision: str, seconds: floa
     This is how ``wsicount run`` uses a CPU by default (``--threads`` concurrent tile tasks,
     cores / threads intra-op threads each); on 2 cores it beats one 2-thread stream.
     """
-    import threading
-
     import torch
 
     from wsicount.infer import DTYPES, module_for
 
     module = module_for(lm, torch.device("cpu"), precision)
     c = len(lm.card.channels)
-    counts = [0] * n
-    start, stop = threading.Barrier(n + 1), threading.Event()
 
-    def worker(i: int) -> None:
-        torch.set_num_threads(1)  # per calling thread (OpenMP)
+    def make_step():
         x = torch.randn(batch, c, tile, tile, dtype=DTYPES[precision]).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            for _ in range(warmup):
-                module(x)
-            start.wait()
-            while not stop.is_set():
-                module(x)
-                counts[i] += 1
+        return lambda: module(x)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    start.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    done = sum(counts)
-    elapsed = time.perf_counter() - t0
-    stop.set()
-    for t in threads:
-        t.join()
-    torch.set_num_threads(os.cpu_count() or 1)
-    return done * batch * tile * tile / elapsed / 1e6
+    return stream_rate(make_step, n, seconds, warmup) * batch * tile * tile / 1e6
 
 
 def vm_hwm(pid: int | str = "self") -> int | None:
@@ -406,8 +394,15 @@ def network_input_pixels(summary: dict[str, Any]) -> int:
     return int(summary["processing"]["network_input_px"])
 
 
-def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace) -> E2E:
-    """One ``wsicount run`` in a subprocess; reads its summary.json."""
+def run_floor(lm, device, precision: str, threads: int, args: argparse.Namespace) -> float:
+    """The model floor in the configuration a run with ``threads`` tile threads uses (Mpx/s)."""
+    if device.type == "cpu" and threads > 1:
+        return model_floor_streams(lm, args.tile_size, args.batch_size, precision, args.bracket_seconds, 1, threads)
+    return model_floor(lm, device, args.tile_size, args.batch_size, precision, args.bracket_seconds, 1)
+
+
+def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace, lm, device) -> E2E:
+    """One ``wsicount run`` in a subprocess, bracketed by floor measurements; reads its summary.json."""
     out = Path(args.work) / f"{slide.path.stem}-{precision}-t{threads}"
     cmd = [sys.executable, "-m", "wsicount", "run", str(slide.path), "--out", str(out), "--overwrite", "-q",
            "--precision", precision, "--threads", str(threads), "--tile-size", str(args.tile_size),
@@ -417,12 +412,16 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"  wsicount run {slide.path.name} {precision} threads={threads} ...", flush=True)
     log = out.parent / f"{out.name}.log"
+    before = run_floor(lm, device, precision, threads, args) if args.bracket_seconds > 0 else None
     wall, rss, rc = measure_process(cmd, log)
-    print(f"    {wall:.1f} s, peak RSS {rss / MIB:.0f} MiB", flush=True)
+    after = run_floor(lm, device, precision, threads, args) if args.bracket_seconds > 0 else None
+    print(f"    {wall:.1f} s, peak RSS {rss / MIB:.0f} MiB"
+          + (f"; floor before/after {before:.3f}/{after:.3f} Mpx/s" if before is not None else ""), flush=True)
     if rc != 0:
         raise SystemExit(f"wsicount run failed (exit {rc}); see {log}:\n{log.read_text()[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(summary))
+    e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(summary),
+            (before, after) if before is not None else None)
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     return e
@@ -532,9 +531,12 @@ def e2e_text(runs: list[E2E], floors: dict[str, Floor]) -> str:
         rows.append([e.slide.path.name, e.key, fmt(e.wall, 1), fmt(e.summary["timings"].get("total"), 1),
                      fmt(e.slide.mpx / e.wall, 1), fmt(e.net_mpx_s), fmt(e.tissue_mpx_s),
                      e.summary["processing"]["n_tiles_tissue"], fmt(e.peak_rss / MIB, 0),
-                     fmt(e.summary["total_cells"], 0), fmt(e.net_mpx_s / f.best if f else None)])
+                     fmt(e.summary["total_cells"], 0), fmt(e.net_mpx_s / f.best if f else None),
+                     " / ".join(fmt(v, 3) for v in e.floor_around) if e.floor_around else "—",
+                     fmt(e.net_mpx_s / e.around if e.around else None)])
     return md_table(["slide", "precision:threads", "wall s", "in-process s", "slide Mpx/s", "net-in Mpx/s",
-                     "tissue Mpx/s (model grid)", "tissue tiles", "peak RSS MiB", "cells", "÷ model floor"], rows)
+                     "tissue Mpx/s (model grid)", "tissue tiles", "peak RSS MiB", "cells", "÷ model floor (start)",
+                     "floor before / after run", "÷ floor around run"], rows)
 
 
 def stages_text(runs: list[E2E]) -> str:
@@ -543,11 +545,15 @@ def stages_text(runs: list[E2E]) -> str:
     for e in runs:
         t = e.summary["timings"]
         s = t.get("stage_seconds_summed_over_tiles", {})
-        rows.append([e.slide.path.name, e.key] + [fmt(t.get(k), 1) for k in
-                                                  ("open", "tissue", "plan", "tiles", "stitch", "report", "total")]
+        rows.append([e.slide.path.name, e.key, fmt(e.wall - t.get("total", e.wall), 1)]
+                    + [fmt(t.get(k), 1) for k in ("open", "tissue", "tissue_wait", "plan", "before_tiles", "tiles",
+                                                  "stitch", "report", "total")]
                     + [fmt(s.get(k), 1) for k in ("read", "infer", "post")])
-    return md_table(["slide", "run", "open", "tissue", "plan", "tiles", "stitch", "report", "total",
-                     "Σ read", "Σ infer", "Σ post"], rows)
+    return (md_table(["slide", "run", "process start + exit", "open (+ torch, model)", "tissue (side thread)",
+                      "tissue wait", "plan", "start → first tile", "tiles", "stitch", "report", "total",
+                      "Σ read", "Σ infer", "Σ post"], rows)
+            + "\n\n`tissue` runs on a side thread while `open` loads torch and the model; only `tissue wait` "
+              "is on the critical path. `start → first tile` is everything before the tile stage.")
 
 
 def naive_text(naives: list[Naive]) -> str:
@@ -579,15 +585,20 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
             s.path.name,
             fmt(fp.net_mpx_s / floors["fp32"].best if fp and "fp32" in floors else None),
             fmt(bf.net_mpx_s / floors["bf16"].best if bf and "bf16" in floors else None),
+            fmt(fp.net_mpx_s / fp.around if fp and fp.around else None),
+            fmt(bf.net_mpx_s / bf.around if bf and bf.around else None),
             fmt(nv.full_seconds / fp.wall if nv and fp else None, 1),
             fmt(nv.full_seconds / bf.wall if nv and bf else None, 1),
             fmt(t1.wall / t2.wall if t1 and t2 else None),
             fmt(100 * (bf.summary["total_cells"] / fp.summary["total_cells"] - 1) if fp and bf else None, 3),
         ])
-    return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "naive ÷ e2e fp32 (≥ 5)",
+    return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "e2e ÷ floor around run fp32",
+                      "e2e ÷ floor around run bf16", "naive ÷ e2e fp32 (≥ 5)",
                       "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up, bf16 if run)", "count bf16 vs fp32 %"], rows)
             + "\n\ne2e rows use the run with the most threads of each precision; e2e ÷ floor = end-to-end "
-              "network-input Mpx/s (wall time, process start included) ÷ the better of the two model-alone floors.")
+              "network-input Mpx/s (wall time, process start included) ÷ the better of the two model-alone floors "
+              "measured at the start; e2e ÷ floor around run: ÷ the mean of the floors measured right before and "
+              "after that run in its own configuration (the VM's speed drifts between the start and the run).")
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -615,6 +626,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-floor", action="store_true", help="skip the model floor, matmul and activation measurements")
     ap.add_argument("--floor-seconds", type=float, default=5.0, help="timed seconds per floor/matmul measurement (5)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up iterations of the model floor (3)")
+    ap.add_argument("--bracket-seconds", type=float, default=5.0,
+                    help="seconds of floor measured right before and after each run, in its configuration (5; 0 = off)")
     ap.add_argument("--matmul-size", type=int, default=None, help="matmul side (default 2048 on CPU, 8192 on CUDA)")
     ap.add_argument("--slides-dir", default=str(ROOT / "runs" / "bench-slides"), help="slide cache folder")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-throughput"), help="folder for run outputs and logs")
@@ -674,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
     runs, naives = [], []
     for i, s in enumerate(slides):
         print(f"{s.path.name}:", flush=True)
-        runs += [run_e2e(s, p, t, args) for p, t, only in args.runs if only in (None, i)]
+        runs += [run_e2e(s, p, t, args, lm, device) for p, t, only in args.runs if only in (None, i)]
         if not args.no_naive:
             print(f"  naive baseline on a {args.crop}² crop ...", flush=True)
             naives.append(naive_crop(s, lm, device, args.tile_size, args.crop))
