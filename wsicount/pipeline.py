@@ -496,6 +496,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
                            "n_tiles_tissue": len(tiles), "n_tiles_resumed": len(tiles) - len(todo),
                            # pixels the network ran on (windows trimmed to the tissue, halos included)
                            "network_input_px": int(sum(t.window_shape[0] * t.window_shape[1] for t in tiles)),
+                           "window_shapes": _shape_counts(tiles),
                            "normalization": {"offset": norm[0], "span": norm[1]}, "tissue_source": tm.source,
                            "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": str(device),
                            "precision": precision, "n_tasks": len(tasks),
@@ -509,6 +510,14 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     finally:
         side.shutdown(wait=False, cancel_futures=True)
         state.release()
+
+
+def _shape_counts(tiles: list[Tile]) -> list[list[int]]:
+    """[[h, w, number of tiles], ...] of the input windows, largest first (what the network ran on)."""
+    counts: dict[tuple[int, int], int] = {}
+    for t in tiles:
+        counts[t.window_shape] = counts.get(t.window_shape, 0) + 1
+    return [[h, w, n] for (h, w), n in sorted(counts.items(), key=lambda kv: (-kv[0][0] * kv[0][1], kv[0]))]
 
 
 def _warm_imports() -> None:
