@@ -3,7 +3,8 @@
 Precision: 'fp32', or 'bf16'/'fp16', which run a copy of the module whose weights and
 activations are in that dtype (convolutions still accumulate in fp32 inside oneDNN/cuDNN).
 A whole low-precision network avoids autocast's conversion of every activation around
-BatchNorm and LeakyReLU (bf16 vs fp32 model floor: ``benchmarks/throughput.py``).
+BatchNorm and LeakyReLU; measured (``benchmarks/floor_variants.py``) it is ~10 % faster than
+autocast as the 2 one-thread streams ``run`` uses, within the VM's noise on one stream.
 'auto' picks bf16 where the device computes it natively and the model card lists bf16 as
 validated on the model's accuracy benchmark (``ModelCard.low_precision``), fp32 elsewhere. Tiling stays
 bit-exact in every precision: an output pixel gets the same value from any stride-aligned
