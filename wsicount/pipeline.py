@@ -514,10 +514,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
 
 def _shape_counts(tiles: list[Tile]) -> list[list[int]]:
     """[[h, w, number of tiles], ...] of the input windows, largest first (what the network ran on)."""
-    counts: dict[tuple[int, int], int] = {}
-    for t in tiles:
-        counts[t.window_shape] = counts.get(t.window_shape, 0) + 1
-    return [[h, w, n] for (h, w), n in sorted(counts.items(), key=lambda kv: (-kv[0][0] * kv[0][1], kv[0]))]
+    return [[*group[0].window_shape, len(group)] for group in _by_shape(_task_order(tiles))]
 
 
 def _warm_imports() -> None:
