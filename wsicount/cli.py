@@ -6,6 +6,7 @@ Every user-caused failure is reported as one line on stderr with a documented ex
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -229,7 +230,13 @@ def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="wsicount")
+    try:
+        cli(prog_name="wsicount")
+    finally:
+        # The interpreter's final garbage collection walks every object of torch, dask and
+        # matplotlib: ~1.1 s of a run measured (BENCHMARKS.md). The outputs are written and
+        # closed by now, and atexit handlers still run; frozen objects are just not collected.
+        gc.freeze()
 
 
 if __name__ == "__main__":

