@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -156,3 +158,22 @@ def test_grid_sums_equal_a_scatter_by_pixel_centre(origin, cell):
     nz = np.nonzero(ref)[0]
     assert got["i"] == nz.tolist()
     np.testing.assert_allclose(got["v"], ref[nz], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the forked side worker is used on Linux only")
+def test_cli_side_process_gives_the_thread_results(grid_slide, tiled_runs, tmp_path):
+    """The CLI (torch not yet imported) forks its side worker; results equal an in-process (thread) run."""
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "wsicount", "run", str(grid_slide.path), "-o", str(out),
+                        "--tile-size", "512", "--threads", "2", "-q"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    cli = json.loads((out / "summary.json").read_text())
+    ref = tiled_runs[(512, 2)].attrs["summary"]
+    assert cli["processing"]["side_worker"] == "process" and ref["processing"]["side_worker"] == "thread"
+    assert cli["total_cells"] == ref["total_cells"]
+    assert cli["tissue_area_mm2"] == ref["tissue_area_mm2"]
+    assert cli["processing"]["normalization"] == ref["processing"]["normalization"]
+    a = zarr.open_array(str(out / "density" / "0"), mode="r")[...]
+    b = tiled_runs[(512, 2)]["density"].values
+    assert np.array_equal(a, b)
+    assert (out / "heatmap.png").stat().st_size > 0 and (out / "thumbnail.png").stat().st_size > 0

@@ -7,10 +7,11 @@ Data flow (one direction)::
          -> stitch.write_chunk + runstate.write_record
       -> aggregate records -> stitch.build_pyramid -> report.write_report
 
-Fixed costs are kept off the critical path: the tissue mask and the slide picture are
-computed on a side thread while the main thread imports torch and loads the weights, the
-heat map is drawn while the pyramid is built, and the tiles run largest first so the
-threads finish together (``summary.json`` ``timings`` has each stage and the waits).
+Fixed costs are kept off the critical path: the tissue mask, the normalisation sample and
+the slide picture are computed by a side worker (a forked process where that is safe, else
+a thread: ``summary.json`` ``processing.side_worker``) while the main thread imports torch
+and loads the weights, the heat map is drawn while the pyramid is built, and the tiles run
+largest first so the threads finish together (``timings`` has each stage and the waits).
 
 Counting invariant: the density map is masked by the tissue mask (nearest-neighbour on the
 model grid), so the total is the integral over tissue and does not depend on which
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -401,7 +404,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     """
     from .io import open_slide, slide_info
     from .models import read_card
-    from .report import _pyplot, aggregate, heatmap_figure, slide_figure, write_report
+    from .report import aggregate, heatmap_figure, slide_figure, write_report
     from .stitch import build_pyramid, create_density, write_label
 
     cfg = config or RunConfig()
@@ -413,16 +416,15 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
     out = Path(out)
-    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
-    card, _ = read_card(model)  # no torch yet: a bad slide or card is reported at once
-    # Two threads until the tiles start: this one imports torch and loads the weights
-    # (Python bytecode, holding the GIL: ~2-3 s), the other computes the tissue mask and
-    # draws the slide picture (decoding and scipy.ndimage, which release the GIL).
-    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-side")
+    # Until the tiles start, this thread imports torch and loads the weights while a side
+    # worker computes the tissue mask and the normalisation, then draws the slide picture.
+    # Both are mostly GIL-bound Python and scipy.ndimage, so the side worker is a forked
+    # process where that is safe (see _side_executor), else a thread.
+    side, side_kind = _side_executor()
     try:
-        tissue_f = side.submit(_timed, _tissue_mask, sl, cfg, card.modality)
-        picture_f = side.submit(lambda: slide_figure(sl, tissue_f.result()[0]))
-        side.submit(_warm_imports)  # or each tile thread's first tile would wait on them
+        sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
+        card, _ = read_card(model)  # no torch yet: a bad slide or card is reported at once
+        prep_f = side.submit(_prepare, sl, cfg, card)
         from .infer import pick_device, resolve_precision
         from .models import load_model
 
@@ -437,22 +439,23 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
                        "wsicount": __version__}
         state = RunState(out)
         resumed = state.prepare(fingerprint, cfg.overwrite)
-        if not tissue_f.done():
-            _pyplot()  # import matplotlib (~1 s, GIL-bound) here, not on the side thread's path
+        if not prep_f.done():
+            _warm_imports()  # or each tile thread's first tile would wait on them
     except BaseException:
         side.shutdown(wait=False, cancel_futures=True)
         raise
     try:
         t = time.perf_counter()
-        tm, timings["tissue"] = tissue_f.result()  # computed while "open" loaded the model
+        tm, norm, prep_seconds = prep_f.result()
+        timings.update(prep_seconds)  # tissue, normalization: computed while "open" loaded the model
         timings["tissue_wait"] = time.perf_counter() - t
+        picture_f = side.submit(slide_figure, sl, tm)
         t = time.perf_counter()
         geom = plan_geometry(sl, card.mpp)
         peak_margin = card.peak_min_distance_px + 1
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
-        mask_scale = (tm.scale_y / geom.scale0, tm.scale_x / geom.scale0)
+        mask_scale = _mask_scale(tm, geom)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
-        norm = _normalization_stats(sl, geom, tm, mask_scale, card, cfg.skip_bad_tiles)
         create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
         write_label(out, "tissue", tm.mask, tm.mpp)
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
@@ -483,7 +486,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         # the heat map needs no output files: draw it (GIL-bound matplotlib) while the
         # pyramid is built (numpy sums and blosc, which release the GIL)
         sf = picture_f.result()
-        drawing = side.submit(heatmap_figure, sf, agg)
+        drawing = side.submit(heatmap_figure, sf, _for_heatmap(agg))
         n_levels = build_pyramid(out, geom.model_mpp)
         pngs = (sf.png, drawing.result())
         timings["stitch"] = time.perf_counter() - t
@@ -510,7 +513,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
                            "normalization": {"offset": norm[0], "span": norm[1]}, "tissue_source": tm.source,
                            "tissue_mask_mpp": tm.mpp, "density_levels": n_levels, "device": str(device),
                            "precision": precision, "n_tasks": len(tasks),
-                           "threads": threads, "resumed": resumed},
+                           "threads": threads, "side_worker": side_kind, "resumed": resumed},
             "parameters": {**asdict(cfg), "grid_um": list(cfg.grid_um), "model": str(model) if model else card.name},
             "timings": {**timings, "stage_seconds_summed_over_tiles": stage},
             "wsicount_version": __version__,
@@ -532,10 +535,42 @@ def _warm_imports() -> None:
     import scipy.spatial  # noqa: F401
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-    """``fn(*args)`` and the seconds it took."""
+def _side_executor() -> tuple[Executor, str]:
+    """One side worker for the fixed costs: a forked process where forking is safe, else a thread.
+
+    Tissue detection, the normalisation sample and the pictures are GIL-bound; run on a thread
+    they queue behind the torch import for the GIL (measured: the mask took 4.2 s beside it,
+    1.5 s alone). A fork is safe only before any other thread, torch's OpenMP pool included,
+    exists in this process: on Linux, with one Python thread and torch not imported yet (the
+    CLI's case). The worker is forked now, before opening the slide starts any reader thread.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        pool.submit(int).result()  # fork now
+        return pool, "process"
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-side"), "thread"
+
+
+def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, tuple[float, float], dict[str, float]]:
+    """Tissue mask, normalisation statistics and their seconds: the slide work that needs no torch."""
     t = time.perf_counter()
-    return fn(*args), time.perf_counter() - t
+    tm = _tissue_mask(sl, cfg, card.modality)
+    seconds = {"tissue": time.perf_counter() - t}
+    t = time.perf_counter()
+    geom = plan_geometry(sl, card.mpp)
+    norm = _normalization_stats(sl, geom, tm, _mask_scale(tm, geom), card, cfg.skip_bad_tiles)
+    seconds["normalization"] = time.perf_counter() - t
+    return tm, norm, seconds
+
+
+def _mask_scale(tm, geom: Geometry) -> tuple[float, float]:
+    """Model-grid pixels per tissue-mask pixel (y, x)."""
+    return tm.scale_y / geom.scale0, tm.scale_x / geom.scale0
+
+
+def _for_heatmap(agg):
+    """The aggregate without its per-cell lists (what the heat map needs crosses a process cheaply)."""
+    return replace(agg, peaks=agg.peaks[:0], regional={}, bad_tiles=[])
 
 
 def _tissue_mask(sl, cfg: RunConfig, modality: str):
