@@ -608,14 +608,16 @@ def stages_text(runs: list[E2E]) -> str:
         t = e.summary["timings"]
         s = t.get("stage_seconds_summed_over_tiles", {})
         rows.append([e.slide.path.name, e.key, fmt(e.wall - t.get("total", e.wall), 1)]
-                    + [fmt(t.get(k), 1) for k in ("open", "tissue", "tissue_wait", "plan", "before_tiles", "tiles",
-                                                  "stitch", "report", "total")]
+                    + [fmt(t.get(k), 1) for k in ("open", "tissue", "normalization", "tissue_wait", "plan",
+                                                  "before_tiles", "tiles", "stitch", "report", "total")]
                     + [fmt(s.get(k), 1) for k in ("read", "infer", "post")])
-    return (md_table(["slide", "run", "process start + exit", "open (+ torch, model)", "tissue (side thread)",
-                      "tissue wait", "plan", "start → first tile", "tiles", "stitch", "report", "total",
-                      "Σ read", "Σ infer", "Σ post"], rows)
-            + "\n\n`tissue` runs on a side thread while `open` loads torch and the model; only `tissue wait` "
-              "is on the critical path. `start → first tile` is everything before the tile stage.")
+    return (md_table(["slide", "run", "process start + exit", "open (+ torch, model)", "tissue (side worker)",
+                      "normalization (side worker)", "tissue wait", "plan", "start → first tile", "tiles",
+                      "stitch (pyramid)", "report", "total", "Σ read", "Σ infer", "Σ post"], rows)
+            + "\n\n`tissue` and `normalization` run in the side worker (a forked process under the CLI) while "
+              "`open` imports torch and loads the model; only `tissue wait` is on the critical path. "
+              "`start → first tile` is everything before the tile stage. `stitch` (the density pyramid) runs on "
+              "a thread while `report` aggregates and writes the tables, so the two overlap.")
 
 
 def naive_text(naives: list[Naive]) -> str:

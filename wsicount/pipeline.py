@@ -5,7 +5,7 @@ Data flow (one direction)::
     io.open_slide -> tissue.detect_tissue -> tiling.plan_geometry/TileGrid/tissue_tiles
       -> [per task, on workers] tiling.read_model_window -> preprocess -> infer.predict_batch
          -> stitch.write_chunk + runstate.write_record
-      -> aggregate records -> stitch.build_pyramid -> report.write_report
+      -> aggregate records -> stitch.build_pyramid + report.write_tables -> report.write_report
 
 Fixed costs are kept off the critical path: the tissue mask, the normalisation sample and
 the slide picture are computed by a side worker (a forked process where that is safe, else
@@ -404,7 +404,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
     """
     from .io import open_slide, slide_info
     from .models import read_card
-    from .report import aggregate, heatmap_figure, slide_figure, write_report
+    from .report import aggregate, heatmap_figure, slide_figure, write_report, write_tables
     from .stitch import build_pyramid, create_density, write_label
 
     cfg = config or RunConfig()
@@ -483,13 +483,17 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         records = [state.record(x.key) for x in tiles]
         agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
         agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
-        # the heat map needs no output files: draw it (GIL-bound matplotlib) while the
-        # pyramid is built (numpy sums and blosc, which release the GIL)
+        # three at once: the side worker draws the heat map (matplotlib), a thread builds the
+        # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
         sf = picture_f.result()
         drawing = side.submit(heatmap_figure, sf, _for_heatmap(agg))
-        n_levels = build_pyramid(out, geom.model_mpp)
+        # ("stitch" is the pyramid's own seconds, overlapping the first part of "report")
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-pyramid") as pool:
+            pyramid_f = pool.submit(_timed, build_pyramid, out, geom.model_mpp)
+            tables = write_tables(out, sl, geom, agg, cfg.geojson_units)
+            n_levels, timings["stitch"] = pyramid_f.result()
+        timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
         pngs = (sf.png, drawing.result())
-        timings["stitch"] = time.perf_counter() - t
         stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "post")}
         info = slide_info(sl)
         summary = {
@@ -518,7 +522,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
             "timings": {**timings, "stage_seconds_summed_over_tiles": stage},
             "wsicount_version": __version__,
         }
-        ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs)
+        ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs, tables)
         return ds
     finally:
         side.shutdown(wait=False, cancel_futures=True)
@@ -533,6 +537,12 @@ def _shape_counts(tiles: list[Tile]) -> list[list[int]]:
 def _warm_imports() -> None:
     """Import what the tile tasks import on first use (peak finding: scipy.spatial, ~0.2 s)."""
     import scipy.spatial  # noqa: F401
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and the seconds it took."""
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
 
 
 def _side_executor() -> tuple[Executor, str]:

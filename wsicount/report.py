@@ -24,7 +24,7 @@ import numpy as np
 from .runstate import atomic_write
 from .tiling import Geometry
 
-__all__ = ["Aggregate", "aggregate", "write_report", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
+__all__ = ["Aggregate", "aggregate", "write_report", "write_tables", "Tables", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
            "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
@@ -315,15 +315,22 @@ def _loc(d: dict | None) -> str:
     return f"{d['density']:.1f} cells/mm² at x={d['x_um']:.0f} µm, y={d['y_um']:.0f} µm"
 
 
-def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], t_start: float,
-                 units: str = "px", pngs: tuple[bytes, bytes] | None = None):
-    """Write count maps, tables, figures, HTML and (last) summary.json; return the Dataset.
+@dataclass
+class Tables:
+    """What :func:`write_tables` wrote and the report reuses: region rows and cell coordinates."""
 
-    ``pngs``: the (thumbnail, heat map) of :func:`figures` when already drawn.
+    rows: list[dict[str, Any]]
+    cells: dict[str, np.ndarray]
+
+
+def write_tables(out: Path, slide, geom: Geometry, agg: Aggregate, units: str = "px") -> Tables:
+    """Write the count maps, regions.csv, cells.csv, cells.geojson and bad_tiles.csv.
+
+    Needs neither the density pyramid nor the pictures, so :func:`wsicount.run` writes the
+    tables (Python-bound) while the pyramid (numpy and blosc, GIL-free) is built.
     """
     from .stitch import write_image
 
-    t = time.perf_counter()
     for g in agg.counts:
         write_image(out, f"counts_{g:g}um", agg.counts[g].astype(np.float32), g)
         write_image(out, f"tissue_{g:g}um", agg.tissue_mm2[g].astype(np.float32), g)
@@ -334,17 +341,28 @@ def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: 
     atomic_write(out / "cells.csv", _cells_csv(cells))
     atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
     atomic_write(out / "bad_tiles.csv", _csv_text(agg.bad_tiles, BAD_TILE_FIELDS))
+    return Tables(rows, cells)
+
+
+def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], t_start: float,
+                 units: str = "px", pngs: tuple[bytes, bytes] | None = None, tables: Tables | None = None):
+    """Write the tables (unless ``tables`` says they are written), figures, HTML and (last) summary.json; return the Dataset.
+
+    ``pngs``: the (thumbnail, heat map) of :func:`figures` when already drawn.
+    """
+    t = time.perf_counter()
+    tables = tables or write_tables(out, slide, geom, agg, units)
     g_small = min(agg.counts)
     thumb, heat = pngs if pngs is not None else figures(slide, tm, agg, g_small)
     atomic_write(out / "thumbnail.png", thumb)
     atomic_write(out / "heatmap.png", heat)
-    summary["timings"]["report"] = time.perf_counter() - t
+    summary["timings"]["report"] = summary["timings"].get("report", 0.0) + time.perf_counter() - t
     summary["timings"]["total"] = time.perf_counter() - t_start
     summary["outputs"] = ["summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv", "report.html",
                           "thumbnail.png", "heatmap.png", "density/ (OME-Zarr)"]
-    atomic_write(out / "report.html", _html(summary, thumb, heat, rows, g_small))
+    atomic_write(out / "report.html", _html(summary, thumb, heat, tables.rows, g_small))
     atomic_write(out / "summary.json", json.dumps(_jsonable(summary), indent=2))
-    return _dataset(out, tm, geom, agg, summary, cells)
+    return _dataset(out, tm, geom, agg, summary, tables.cells)
 
 
 def _jsonable(o: Any) -> Any:
