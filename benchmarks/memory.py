@@ -41,6 +41,7 @@ class Result:
     wall_s: float
     client_peak: int  # bytes
     worker_peaks: list[int]
+    side_peak: int  # the side worker's (a fork of the client: tissue mask, pictures); 0 if it ran as a thread
     n_tiles: int
     total_cells: float
     precision: str
@@ -52,8 +53,8 @@ class Result:
 
     @property
     def peak(self) -> int:
-        """The largest single-process peak of the run (client or any worker)."""
-        return max([self.client_peak, *self.worker_peaks])
+        """The largest single-process peak of the run (client, side worker or any Dask worker)."""
+        return max([self.client_peak, self.side_peak, *self.worker_peaks])
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -95,18 +96,26 @@ def _is_helper(proc) -> bool:
         return True
 
 
-def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int], str]:
-    """Run ``cmd``; (wall s, client peak, {worker pid: peak}, stderr) from polling its tree."""
+def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int], int, str]:
+    """Run ``cmd``; (wall s, client peak, {worker pid: peak}, side worker peak, stderr) from polling its tree.
+
+    The side worker is the child forked by the client (same command line); Dask workers are
+    started afresh by multiprocessing (another command line).
+    """
     import psutil
 
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    client, workers = 0, {}
+    client, workers, side = 0, {}, 0
     while proc.poll() is None:
         try:
             client = max(client, _peak_rss(proc))
             for child in proc.children(recursive=True):
-                if not _is_helper(child):
+                if _is_helper(child):
+                    continue
+                if child.ppid() == proc.pid and child.cmdline() == proc.cmdline():
+                    side = max(side, _peak_rss(child))
+                else:
                     workers[child.pid] = max(workers.get(child.pid, 0), _peak_rss(child))
         except psutil.Error:
             pass  # a process ended between listing and reading it
@@ -115,7 +124,7 @@ def _watch(cmd: list[str], interval: float) -> tuple[float, int, dict[int, int],
     err = proc.stderr.read()
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
-    return wall, client, workers, err
+    return wall, client, workers, side, err
 
 
 def measure(slide: Path, size: tuple[int, int], mode: str, args: argparse.Namespace) -> Result:
@@ -129,13 +138,13 @@ def measure(slide: Path, size: tuple[int, int], mode: str, args: argparse.Namesp
     if args.model:
         cmd += ["--model", args.model]
     print(f"{slide.name} [{mode}] ...", flush=True)
-    wall, client, workers, _ = _watch(cmd, args.interval)
+    wall, client, workers, side, _ = _watch(cmd, args.interval)
     s = json.loads((out / "summary.json").read_text())
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
-    r = Result(size, mode, wall, client, sorted(workers.values()), s["processing"]["n_tiles_tissue"], s["total_cells"],
-               s["processing"]["precision"])
-    print(f"  {wall:.1f} s, client {client / MiB:.0f} MiB, workers "
+    r = Result(size, mode, wall, client, sorted(workers.values()), side, s["processing"]["n_tiles_tissue"],
+               s["total_cells"], s["processing"]["precision"])
+    print(f"  {wall:.1f} s, client {client / MiB:.0f} MiB, side worker {side / MiB:.0f} MiB, workers "
           f"{', '.join(f'{w / MiB:.0f}' for w in r.worker_peaks) or '-'} MiB", flush=True)
     return r
 
@@ -177,13 +186,14 @@ def table(results: list[Result]) -> str:
     for r in sorted(results, key=lambda r: r.gpx):
         smallest.setdefault(r.mode, r)
     lines = ["| slide | Gpx | mode | precision | tissue tiles | wall s | client peak RSS MiB | "
-             "worker peak RSS MiB (each) | ratio to smallest |", "|---|---|---|---|---|---|---|---|---|"]
+             "side worker peak RSS MiB | Dask worker peak RSS MiB (each) | ratio to smallest |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         base = smallest[r.mode]
         ratio = "—" if r is base else f"{r.peak / base.peak:.2f}"
         worker = ", ".join(f"{w / MiB:.0f}" for w in r.worker_peaks) if r.worker_peaks else "—"
         lines.append(f"| {r.size[0]}×{r.size[1]} | {r.gpx:.3g} | {r.mode} | {r.precision} | {r.n_tiles} | {r.wall_s:.1f} | "
-                     f"{r.client_peak / MiB:.0f} | {worker} | {ratio} |")
+                     f"{r.client_peak / MiB:.0f} | {r.side_peak / MiB:.0f} | {worker} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -221,7 +231,8 @@ def main() -> None:
         results += [measure(slide, size, mode, args) for mode in args.modes]
     body = (f"{table(results)}\n\nPeak RSS per process (VmHWM). `local`: `wsicount run` on the threaded scheduler; "
             f"`workers`: `--workers {args.workers}` (LocalCluster), the client and each worker process measured "
-            "separately. Ratio: the run's largest process peak over that of the smallest slide in the same mode "
+            "separately. The side worker is the client's fork that computes the tissue mask and draws the pictures "
+            "(its RSS counts the pages it shares with the client, copy-on-write). Ratio: the run's largest process peak over that of the smallest slide in the same mode "
             "(target ≤ 1.3).")
     print("\n" + body)
     if not args.no_write:

@@ -23,7 +23,9 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   network-input Mpx/s (pixels of the tissue tiles' input windows / wall), tissue Mpx/s on the
   model grid, peak RSS and the stage timings of summary.json, for each ``--runs`` entry
   PRECISION:THREADS[@SLIDE];
-* naive baseline -- what a user would otherwise write: OpenSlide ``read_region`` tile by tile
+* naive baseline -- (in a fresh process with glibc's default allocator; this process applies
+  ``wsicount.allocator.tune_allocator`` as the CLI does, so the floors are the model as
+  ``wsicount run`` runs it) what a user would otherwise write: OpenSlide ``read_region`` tile by tile
   at level 0, PIL box resize to the model's um/px, the model one tile at a time (fp32, no halo,
   every tile, tissue or not), stitched into an in-memory numpy array; run on a centred
   ``--crop`` of the slide and scaled to the whole slide by pixel count (the table says so);
@@ -533,6 +535,31 @@ def naive_crop(slide: SlideSpec, lm, device, tile: int, crop: int) -> Naive:
     return Naive(slide, (ch, cw), secs, net_px, tiles, full_bytes, stage)
 
 
+def _naive_child(path: Path, size: tuple[int, int], crop: int, args: argparse.Namespace) -> dict[str, Any]:
+    """(In a fresh process) :func:`naive_crop`, as JSON-ready fields."""
+    from wsicount.infer import pick_device
+    from wsicount.models import load_model
+
+    device = pick_device(args.device)
+    n = naive_crop(SlideSpec(path, size[0], size[1], 0.0, 0, None), load_model(args.model, device=device), device,
+                   args.tile_size, crop)
+    return {"crop": list(n.crop), "seconds": n.seconds, "net_px": n.net_px, "tiles": n.tiles,
+            "full_array_bytes": n.full_array_bytes, "stage": n.stage}
+
+
+def naive_baseline(slide: SlideSpec, args: argparse.Namespace) -> Naive:
+    """:func:`naive_crop` in a fresh interpreter: a user's script gets glibc's default allocator."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--naive-probe", str(slide.path),
+           f"{slide.height}x{slide.width}", str(args.crop), "--device", args.device, "--tile-size", str(args.tile_size)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"naive baseline failed:\n{res.stderr[-2000:]}")
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    return Naive(slide, tuple(r["crop"]), r["seconds"], r["net_px"], r["tiles"], r["full_array_bytes"], r["stage"])
+
+
 # --- tables -------------------------------------------------------------------------------
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     """A markdown table."""
@@ -554,7 +581,9 @@ def setup_text(slides: list[SlideSpec], args: argparse.Namespace, lm, dev_label:
     head = (f"Model `{lm.card.name}` v{lm.card.version} ({lm.card.arch}, {len(lm.card.channels)} input channel(s), "
             f"{lm.card.mpp} µm/px), tile {args.tile_size} px (network input, halo included), "
             f"batch {args.batch_size}, device {dev_label}; {fpp / 1e3:.1f} kFLOP per network-input px "
-            "(FlopCounterMode: convolutions, 2×MAC).\n\n")
+            "(FlopCounterMode: convolutions, 2×MAC). Allocator of this process (floors) and of `wsicount run`: "
+            f"{args.allocator} (`wsicount.allocator`); the naive baseline runs in a fresh process with glibc's "
+            "default allocator, as a user's script would.\n\n")
     return head + md_table(["slide", "H×W px", "Gpx", "tissue fraction", "cells", "file MiB", "synth s"], rows)
 
 
@@ -701,6 +730,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--keep-outputs", action="store_true", help="keep each run's output folder")
     ap.add_argument("--no-write", action="store_true", help="print only, do not append to BENCHMARKS.md")
     ap.add_argument("--activation-probe", choices=["fp32", "bf16", "fp16"], help=argparse.SUPPRESS)
+    ap.add_argument("--naive-probe", nargs=3, metavar=("SLIDE", "HxW", "CROP"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
@@ -732,6 +762,14 @@ def main(argv: list[str] | None = None) -> None:
     """Measure, print the tables, append them to BENCHMARKS.md."""
     args = parse_args(argv)
     t_bench = time.perf_counter()
+    if args.naive_probe:  # internal: the fresh process of naive_baseline(), glibc's allocator as a user has it
+        path, hw, crop = args.naive_probe
+        print(json.dumps(_naive_child(Path(path), parse_size(hw), int(crop), args)))
+        return
+    # the model runs as the wsicount CLI runs it (see wsicount.allocator): floors and probes alike
+    from wsicount.allocator import tune_allocator
+
+    args.allocator = "tuned" if tune_allocator() else "default (tuning unavailable)"
     if args.activation_probe:  # internal: the fresh process of activation_memory()
         print(json.dumps(_activation_child(args.model, args.device, args.tile_size, args.batch_size,
                                            args.activation_probe)))
@@ -757,7 +795,7 @@ def main(argv: list[str] | None = None) -> None:
         runs += [run_e2e(s, p, t, args, lm, device) for p, t, only in args.runs if only in (None, i)]
         if not args.no_naive:
             print(f"  naive baseline on a {args.crop}² crop ...", flush=True)
-            naives.append(naive_crop(s, lm, device, args.tile_size, args.crop))
+            naives.append(naive_baseline(s, args))
     parts = [("Setup", setup_text(slides, args, lm, dev_label, fpp))]
     if floors:
         parts.append(("Model floor", floor_text(list(floors.values()), act, args, mm_n)))

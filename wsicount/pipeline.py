@@ -226,14 +226,15 @@ def _infer_batch(job: TileJob, model, device, mask: np.ndarray, state: RunState,
     good = [i for i in items if not isinstance(i[1], TileReadError)]
     if not good:
         return records
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.thread_time()
     dens = predict_batch(model, np.stack([x for _, x, _ in good]), device, job.precision)
-    t_inf = (time.perf_counter() - t1) / len(good)
+    # wall and this thread's CPU seconds: less CPU than wall = waiting for a core or the GIL
+    t_inf, c_inf = (time.perf_counter() - t1) / len(good), (time.thread_time() - c1) / len(good)
     for (t, _, t_read), d in zip(good, dens):
         t2 = time.perf_counter()
         rec = _finish_tile(job, t, d, mask)
         write_chunk(density, t.core[0], t.core[2], rec.pop("_core"))
-        rec["t"] = {"read": t_read, "infer": t_inf, "post": time.perf_counter() - t2}
+        rec["t"] = {"read": t_read, "infer": t_inf, "infer_cpu": c_inf, "post": time.perf_counter() - t2}
         state.write_record(t.key, rec)
         records.append(rec)
     return records
@@ -494,7 +495,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
             n_levels, timings["stitch"] = pyramid_f.result()
         timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
         pngs = (sf.png, drawing.result())
-        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "post")}
+        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "infer_cpu", "post")}
         info = slide_info(sl)
         summary = {
             "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,
