@@ -31,6 +31,26 @@ def _density(out: Path) -> np.ndarray:
     return zarr.open_array(str(out / "density" / "0"), mode="r")[...]
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty elsewhere)."""
+    kids = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"PPid:\t{pid}\n" in status.read_text():
+                kids.append(int(status.parent.name))
+        except OSError:
+            continue
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 def test_kill9_then_resume_is_identical(slide, tmp_path):
     ref = wsicount.run(slide, tmp_path / "ref", tile_size=256, threads=1, progress=False)
     out = tmp_path / "crash"
@@ -45,8 +65,15 @@ def test_kill9_then_resume_is_identical(slide, tmp_path):
             break
         time.sleep(0.05)
     assert p.poll() is None, "run finished before it could be killed: " + p.stderr.read().decode()[-500:]
+    children = _children(p.pid)
+    assert children or not sys.platform.startswith("linux")  # the CLI's forked side worker
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
+    # the forked side worker dies with it (it would otherwise wait for work forever)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not [c for c in children if _alive(c)], "orphaned side worker"
     done_before = len(list(tiles.glob("*.json")))
     assert 0 < done_before < n_total
     assert not (out / "summary.json").exists()

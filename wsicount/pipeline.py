@@ -20,10 +20,12 @@ tissue-touching tiles were processed (tile size) nor on how tasks were scheduled
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -443,7 +445,7 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         if not prep_f.done():
             _warm_imports()  # or each tile thread's first tile would wait on them
     except BaseException:
-        side.shutdown(wait=False, cancel_futures=True)
+        _stop_side(side)
         raise
     try:
         t = time.perf_counter()
@@ -524,9 +526,12 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
             "wsicount_version": __version__,
         }
         ds = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs, tables)
+        side.shutdown(wait=False)  # its work is done
         return ds
+    except BaseException:
+        _stop_side(side)
+        raise
     finally:
-        side.shutdown(wait=False, cancel_futures=True)
         state.release()
 
 
@@ -556,10 +561,42 @@ def _side_executor() -> tuple[Executor, str]:
     CLI's case). The worker is forked now, before opening the slide starts any reader thread.
     """
     if sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules:
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_side_init, initargs=(os.getpid(),))
         pool.submit(int).result()  # fork now
         return pool, "process"
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-side"), "thread"
+
+
+def _side_init(parent: int) -> None:
+    """In the forked side worker: leave Ctrl-C to the main process, and die with it.
+
+    A main process killed outright (SIGKILL, out of memory) cannot stop its worker, and the
+    worker, holding its own copy of the task pipe, would wait for work forever: the kernel
+    sends it SIGTERM when the main process's thread that forked it ends (PR_SET_PDEATHSIG).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the main process died before the line above
+        os._exit(0)
+
+
+def _stop_side(side: Executor) -> None:
+    """On failure: drop the side worker's queued work and, if it is a process, end it now.
+
+    Without this the process would exit only after the worker's current task (seconds of
+    tissue detection for a run that already failed).
+    """
+    side.shutdown(wait=False, cancel_futures=True)
+    terminate = getattr(side, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    for proc in list((getattr(side, "_processes", None) or {}).values()):  # earlier Pythons: no public API
+        proc.terminate()
 
 
 def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, tuple[float, float], dict[str, float]]:
