@@ -44,3 +44,13 @@ def test_cli_applies_it_before_running_a_command():
             "print('applied', allocator._applied)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip().splitlines()[-1] in ("applied True",)
+
+
+def test_cli_leaves_the_allocator_alone_when_asked():
+    code = ("import sys; sys.argv = ['wsicount', '--version']\n"
+            "from wsicount import allocator, cli\n"
+            "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+            "print('applied', allocator._applied)")
+    env = {**__import__("os").environ, "WSICOUNT_ALLOCATOR": "default"}
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env).stdout
+    assert out.strip().splitlines()[-1] == "applied False"

@@ -7,7 +7,9 @@ tile page-faults its output in and the kernel zeroes it: on the project's 2-core
 (``python benchmarks/floor_variants.py --allocator`` measures it; BENCHMARKS.md).
 With :func:`tune_allocator` the process keeps freed memory and reuses it. The price is that
 the process does not hand memory back to the OS until it exits (its RSS stays at its peak),
-so the CLI applies it (one short-lived process per command) and library users opt in.
+so the CLI applies it (one short-lived process per command; ``WSICOUNT_ALLOCATOR=default``
+turns it off) and library users opt in. It also raises the peak a little: blocks are reused
+from one heap instead of being returned whole (README, "Performance and memory", term A).
 """
 
 from __future__ import annotations

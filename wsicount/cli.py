@@ -230,9 +230,12 @@ def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str
 
 def main() -> None:
     """Console-script entry point."""
+    import os
+
     from .allocator import tune_allocator
 
-    tune_allocator()  # first, before any thread: see wsicount.allocator
+    if os.environ.get("WSICOUNT_ALLOCATOR", "tuned") != "default":
+        tune_allocator()  # first, before any thread: see wsicount.allocator
     try:
         cli(prog_name="wsicount")
     finally:
