@@ -63,6 +63,14 @@ def append_section(title: str, body: str) -> None:
                 f"- commit: {git_rev()}\n\n{body.rstrip()}\n")
 
 
+def publish(title: str, body: str, write: bool = True) -> None:
+    """Print a benchmark's result and, unless ``write`` is false (``--no-write``), append it to BENCHMARKS.md."""
+    print("\n" + body)
+    if write:
+        append_section(title, body)
+        print(f"\nappended to {BENCHMARKS_MD}")
+
+
 def stream_rate(make_step, n: int, seconds: float, warmup: int) -> float:
     """CPU: calls per second of ``n`` threads each calling its own ``make_step()`` with 1 intra-op thread.
 

@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import DATA, ROOT, append_section  # noqa: E402
+from _common import DATA, ROOT, publish  # noqa: E402
 
 PUBLISHED = {
     "vgg-cells": "MAE: Cell-Net 2.2 ± 0.5, Count-ception 2.3 ± 0.4, FCRN 2.9 ± 0.2 (100 train images)",
@@ -108,9 +108,7 @@ def main() -> None:
         lines.append(f"| {name} | {res[0]['split']} | {res[0]['n_images']} | {prec} | {ms('mae')} | {ms('rmse')} | "
                      f"{ms('a_err', True)} | {ms('t_err', True)} | {f1} | {seeds} | {PUBLISHED[name]} |")
     table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        append_section("Accuracy of the bundled models", table)
+    publish("Accuracy of the bundled models", table, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import append_section, machine, stream_rate  # noqa: E402
+from _common import machine, publish, stream_rate  # noqa: E402
 from throughput import md_table, timed_rate  # noqa: E402
 
 
@@ -207,10 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.allocator:
         print(f"machine: {machine()}", flush=True)
-        body = allocator_table(args)
-        print("\n" + body)
-        if not args.no_write:
-            append_section("Allocator (cpu)", body)
+        publish("Allocator (cpu)", allocator_table(args), not args.no_write)
         return
     from wsicount.models import load_model
 
@@ -226,9 +223,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.seconds:g} s timed per one-stream figure, {2 * args.seconds:g} s per streams figure). "
               "`bf16 whole`: the bf16 copy of the network that `wsicount run` uses; `bf16 autocast`: the fp32 "
               "network under `torch.autocast`. The first row of each variant is at the default tile size, batch 1.")
-    print("\n" + body)
-    if not args.no_write:
-        append_section("Model floor variants (cpu)", body)
+    publish("Model floor variants (cpu)", body, not args.no_write)
 
 
 if __name__ == "__main__":

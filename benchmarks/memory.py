@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ROOT, append_section  # noqa: E402
+from _common import ROOT, publish  # noqa: E402
 
 MiB = 2**20
 
@@ -221,9 +221,7 @@ def main() -> None:
         rows = [mask_probe(_slide(size, args.slides, args.seed)) for size in args.sizes]
         body = (f"{mask_table(rows)}\n\n`detect_tissue` alone in a fresh process; peak of the numpy arrays it allocates "
                 "(tracemalloc), over the mask's pixels: the README's mask term.")
-        print("\n" + body)
-        if not args.no_write:
-            append_section("Tissue-mask memory", body)
+        publish("Tissue-mask memory", body, not args.no_write)
         return
     results = []
     for size in sorted(args.sizes, key=lambda s: s[0] * s[1]):
@@ -234,9 +232,7 @@ def main() -> None:
             "separately. The side worker is the client's fork that computes the tissue mask and draws the pictures "
             "(its RSS counts the pages it shares with the client, copy-on-write). Ratio: the run's largest process peak over that of the smallest slide in the same mode "
             "(target ≤ 1.3).")
-    print("\n" + body)
-    if not args.no_write:
-        append_section("Memory vs slide size", body)
+    publish("Memory vs slide size", body, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import ROOT, append_section, machine, stream_rate  # noqa: E402
+from _common import ROOT, machine, publish, stream_rate  # noqa: E402
 
 DEFAULT_SIZES = ("26624x30000", "32768x32768")
 DEFAULT_RUNS = ("bf16:2", "fp32:2@0", "bf16:1@0")
@@ -806,10 +806,7 @@ def main(argv: list[str] | None = None) -> None:
     parts.append(("Ratios", ratio_text(slides, runs, floors, naives)))
     body = "\n\n".join(f"### {t}\n\n{b}" for t, b in parts)
     body += f"\n\nBenchmark wall time: {(time.perf_counter() - t_bench) / 60:.1f} min."
-    print("\n" + body)
-    if not args.no_write:
-        append_section(f"Throughput ({dev_label.split(' (')[0]})", body)
-        print(f"\nappended to {ROOT / 'BENCHMARKS.md'}")
+    publish(f"Throughput ({dev_label.split(' (')[0]})", body, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -240,7 +240,8 @@ def main() -> None:
         cli(prog_name="wsicount")
     finally:
         # The interpreter's final garbage collection walks every object of torch, dask and
-        # matplotlib: ~1.1 s of a run measured (BENCHMARKS.md). The outputs are written and
+        # matplotlib: ~1.1 s per run, timed by hand (throughput.py's "process start + exit"
+        # column shows the total). The outputs are written and
         # closed by now, and atexit handlers still run; frozen objects are just not collected.
         gc.freeze()
 

@@ -90,8 +90,6 @@ def local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.n
     separable and works in the image's own dtype, and the spacing step only visits the
     few tied peaks instead of all of them.
     """
-    from scipy.spatial import cKDTree
-
     img = np.asarray(image)
     if not np.issubdtype(img.dtype, np.floating):
         img = img.astype(np.float64)

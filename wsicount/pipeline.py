@@ -449,12 +449,11 @@ def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLi
         raise
     try:
         t = time.perf_counter()
-        tm, norm, prep_seconds = prep_f.result()
+        tm, geom, norm, prep_seconds = prep_f.result()
         timings.update(prep_seconds)  # tissue, normalization: computed while "open" loaded the model
         timings["tissue_wait"] = time.perf_counter() - t
         picture_f = side.submit(slide_figure, sl, tm)
         t = time.perf_counter()
-        geom = plan_geometry(sl, card.mpp)
         peak_margin = card.peak_min_distance_px + 1
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = _mask_scale(tm, geom)
@@ -541,8 +540,8 @@ def _shape_counts(tiles: list[Tile]) -> list[list[int]]:
 
 
 def _warm_imports() -> None:
-    """Import what the tile tasks import on first use (peak finding: scipy.spatial, ~0.2 s)."""
-    import scipy.spatial  # noqa: F401
+    """Import what the tile tasks import on first use (peak finding: wsicount.detect and its scipy modules)."""
+    from . import detect  # noqa: F401
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -599,8 +598,8 @@ def _stop_side(side: Executor) -> None:
         proc.terminate()
 
 
-def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, tuple[float, float], dict[str, float]]:
-    """Tissue mask, normalisation statistics and their seconds: the slide work that needs no torch."""
+def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, Geometry, tuple[float, float], dict[str, float]]:
+    """Tissue mask, model-grid geometry, normalisation statistics and their seconds: the slide work that needs no torch."""
     t = time.perf_counter()
     tm = _tissue_mask(sl, cfg, card.modality)
     seconds = {"tissue": time.perf_counter() - t}
@@ -608,7 +607,7 @@ def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, tuple[float, float], dict[s
     geom = plan_geometry(sl, card.mpp)
     norm = _normalization_stats(sl, geom, tm, _mask_scale(tm, geom), card, cfg.skip_bad_tiles)
     seconds["normalization"] = time.perf_counter() - t
-    return tm, norm, seconds
+    return tm, geom, norm, seconds
 
 
 def _mask_scale(tm, geom: Geometry) -> tuple[float, float]:
