@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import tifffile
 import zarr
 
 from wsicount.errors import InputError, MissingMppError, SlideFormatError, TileReadError
-from wsicount.io import open_slide, slide_info
+from wsicount.io import open_slide, reduce_level, slide_info
 from wsicount.io._pyramid import PyramidBuilder, downsample2, pyramid_shapes
 from wsicount.synth import synth_array
 
@@ -232,6 +234,42 @@ def test_best_level_and_info(make_slide):
         assert sizes == [(2048, 2560), (1024, 1280), (512, 640)]
         assert info["channel_names"] == ["R", "G", "B"] and info["t_size"] == 1
         json.dumps(info)
+
+
+@pytest.mark.parametrize("fmt", ["ndpi", "tiff"])
+def test_reduce_level_equals_whole_level(make_slide, fmt):
+    """Block-by-block reduction equals reducing the whole level at once (blocks cross CHUNK)."""
+    with open_slide(make_slide(fmt).path) as s:
+        h, w, c = s.shapes[0]
+        full = s.read_region(0, 0, 0, h, w)
+        for f in (1, 2, 3, 5):
+            hh, ww = h // f * f, w // f * f
+            ref = full[:hh, :ww].astype(np.float32).reshape(hh // f, f, ww // f, f, c).mean(axis=(1, 3)).astype(np.uint8)
+            np.testing.assert_array_equal(reduce_level(s, 0, f, "mean", threads=3), ref)
+        for f in (1, 3, 7):
+            np.testing.assert_array_equal(reduce_level(s, 0, f, "subsample"), full[::f, ::f])
+        with pytest.raises(ValueError):
+            reduce_level(s, 0, 257, "mean")
+
+
+def test_pipeline_reads_without_dask(make_slide):
+    """Opening, tissue, geometry, tile windows and thumbnail import neither dask nor xarray; ``levels`` does."""
+    path = make_slide("ndpi").path
+    code = f"""
+import sys
+from wsicount.io import open_slide
+from wsicount.tissue import detect_tissue
+from wsicount.tiling import plan_geometry, read_model_window
+from wsicount.report import _thumbnail
+s = open_slide({str(path)!r})
+detect_tissue(s, "fluorescence"); _thumbnail(s)
+g = plan_geometry(s, 4 * s.mpp)
+read_model_window(s, g, (0, 64, 0, 64))
+assert not any(m.split(".")[0] in ("dask", "xarray") for m in sys.modules), "imported dask or xarray"
+assert tuple(s.levels[1].shape) == s.shapes[1] and "dask" in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
 
 
 def _write_ngff(path: Path, data: np.ndarray, axes: list[str], scale: list[float]) -> None:

@@ -4,6 +4,8 @@ Public API (everything the CLI does)::
 
     open_slide(path, mpp=None)           -> Slide (pyramid as xarray/Dask, mpp, vendor)
     run(slide, out, model=None, **opts)  -> xarray.Dataset (density, counts, summary)
+    count(slide, out, model=None, **opts) -> dict (the same run; returns summary.json's content
+                                            without importing dask/xarray; what the CLI calls)
     synth_slide(out, format="ndpi", ...) -> SynthTruth (a synthetic slide + ground truth)
     load_model(name_or_path)             -> LoadedModel (module + card)
     train(data, out, TrainConfig(...))   -> path of the trained model card
@@ -25,6 +27,7 @@ def __getattr__(name: str):
         "open_slide": ("io", "open_slide"),
         "Slide": ("io", "Slide"),
         "run": ("pipeline", "run"),
+        "count": ("pipeline", "count"),
         "RunConfig": ("pipeline", "RunConfig"),
         "synth_slide": ("synth", "synth_slide"),
         "load_model": ("models", "load_model"),
@@ -42,5 +45,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'wsicount' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "WsicountError", "open_slide", "Slide", "run", "RunConfig", "synth_slide", "load_model",
+__all__ = ["__version__", "WsicountError", "open_slide", "Slide", "run", "count", "RunConfig", "synth_slide", "load_model",
            "train", "TrainConfig", "evaluate", "detect_tissue", "tune_allocator"]

@@ -52,7 +52,7 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
           workers: int | None = None, scheduler: str | None = None, progress: bool = True,
           **run_opts: Any) -> list[dict[str, Any]]:
     """Run every slide into ``out/<name>/``; returns the rows of ``out/study.csv``."""
-    from .pipeline import run
+    from .pipeline import count
 
     out = Path(out)
     try:
@@ -71,12 +71,12 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
             row: dict[str, Any] = {"slide": str(s), "output": str(dest), "status": "ok"}
             t = time.perf_counter()
             try:
-                ds = run(s, dest, model=model, client=client, workers=workers, progress=progress, **run_opts)
-                row.update(total_cells=round(ds.attrs["total_cells"], 3),
-                           tissue_area_mm2=round(ds.attrs["tissue_area_mm2"], 6),
-                           cells_per_mm2=round(ds.attrs["cells_per_mm2"] or 0.0, 3),
-                           bad_tiles=len(ds.attrs["summary"]["bad_tiles"]),
-                           status="ok" if ds.attrs["complete"] else "incomplete")
+                summary = count(s, dest, model=model, client=client, workers=workers, progress=progress, **run_opts)
+                row.update(total_cells=round(summary["total_cells"], 3),
+                           tissue_area_mm2=round(summary["tissue_area_mm2"], 6),
+                           cells_per_mm2=round(summary["cells_per_mm2"] or 0.0, 3),
+                           bad_tiles=len(summary["bad_tiles"]),
+                           status="ok" if summary["complete"] else "incomplete")
             except WsicountError as e:
                 row.update(status="failed", error=str(e))
             row["seconds"] = round(time.perf_counter() - t, 2)

@@ -82,12 +82,11 @@ def cli(debug: bool) -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on SLIDE and write density map, count maps and reports to --out."""
-    from .pipeline import run as run_api
+    from .pipeline import count
 
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None
-    ds = run_api(slide, out, model=model, progress=not quiet, **opts)
-    s = ds.attrs["summary"]
+    s = count(slide, out, model=model, progress=not quiet, **opts)
     cpm = s["cells_per_mm2"]
     click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
                f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")

@@ -24,7 +24,7 @@ import numpy as np
 from .runstate import atomic_write
 from .tiling import Geometry
 
-__all__ = ["Aggregate", "aggregate", "write_report", "write_tables", "Tables", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
+__all__ = ["Aggregate", "aggregate", "write_report", "results_dataset", "write_tables", "Tables", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
            "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
@@ -116,26 +116,28 @@ def _decodable_level(slide, first: int) -> tuple[np.ndarray, int]:
     """
     from .errors import TileReadError
 
-    for level in range(first, len(slide.levels)):
-        h, w = (int(s) for s in slide.levels[level].shape[:2])
+    for level in range(first, len(slide.shapes)):
+        h, w = slide.shapes[level][:2]
         try:
             return slide.read_region(level, 0, 0, h, w), level
         except TileReadError:
             continue
-    return np.zeros(tuple(int(s) for s in slide.levels[-1].shape), np.uint8), len(slide.levels) - 1
+    return np.zeros(slide.shapes[-1], np.uint8), len(slide.shapes) - 1
 
 
 def _thumbnail(slide, max_side: int = 1024) -> tuple[np.ndarray, int]:
     """Smallest level that still has >= max_side/2 px on its longer side, as RGB uint8."""
-    best = len(slide.levels) - 1
-    for i, lv in enumerate(slide.levels):
-        if max(lv.shape[:2]) <= max_side * 2:
+    from .io import reduce_level
+
+    best = len(slide.shapes) - 1
+    for i, shape in enumerate(slide.shapes):
+        if max(shape[:2]) <= max_side * 2:
             best = i
             break
-    lh, lw = (int(v) for v in slide.levels[best].shape[:2])
-    if max(lh, lw) > 4 * max_side:  # no small level (e.g. a flat TIFF): stride through Dask chunk by chunk
+    lh, lw = slide.shapes[best][:2]
+    if max(lh, lw) > 4 * max_side:  # no small level (e.g. a flat TIFF): subsample it block by block
         k = int(np.ceil(max(lh, lw) / max_side))
-        img = np.asarray(slide.levels[best].data[::k, ::k].compute(scheduler="threads"))
+        img = reduce_level(slide, best, k, "subsample")
     else:
         img, best = _decodable_level(slide, best)
     h, w = img.shape[:2]
@@ -174,7 +176,7 @@ def slide_figure(slide, tm) -> SlideFigure:
     while the model loads."""
     plt = _pyplot()
     thumb, _ = _thumbnail(slide)
-    h0, w0 = (int(s) for s in slide.levels[0].shape[:2])
+    h0, w0 = slide.shapes[0][:2]
     ext_um = [0, w0 * slide.mpp, h0 * slide.mpp, 0]
     fig, ax = plt.subplots(figsize=(6, 6 * thumb.shape[0] / thumb.shape[1] + 0.3))
     ax.imshow(thumb, extent=ext_um)
@@ -346,7 +348,7 @@ def write_tables(out: Path, slide, geom: Geometry, agg: Aggregate, units: str = 
 
 def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], t_start: float,
                  units: str = "px", pngs: tuple[bytes, bytes] | None = None, tables: Tables | None = None):
-    """Write the tables (unless ``tables`` says they are written), figures, HTML and (last) summary.json; return the Dataset.
+    """Write the tables (unless ``tables`` says they are written), figures, HTML and (last) summary.json; return the cell table.
 
     ``pngs``: the (thumbnail, heat map) of :func:`figures` when already drawn.
     """
@@ -362,7 +364,7 @@ def write_report(out: Path, slide, tm, geom: Geometry, agg: Aggregate, summary: 
                           "thumbnail.png", "heatmap.png", "density/ (OME-Zarr)"]
     atomic_write(out / "report.html", _html(summary, thumb, heat, tables.rows, g_small))
     atomic_write(out / "summary.json", json.dumps(_jsonable(summary), indent=2))
-    return _dataset(out, tm, geom, agg, summary, tables.cells)
+    return tables.cells
 
 
 def _jsonable(o: Any) -> Any:
@@ -378,8 +380,8 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
-def _dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], cells: dict[str, np.ndarray]):
-    """Results as an xarray Dataset (density lazily from the Zarr store)."""
+def results_dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict[str, Any], cells: dict[str, np.ndarray]):
+    """Results as an xarray Dataset (density lazily from the Zarr store; imports dask and xarray)."""
     import dask.array as da
     import xarray as xr
     import zarr

@@ -80,14 +80,10 @@ def _block_factor(level_mpp: float, target_mpp: float) -> int:
 
 
 def _mask_image(slide, level: int, factor: int) -> np.ndarray:
-    """Level pixels block-averaged by ``factor`` (computed chunk-wise by Dask), as uint8."""
-    import dask.array as da
+    """Level pixels block-averaged by ``factor`` (read block by block), as uint8."""
+    from .io import reduce_level
 
-    arr = slide.levels[level].data
-    if factor > 1:
-        h, w = (arr.shape[0] // factor) * factor, (arr.shape[1] // factor) * factor
-        arr = da.coarsen(np.mean, arr[:h, :w].astype(np.float32), {0: factor, 1: factor})
-    return np.asarray(arr.compute(scheduler="threads")).astype(np.uint8)
+    return reduce_level(slide, level, factor, "mean")
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -196,8 +192,8 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
     With ``skip_bad_tiles`` an undecodable tile at the chosen level is not fatal: the mask
     is taken from the next-closest level that decodes (``source`` says which and why).
     """
-    mpps = [slide.level_mpp(i) for i in range(len(slide.levels))]
-    h0, w0 = (int(v) for v in slide.levels[0].shape[:2])
+    mpps = [slide.level_mpp(i) for i in range(len(slide.shapes))]
+    h0, w0 = slide.shapes[0][:2]
     target_mpp = mask_target_mpp(slide.mpp, h0, w0, target_mpp)
     level, factor = choose_mask_level(mpps, target_mpp)
     try:
@@ -218,10 +214,10 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
 
 def _detect_at(slide, mode: str, level: int, factor: int) -> TissueMask:
     """Tissue mask from ``level`` block-averaged by ``factor``."""
-    lh, lw = (int(v) for v in slide.levels[level].shape[:2])
+    lh, lw = slide.shapes[level][:2]
     img = _mask_image(slide, level, factor)
     m = mask_from_image(img, mode, slide.level_mpp(level) * factor)
-    h0, w0 = (int(v) for v in slide.levels[0].shape[:2])
+    h0, w0 = slide.shapes[0][:2]
     # mask pixel i covers level rows [i*factor, (i+1)*factor)
     tm = TissueMask(m, h0 / lh * factor, w0 / lw * factor, slide.mpp, f"level {level} / {factor} ({mode})")
     if not m.any():

@@ -4,7 +4,10 @@ Invariants of an open :class:`Slide`:
 
 * ``levels[i]`` is a dask-backed ``xarray.DataArray`` of uint8 with dims ``('y', 'x', 'c')``,
   coordinates in micrometres at pixel centres (``(i + 0.5) * level_mpp``) and attrs
-  ``{'level', 'downsample', 'mpp'}``; level 0 is the largest.
+  ``{'level', 'downsample', 'mpp'}``; level 0 is the largest. ``shapes[i]`` is its
+  ``(height, width, channels)``.
+* ``levels`` is built on first use: dask and xarray cost ~1.2 s of imports, and the
+  pipeline reads through :meth:`Slide.read_region` and :func:`reduce_level` without them.
 * Dask graphs carry only (path, backend, mpp override): each process opens the file once
   and caches the handle, so graphs pickle cheaply to ``dask.distributed`` workers.
 * A slide pickles as (path, backend, mpp override) and reopens lazily on first use.
@@ -17,10 +20,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
+from typing import TYPE_CHECKING
+
 import numpy as np
-import xarray as xr
-from dask.base import tokenize
 
 from wsicount.errors import InputError, MissingMppError, SlideFormatError
 from wsicount.io._base import (
@@ -33,8 +35,12 @@ from wsicount.io._base import (
     register_backend,
 )
 from wsicount.io._open import BACKENDS, open_backend, resolve
+from wsicount.io._reduce import reduce_level
 
-__all__ = ["Slide", "open_slide", "slide_info", "BACKENDS", "VENDORS"]
+if TYPE_CHECKING:
+    import xarray as xr
+
+__all__ = ["Slide", "open_slide", "slide_info", "reduce_level", "BACKENDS", "VENDORS"]
 
 VENDORS = ("hamamatsu", "aperio", "mirax", "generic-tiff", "ome-tiff", "tiff", "ome-zarr")
 
@@ -50,16 +56,23 @@ class Slide:
     mpp_y: float
     objective_power: float | None
     downsamples: list[float]
-    levels: list[xr.DataArray]
+    shapes: list[tuple[int, int, int]]  # (height, width, channels) per level
     properties: dict[str, str]
+
+    @property
+    def levels(self) -> list[xr.DataArray]:
+        """The pyramid as dask-backed DataArrays (built, and dask/xarray imported, on first use)."""
+        if "_levels" not in self.__dict__:
+            self.__dict__["_levels"] = [_level_array(self, k) for k in range(len(self.shapes))]
+        return self.__dict__["_levels"]
 
     def __repr__(self) -> str:
         """Short description (the dataclass default would print every dask graph)."""
         if "_reopen" in self.__dict__:
             return f"Slide({self.__dict__['_reopen']['path']!r}, not yet reopened)"
-        h, w, c = self.levels[0].shape
+        h, w, c = self.shapes[0]
         return (f"Slide({str(self.path)!r}, vendor={self.vendor!r}, backend={self.backend!r}, "
-                f"{w}x{h}x{c}, mpp={self.mpp:.4g}, levels={len(self.levels)})")
+                f"{w}x{h}x{c}, mpp={self.mpp:.4g}, levels={len(self.shapes)})")
 
     def level_mpp(self, level: int) -> float:
         """Micrometres per pixel (x) of ``level``."""
@@ -68,7 +81,7 @@ class Slide:
     def best_level(self, target_mpp: float, tol: float = 0.02) -> int:
         """Coarsest level whose mpp <= target_mpp*(1+tol) (never upsample); level 0 if none."""
         limit = target_mpp * (1.0 + tol)
-        ok = [i for i in range(len(self.levels)) if self.level_mpp(i) <= limit]
+        ok = [i for i in range(len(self.shapes)) if self.level_mpp(i) <= limit]
         return max(ok, key=self.level_mpp) if ok else 0
 
     def read_region(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
@@ -76,11 +89,11 @@ class Slide:
 
         Fast path, no dask: decodes only the tiles the window touches.
         """
-        if not 0 <= level < len(self.levels):
-            raise IndexError(f"{self.path}: level {level} does not exist ({len(self.levels)} levels)")
+        if not 0 <= level < len(self.shapes):
+            raise IndexError(f"{self.path}: level {level} does not exist ({len(self.shapes)} levels)")
         if h < 0 or w < 0:
             raise ValueError(f"window size must be non-negative, got {h}x{w}")
-        lh, lw, c = self.levels[level].shape
+        lh, lw, c = self.shapes[level]
         out = np.zeros((h, w, c), np.uint8)
         ya, yb = max(y0, 0), min(y0 + h, lh)
         xa, xb = max(x0, 0), min(x0 + w, lw)
@@ -157,12 +170,11 @@ def _slide_from_backend(path: Path, key: SlideKey, impl: Backend) -> Slide:
     if any(h < 1 or w < 1 for h, w in impl.shapes):
         raise SlideFormatError(f"{path} has an empty pyramid level")
     downsamples = [(w0 / w + h0 / h) / 2.0 for h, w in impl.shapes]
-    levels = [_level_array(key, impl, k, mx * w0 / w, my * h0 / h, downsamples[k])
-              for k, (h, w) in enumerate(impl.shapes)]
+    shapes = [(int(h), int(w), int(impl.channels)) for h, w in impl.shapes]
     props = dict(impl.properties)
     props["wsicount.mpp_source"] = source
     slide = Slide(path=path, vendor=impl.vendor, backend=impl.name, mpp=float(mx), mpp_y=float(my),
-                  objective_power=impl.objective_power, downsamples=downsamples, levels=levels,
+                  objective_power=impl.objective_power, downsamples=downsamples, shapes=shapes,
                   properties=props)
     slide.__dict__["_impl"] = impl
     slide.__dict__["_key"] = key
@@ -171,32 +183,43 @@ def _slide_from_backend(path: Path, key: SlideKey, impl: Backend) -> Slide:
     return slide
 
 
-def _level_array(key: SlideKey, impl: Backend, k: int, mpp_x: float, mpp_y: float,
-                 downsample: float) -> xr.DataArray:
+def _level_array(slide: Slide, k: int) -> xr.DataArray:
     """Dask-backed DataArray of level ``k`` with micrometre pixel-centre coordinates."""
-    h, w = impl.shapes[k]
-    th, tw = impl.tiles[k]
-    lazy = LazyLevel(key, k, (h, w, impl.channels))
-    chunks = (aligned_chunks(h, th), aligned_chunks(w, tw), (impl.channels,))
-    arr = da.from_array(lazy, chunks=chunks, name=f"wsicount-level{k}-{tokenize(lazy)}",
+    import dask.array as da
+    import xarray as xr
+    from dask.base import tokenize
+
+    key, impl = slide._key, slide._impl
+    h, w, c = slide.shapes[k]
+    h0, w0, _ = slide.shapes[0]
+    mpp_x, mpp_y = slide.mpp * w0 / w, slide.mpp_y * h0 / h
+    lazy = LazyLevel(key, k, (h, w, c))
+    arr = da.from_array(lazy, chunks=_level_chunks(slide, k), name=f"wsicount-level{k}-{tokenize(lazy)}",
                         asarray=False, fancy=False, lock=False, inline_array=False,
                         meta=np.empty((0, 0, 0), np.uint8))
     coords = {"y": (np.arange(h) + 0.5) * mpp_y, "x": (np.arange(w) + 0.5) * mpp_x}
     return xr.DataArray(arr, dims=("y", "x", "c"), coords=coords,
-                        attrs={"level": k, "downsample": downsample, "mpp": mpp_x})
+                        attrs={"level": k, "downsample": slide.downsamples[k], "mpp": mpp_x})
+
+
+def _level_chunks(slide: Slide, k: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int]]:
+    """Dask chunks of level ``k``: multiples of the native tile near :data:`CHUNK` px."""
+    h, w, c = slide.shapes[k]
+    th, tw = slide._impl.tiles[k]
+    return aligned_chunks(h, th), aligned_chunks(w, tw), (c,)
 
 
 def slide_info(slide: Slide) -> dict:
     """JSON-ready summary: vendor, backend, pixel size, channels and every level's geometry."""
     impl: Backend = slide._impl
     levels = []
-    for k, arr in enumerate(slide.levels):
-        h, w, _c = arr.shape
+    for k, (h, w, _c) in enumerate(slide.shapes):
+        cy, cx, _ = _level_chunks(slide, k)
         levels.append({"level": k, "height": int(h), "width": int(w),
                        "downsample": round(float(slide.downsamples[k]), 6),
                        "mpp": round(slide.level_mpp(k), 6),
                        "tile": [int(t) for t in impl.tiles[k]],
-                       "chunk": [int(arr.data.chunksize[0]), int(arr.data.chunksize[1])]})
+                       "chunk": [int(max(cy)), int(max(cx))]})
     props = slide.properties
     return {
         "path": str(slide.path),
@@ -206,7 +229,7 @@ def slide_info(slide: Slide) -> dict:
         "mpp_y": slide.mpp_y,
         "mpp_source": props.get("wsicount.mpp_source", "file"),
         "objective_power": slide.objective_power,
-        "channels": int(slide.levels[0].shape[2]),
+        "channels": int(slide.shapes[0][2]),
         "channel_names": list(slide._channel_names),
         "dtype": "uint8",
         "t_size": int(props.get("wsicount.t_size", 1)),

@@ -9,13 +9,16 @@ axis.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 
 from wsicount.errors import SlideFormatError
 from wsicount.io._base import Backend, IntensityMap
 from wsicount.io._tiff import plausible_mpp
+
+if TYPE_CHECKING:
+    import zarr
 
 __all__ = ["ZarrBackend", "is_zarr_dir"]
 
@@ -69,6 +72,8 @@ class ZarrBackend(Backend):
 
     def __init__(self, path: str) -> None:
         """Open the multiscale image at ``path`` (a directory)."""
+        import zarr  # here: ~0.25 s of imports that only Zarr slides need
+
         root = zarr.open_group(path, mode="r")
         self._group, ms = _multiscales(root, path)
         paths = [d["path"] for d in ms["datasets"]]
