@@ -252,6 +252,39 @@ def test_reduce_level_equals_whole_level(make_slide, fmt):
             reduce_level(s, 0, 257, "mean")
 
 
+@pytest.mark.parametrize("fmt", ["ndpi", "svs"])
+def test_decode_cache_gives_the_same_pixels_within_its_bound(make_slide, fmt):
+    """Overlapping windows read through the segment cache equal uncached reads; the cache stays under its limit."""
+    path = make_slide(fmt).path
+    with open_slide(path, backend="tifffile") as plain, open_slide(path, backend="tifffile") as cached:
+        limit = 2 << 20
+        cached.set_decode_cache(limit)
+        rng = np.random.default_rng(0)
+        for _ in range(40):
+            level = int(rng.integers(0, len(plain.shapes)))
+            h, w, _ = plain.shapes[level]
+            y0, x0 = int(rng.integers(-50, h)), int(rng.integers(-50, w))
+            np.testing.assert_array_equal(cached.read_region(level, y0, x0, 300, 500),
+                                          plain.read_region(level, y0, x0, 300, 500))
+            assert 0 < cached._impl._segments.nbytes <= limit
+        cached.set_decode_cache(0)
+        assert cached._impl._segments.nbytes == 0
+
+
+def test_segment_cache_evicts_least_recently_used():
+    """Entries leave oldest-used first once the byte limit is passed; hits refresh them."""
+    from wsicount.io._base import SegmentCache
+
+    c = SegmentCache(300)
+    for k in "abc":
+        c.put((k,), np.zeros(100, np.uint8), (0,))
+    assert c.get(("a",)) is not None  # a is now the most recent
+    c.put(("d",), np.zeros(100, np.uint8), (0,))
+    assert c.get(("b",)) is None and c.get(("a",)) is not None and c.nbytes == 300
+    c.put(("big",), np.zeros(301, np.uint8), (0,))  # larger than the cache: not kept
+    assert c.get(("big",)) is None and c.nbytes == 300
+
+
 def test_pipeline_reads_without_dask(make_slide):
     """Opening, tissue, geometry, tile windows and thumbnail import neither dask nor xarray; ``levels`` does."""
     path = make_slide("ndpi").path

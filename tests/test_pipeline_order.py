@@ -21,7 +21,7 @@ def test_task_order_is_largest_window_first_with_equal_shapes_adjacent():
     order = pipeline._task_order(tiles)
     areas = [t.window_shape[0] * t.window_shape[1] for t in order]
     assert areas == sorted(areas, reverse=True)
-    assert [t.key for t in order] == ["0_1", "2_0", "1_1", "0_0", "1_0"]  # ties: by shape, then key
+    assert [t.key for t in order] == ["0_1", "2_0", "1_1", "0_0", "1_0"]  # ties: by shape, then row and column
 
 
 class _Bar:

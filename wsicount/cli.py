@@ -65,6 +65,8 @@ def cli(debug: bool) -> None:
                    "Ampere+) and the model card validated it (low_precision), else fp32. See BENCHMARKS.md.")
 @click.option("--prefetch", type=int, default=2, show_default=True,
               help="Batches decoded ahead of the network per task (memory: prefetch x batch x tile²).")
+@click.option("--decode-cache-mb", type=int, default=128, show_default=True,
+              help="Decoded slide segments kept per process for overlapping tile windows (tifffile backend; 0 = off).")
 @click.option("--mpp", type=float, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="User tissue mask image (non-zero = tissue).")
 @click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield"]), default=None,

@@ -43,8 +43,10 @@ def percentile_stats(values: np.ndarray, normalization: dict) -> tuple[float, fl
 
 
 def apply_normalization(x: np.ndarray, offset: float, span: float) -> np.ndarray:
-    """Affine intensity map (x - offset) / span, float32."""
-    return ((np.asarray(x, dtype=np.float32) - offset) / span).astype(np.float32)
+    """Affine intensity map (x - offset) / span, float32 (a new array; ``x`` is not modified)."""
+    y = np.asarray(x, dtype=np.float32) - np.float32(offset)
+    y /= np.float32(span)
+    return y
 
 
 def normalize_image(img: np.ndarray, channels: list[int], normalization: dict) -> np.ndarray:

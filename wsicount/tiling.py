@@ -216,12 +216,18 @@ def _resample(img: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: 
     return np.stack(out, axis=-1)
 
 
-def read_model_window(slide, geom: Geometry, window: tuple[int, int, int, int]) -> np.ndarray:
-    """(h, w, C) float32 pixels of a model-grid window, reflect-padded past the grid end."""
+def read_model_window(slide, geom: Geometry, window: tuple[int, int, int, int], native: bool = False) -> np.ndarray:
+    """(h, w, C) float32 pixels of a model-grid window, reflect-padded past the grid end.
+
+    ``native``: where the grid is a pyramid level (no resampling), return the level's uint8
+    pixels instead (same values; callers that keep only some channels convert less).
+    """
     y0, y1, x0, x1 = window
     vy1, vx1 = min(y1, geom.height), min(x1, geom.width)
     if not geom.resampled:
-        img = slide.read_region(geom.level, y0, x0, vy1 - y0, vx1 - x0).astype(np.float32)
+        img = slide.read_region(geom.level, y0, x0, vy1 - y0, vx1 - x0)
+        if not native:
+            img = img.astype(np.float32)
     else:
         f = geom.factor
         margin = int(math.ceil(4 * max((f - 1) / 2, 0))) + 2

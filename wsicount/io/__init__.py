@@ -102,6 +102,10 @@ class Slide:
                 self._key, self._impl, level, ya, xa, yb - ya, xb - xa)
         return out
 
+    def set_decode_cache(self, nbytes: int) -> None:
+        """Keep up to ``nbytes`` of decoded segments for overlapping reads (tifffile backend; 0 = off, the default)."""
+        self._impl.set_decode_cache(nbytes)
+
     def close(self) -> None:
         """Close the file handle (dask arrays of this slide reopen it if computed later)."""
         if "_impl" in self.__dict__:

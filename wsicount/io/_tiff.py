@@ -19,7 +19,7 @@ import numpy as np
 import tifffile
 
 from wsicount.errors import SlideFormatError, TileReadError
-from wsicount.io._base import Backend, IntensityMap
+from wsicount.io._base import Backend, IntensityMap, SegmentCache
 
 __all__ = ["TiffBackend", "open_tiff", "plausible_mpp", "level_pages_in_bounds"]
 
@@ -207,6 +207,11 @@ class TiffBackend(Backend):
         self.channel_names = self._channel_names()
         self.mpp_xy, self.objective_power = self._pixel_size()
         self.intensity = IntensityMap()
+        self._segments = SegmentCache(0)
+
+    def set_decode_cache(self, nbytes: int) -> None:
+        """Keep up to ``nbytes`` of decoded segments (see :class:`SegmentCache`)."""
+        self._segments.resize(nbytes)
 
     def _vendor(self, openslide_vendor: str | None) -> str:
         """'hamamatsu', 'aperio', 'ome-tiff', 'generic-tiff' (OpenSlide-readable tiled) or 'tiff'."""
@@ -333,11 +338,11 @@ class TiffBackend(Backend):
         lv = self._levels[level]
         out = np.zeros((h, w, lv.channels), lv.dtype)
         for i, page in enumerate(lv.pages):
-            self._read_page(level, lv, page, out[..., i * lv.samples : (i + 1) * lv.samples], y0, x0)
+            self._read_page(level, i, lv, page, out[..., i * lv.samples : (i + 1) * lv.samples], y0, x0)
         return out
 
-    def _read_page(self, level: int, lv: _Level, page, out: np.ndarray, y0: int, x0: int) -> None:
-        """Decode the segments of ``page`` covering the window ``out`` located at (y0, x0)."""
+    def _read_page(self, level: int, pi: int, lv: _Level, page, out: np.ndarray, y0: int, x0: int) -> None:
+        """Decode (or take from the cache) the segments of page ``pi`` covering the window ``out`` at (y0, x0)."""
         key = page.keyframe if hasattr(page, "keyframe") else page
         th, tw = lv.tile
         h, w = out.shape[:2]
@@ -347,6 +352,18 @@ class TiffBackend(Backend):
                for s in range(planes)
                for ty in range(y0 // th, (y0 + h - 1) // th + 1)
                for tx in range(x0 // tw, (x0 + w - 1) // tw + 1)]
+        cache = self._segments
+        if cache.limit:
+            missing = []
+            for i in idx:
+                hit = cache.get((level, pi, i))
+                if hit is None:
+                    missing.append(i)
+                else:
+                    self._paste(out, hit[0], hit[1], y0, x0, lv.planar)
+            idx = missing
+            if not idx:
+                return
         offsets = [page.dataoffsets[i] for i in idx]
         counts = [page.databytecounts[i] for i in idx]
         for data, i in self._fh.read_segments(offsets, counts, indices=idx, lock=self._fh.lock):
@@ -362,6 +379,8 @@ class TiffBackend(Backend):
                 raise TileReadError(" ".join(msg.split())) from exc  # one line for the CLI
             if seg is None:
                 continue
+            if cache.limit:
+                cache.put((level, pi, i), seg, pos)
             self._paste(out, seg, pos, y0, x0, lv.planar)
 
     @staticmethod
