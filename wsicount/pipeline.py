@@ -457,7 +457,13 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     try:
         sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
         card, _ = read_card(model)  # no torch yet: a bad slide or card is reported at once
-        prep_f = side.submit(_prepare, sl, cfg, card)
+        # A side process queues the slide picture right behind the preparation, so that it is
+        # drawn while this thread still loads torch; it hands the mask over in its own memory
+        # (and a failed run ends the process, so nothing is left behind). A side thread draws
+        # it once the mask is back here.
+        token = f"{os.getpid()}-{time.monotonic_ns()}" if side_kind == "process" else None
+        prep_f = side.submit(_prepare, sl, cfg, card, token)
+        picture_f = side.submit(_slide_picture, sl, token) if token else None
         # imported after the fork (zarr, torch: ~2 s) so that the side worker starts at once
         from .infer import pick_device, resolve_precision
         from .models import load_model
@@ -484,7 +490,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         tm, geom, norm, prep_seconds = prep_f.result()
         timings.update(prep_seconds)  # tissue, normalization: computed while "open" loaded the model
         timings["tissue_wait"] = time.perf_counter() - t
-        picture_f = side.submit(slide_figure, sl, tm)
+        picture_f = picture_f or side.submit(slide_figure, sl, tm)
         t = time.perf_counter()
         peak_margin = card.peak_min_distance_px + 1
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
@@ -631,16 +637,35 @@ def _stop_side(side: Executor) -> None:
         proc.terminate()
 
 
-def _prepare(sl, cfg: RunConfig, card) -> tuple[Any, Geometry, tuple[float, float], dict[str, float]]:
-    """Tissue mask, model-grid geometry, normalisation statistics and their seconds: the slide work that needs no torch."""
+# tissue masks handed from _prepare to _slide_picture, the next task of the same side process
+_side_masks: dict[str, Any] = {}
+
+
+def _prepare(sl, cfg: RunConfig, card, token: str | None = None) -> tuple[Any, Geometry, tuple[float, float], dict[str, float]]:
+    """Tissue mask, model-grid geometry, normalisation statistics and their seconds: the slide work that needs no torch.
+
+    With a ``token`` the mask also stays in this (side) process for :func:`_slide_picture`.
+    """
     t = time.perf_counter()
     tm = _tissue_mask(sl, cfg, card.modality)
+    if token:
+        _side_masks[token] = tm
     seconds = {"tissue": time.perf_counter() - t}
     t = time.perf_counter()
     geom = plan_geometry(sl, card.mpp)
     norm = _normalization_stats(sl, geom, tm, _mask_scale(tm, geom), card, cfg.skip_bad_tiles)
     seconds["normalization"] = time.perf_counter() - t
     return tm, geom, norm, seconds
+
+
+def _slide_picture(sl, token: str):
+    """The slide picture with the tissue outline, from the mask :func:`_prepare` left under ``token``."""
+    from .report import slide_figure
+
+    tm = _side_masks.pop(token, None)
+    if tm is None:  # _prepare failed: the run is stopping with its error
+        raise RuntimeError("no tissue mask to draw")
+    return slide_figure(sl, tm)
 
 
 def _mask_scale(tm, geom: Geometry) -> tuple[float, float]:
