@@ -38,6 +38,9 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   run faster per pixel, so the tile-shaped floor is not an upper bound for a run: right after
   each non-fp32 run, the model alone makes one pass over exactly that run's input windows
   (``summary.json`` ``processing.window_shapes``), with the run's threads;
+* repetitions -- each non-fp32 run is made ``--repeat`` times (default 3; the floors around
+  it and on its windows each time) and the ratios are the medians, with their range: the
+  model alone varies by +-25 % from one minute to the next here, so one run proves little;
 * ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
   floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
   1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
@@ -117,6 +120,7 @@ class E2E:
     net_px: int  # network-input pixels of the processed tiles
     floor_around: tuple[float, float] | None = None  # floor (Mpx/s) right before and after the run
     shape_floor: float | None = None  # Mpx/s of the model alone on this run's own window shapes
+    rep: int = 1  # repetition number (--repeat)
 
     @property
     def around(self) -> float | None:
@@ -127,6 +131,11 @@ class E2E:
     def key(self) -> str:
         """PRECISION:THREADS."""
         return f"{self.precision}:{self.threads}"
+
+    @property
+    def label(self) -> str:
+        """PRECISION:THREADS and the repetition."""
+        return f"{self.key} #{self.rep}"
 
     @property
     def net_mpx_s(self) -> float:
@@ -456,7 +465,7 @@ def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]
     return sum(h * w for h, w in work) / (time.perf_counter() - t0) / 1e6
 
 
-def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace, lm, device) -> E2E:
+def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace, lm, device, rep: int = 1) -> E2E:
     """One ``wsicount run`` in a subprocess, bracketed by floor measurements; reads its summary.json."""
     out = Path(args.work) / f"{slide.path.stem}-{precision}-t{threads}"
     cmd = [sys.executable, "-m", "wsicount", "run", str(slide.path), "--out", str(out), "--overwrite", "-q",
@@ -465,7 +474,7 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
     if args.model:
         cmd += ["--model", str(args.model)]
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"  wsicount run {slide.path.name} {precision} threads={threads} ...", flush=True)
+    print(f"  wsicount run {slide.path.name} {precision} threads={threads} #{rep} ...", flush=True)
     log = out.parent / f"{out.name}.log"
     before = run_floor(lm, device, precision, threads, args) if args.bracket_seconds > 0 else None
     wall, rss, rc = measure_process(cmd, log)
@@ -476,7 +485,7 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
         raise SystemExit(f"wsicount run failed (exit {rc}); see {log}:\n{log.read_text()[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(summary),
-            (before, after) if before is not None else None)
+            (before, after) if before is not None else None, rep=rep)
     shapes = summary["processing"].get("window_shapes")
     if args.shape_floor and precision != "fp32" and shapes:  # fp32 would take as long as its run (minutes)
         e.shape_floor = shape_floor(lm, device, precision, threads, shapes)
@@ -614,7 +623,7 @@ def e2e_text(runs: list[E2E], floors: dict[str, Floor]) -> str:
     rows = []
     for e in runs:
         f = floors.get(e.precision)
-        rows.append([e.slide.path.name, e.key, fmt(e.wall, 1), fmt(e.summary["timings"].get("total"), 1),
+        rows.append([e.slide.path.name, e.label, fmt(e.wall, 1), fmt(e.summary["timings"].get("total"), 1),
                      fmt(e.slide.mpx / e.wall, 1), fmt(e.net_mpx_s), fmt(e.tissue_mpx_s),
                      e.summary["processing"]["n_tiles_tissue"], fmt(e.peak_rss / MIB, 0),
                      fmt(e.summary["total_cells"], 0), fmt(e.net_mpx_s / f.best if f else None),
@@ -636,7 +645,7 @@ def stages_text(runs: list[E2E]) -> str:
     for e in runs:
         t = e.summary["timings"]
         s = t.get("stage_seconds_summed_over_tiles", {})
-        rows.append([e.slide.path.name, e.key, fmt(e.wall - t.get("total", e.wall), 1)]
+        rows.append([e.slide.path.name, e.label, fmt(e.wall - t.get("total", e.wall), 1)]
                     + [fmt(t.get(k), 1) for k in ("open", "tissue", "normalization", "tissue_wait", "plan",
                                                   "before_tiles", "tiles", "stitch", "report", "total")]
                     + [fmt(s.get(k), 1) for k in ("read", "infer", "post")])
@@ -663,36 +672,51 @@ def naive_text(naives: list[Naive]) -> str:
               "tissue or not, so its time is proportional to the slide area.")
 
 
+def _spread(values: list[float | None], nd: int = 2) -> str:
+    """Median of the values, with their range when there are several ('—' if none)."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return "—"
+    med = fmt(float(np.median(v)), nd)
+    return med if len(v) == 1 else f"{med} ({fmt(v[0], nd)}–{fmt(v[-1], nd)})"
+
+
 def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor], naives: list[Naive]) -> str:
-    """Headline ratios per slide."""
+    """Headline ratios per slide: medians over the repetitions (range in brackets)."""
     rows = []
     for s in slides:
-        mine = {e.key: e for e in runs if e.slide is s}
-        best = {p: max((e for e in mine.values() if e.precision == p), key=lambda e: e.threads, default=None)
+        mine: dict[str, list[E2E]] = {}
+        for e in runs:
+            if e.slide is s:
+                mine.setdefault(e.key, []).append(e)
+        best = {p: max((k for k in mine if k.startswith(p + ":")), key=lambda k: mine[k][0].threads, default=None)
                 for p in ("fp32", "bf16")}
+        fp, bf = mine.get(best["fp32"] or "", []), mine.get(best["bf16"] or "", [])
         nv = next((n for n in naives if n.slide is s), None)
-        fp, bf = best["fp32"], best["bf16"]
-        pair = [(mine[f"{p}:1"], mine[f"{p}:2"]) for p in ("bf16", "fp32") if f"{p}:1" in mine and f"{p}:2" in mine]
+        wall = {k: float(np.median([e.wall for e in v])) for k, v in mine.items()}
+        pair = [(f"{p}:1", f"{p}:2") for p in ("bf16", "fp32") if f"{p}:1" in mine and f"{p}:2" in mine]
         t1, t2 = pair[0] if pair else (None, None)
         rows.append([
             s.path.name,
-            fmt(fp.net_mpx_s / floors["fp32"].best if fp and "fp32" in floors else None),
-            fmt(bf.net_mpx_s / floors["bf16"].best if bf and "bf16" in floors else None),
-            fmt(fp.net_mpx_s / fp.around if fp and fp.around else None),
-            fmt(bf.net_mpx_s / bf.around if bf and bf.around else None),
-            fmt(bf.net_mpx_s / bf.shape_floor if bf and bf.shape_floor else None),
-            fmt(nv.full_seconds / fp.wall if nv and fp else None, 1),
-            fmt(nv.full_seconds / bf.wall if nv and bf else None, 1),
-            fmt(t1.wall / t2.wall if t1 and t2 else None),
-            fmt(100 * (bf.summary["total_cells"] / fp.summary["total_cells"] - 1) if fp and bf else None, 3),
+            _spread([e.net_mpx_s / floors["fp32"].best for e in fp] if "fp32" in floors else []),
+            _spread([e.net_mpx_s / floors["bf16"].best for e in bf] if "bf16" in floors else []),
+            _spread([e.net_mpx_s / e.around for e in fp if e.around]),
+            _spread([e.net_mpx_s / e.around for e in bf if e.around]),
+            _spread([e.net_mpx_s / e.shape_floor for e in bf if e.shape_floor]),
+            fmt(nv.full_seconds / wall[best["fp32"]] if nv and fp else None, 1),
+            fmt(nv.full_seconds / wall[best["bf16"]] if nv and bf else None, 1),
+            fmt(wall[t1] / wall[t2] if t1 else None),
+            fmt(100 * (bf[0].summary["total_cells"] / fp[0].summary["total_cells"] - 1) if fp and bf else None, 3),
         ])
     return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "e2e ÷ floor around run fp32",
                       "e2e ÷ floor around run bf16", "e2e ÷ floor on the run's windows bf16", "naive ÷ e2e fp32 (≥ 5)",
                       "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up, bf16 if run)", "count bf16 vs fp32 %"], rows)
-            + "\n\ne2e rows use the run with the most threads of each precision; e2e ÷ floor = end-to-end "
+            + "\n\ne2e rows use the runs with the most threads of each precision: the median over their repetitions "
+              "(`--repeat`), the range in brackets; e2e ÷ floor = end-to-end "
               "network-input Mpx/s (wall time, process start included) ÷ the better of the two model-alone floors "
               "measured at the start; e2e ÷ floor around run: ÷ the mean of the floors measured right before and "
-              "after that run in its own configuration (the VM's speed drifts between the start and the run).")
+              "after that run in its own configuration (the VM's speed drifts between the start and the run). "
+              "Wall-time ratios (naive, threads) use the median wall time.")
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -715,6 +739,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          f"slide I of --sizes (0-based). Default: {' '.join(DEFAULT_RUNS)} (bf16, what 'auto' picks on "
                          "CPUs with AMX/AVX512-BF16, on every slide; fp32 and 1 thread, for the count difference and "
                          "the thread scaling, on the first)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each non-fp32 --runs entry (fp32 runs once: minutes each); ratios are medians (3)")
     ap.add_argument("--crop", type=int, default=8192, help="naive baseline: centred crop side in level-0 px (8192)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     ap.add_argument("--no-floor", action="store_true", help="skip the model floor, matmul and activation measurements")
@@ -792,7 +818,10 @@ def main(argv: list[str] | None = None) -> None:
     runs, naives = [], []
     for i, s in enumerate(slides):
         print(f"{s.path.name}:", flush=True)
-        runs += [run_e2e(s, p, t, args, lm, device) for p, t, only in args.runs if only in (None, i)]
+        for p, t, only in args.runs:
+            if only in (None, i):
+                runs += [run_e2e(s, p, t, args, lm, device, rep)
+                         for rep in range(1, (1 if p == "fp32" else max(1, args.repeat)) + 1)]
         if not args.no_naive:
             print(f"  naive baseline on a {args.crop}² crop ...", flush=True)
             naives.append(naive_baseline(s, args))
