@@ -276,11 +276,16 @@ def test_segment_cache_evicts_least_recently_used():
     from wsicount.io._base import SegmentCache
 
     c = SegmentCache(300)
-    for k in "abc":
-        c.put((k,), np.zeros(100, np.uint8), (0,))
-    assert c.get(("a",)) is not None  # a is now the most recent
-    c.put(("d",), np.zeros(100, np.uint8), (0,))
+    for i, k in enumerate("abc"):
+        c.put((k,), np.full((10, 10), i, np.uint8), (i,))
+    seg, pos = c.get(("a",))  # a is now the most recent
+    assert pos == (0,) and seg.shape == (10, 10) and not seg.any()
+    c.put(("d",), np.full((10, 10), 3, np.uint8), (3,))
     assert c.get(("b",)) is None and c.get(("a",)) is not None and c.nbytes == 300
+    seg, pos = c.get(("d",))
+    assert pos == (3,) and (seg == 3).all()
+    seg[:] = 9  # a copy: the cache keeps its own
+    assert (c.get(("d",))[0] == 3).all()
     c.put(("big",), np.zeros(301, np.uint8), (0,))  # larger than the cache: not kept
     assert c.get(("big",)) is None and c.nbytes == 300
 

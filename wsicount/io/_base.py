@@ -113,52 +113,71 @@ class SegmentCache:
     Overlapping tile windows decode the same segments again: halos overlap, and a window
     rarely aligns with the file's segments (an NDPI level stored as 8-row x 1072-px restart
     intervals decodes ~2.2x the window's pixels without a cache, ~1.0x with 128 MiB, on the
-    paper-size slide read in the pipeline's order). Thread-safe; arrays are shared
-    read-only. ``nbytes`` 0 disables it.
+    paper-size slide read in the pipeline's order). ``nbytes`` 0 disables it.
+
+    The segments live in one slab of equal slots, allocated at the first ``put``: thousands
+    of long-lived small arrays scattered through the heap would keep the allocator from
+    reusing the freed activation memory of the network (measured: peak RSS +170-550 MiB
+    for a 128 MiB cache, against +128 MiB for the slab). ``get`` returns a copy, so a slot
+    reused by another thread never changes what a reader is pasting. Thread-safe.
     """
 
     def __init__(self, nbytes: int = 0) -> None:
         """An empty cache holding at most ``nbytes``."""
         self.limit = max(0, int(nbytes))
-        self._items: OrderedDict[tuple, tuple[np.ndarray, tuple]] = OrderedDict()
-        self._size = 0
         self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        """Drop every segment and the slab."""
+        self._items: OrderedDict[tuple, tuple[int, tuple[int, ...], np.dtype, tuple]] = OrderedDict()
+        self._slab: np.ndarray | None = None
+        self._slot = 0  # bytes per slot
+        self._free: list[int] = []
 
     def get(self, key: tuple) -> tuple[np.ndarray, tuple] | None:
-        """The cached (segment, position) of ``key``, or None."""
+        """A copy of the cached segment of ``key`` and its position, or None."""
         with self._lock:
             item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            slot, shape, dtype, pos = item
+            n = int(np.prod(shape)) * dtype.itemsize
+            seg = self._slab[slot * self._slot : slot * self._slot + n].view(dtype).reshape(shape).copy()
+        return seg, pos
 
     def put(self, key: tuple, seg: np.ndarray, pos: tuple) -> None:
-        """Store a decoded segment, evicting the least recently used beyond the limit."""
-        if seg.nbytes > self.limit:
+        """Store a decoded segment, evicting the least recently used when the slab is full."""
+        if not 0 < seg.nbytes <= self.limit:
             return
-        seg.flags.writeable = False  # shared between readers
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._size -= old[0].nbytes
-            self._items[key] = (seg, pos)
-            self._size += seg.nbytes
-            while self._size > self.limit:
-                _, (s, _p) = self._items.popitem(last=False)
-                self._size -= s.nbytes
+            if key in self._items:
+                return
+            if seg.nbytes > self._slot:  # first segment, or larger ones (another level): new slots
+                self._clear()
+                self._slot = seg.nbytes
+                n_slots = self.limit // self._slot
+                self._slab = np.empty(n_slots * self._slot, np.uint8)
+                self._free = list(range(n_slots - 1, -1, -1))
+            if not self._free:
+                _, (old, *_rest) = self._items.popitem(last=False)
+                self._free.append(old)
+            slot = self._free.pop()
+            flat = np.ascontiguousarray(seg).reshape(-1).view(np.uint8)
+            self._slab[slot * self._slot : slot * self._slot + flat.size] = flat
+            self._items[key] = (slot, seg.shape, seg.dtype, pos)
 
     def resize(self, nbytes: int) -> None:
-        """Change the limit (evicting as needed)."""
+        """Change the limit (dropping what is cached)."""
         with self._lock:
             self.limit = max(0, int(nbytes))
-            while self._size > self.limit and self._items:
-                _, (s, _p) = self._items.popitem(last=False)
-                self._size -= s.nbytes
+            self._clear()
 
     @property
     def nbytes(self) -> int:
-        """Bytes held now."""
-        return self._size
+        """Bytes held now (the slab)."""
+        return 0 if self._slab is None else int(self._slab.nbytes)
 
 
 _CACHE: OrderedDict[tuple[SlideKey, int], Backend] = OrderedDict()
