@@ -24,8 +24,8 @@ import numpy as np
 from .runstate import atomic_write
 from .tiling import Geometry
 
-__all__ = ["Aggregate", "aggregate", "write_report", "results_dataset", "write_tables", "Tables", "figures", "slide_figure", "heatmap_figure", "SlideFigure",
-           "BAD_TILE_FIELDS"]
+__all__ = ["Aggregate", "aggregate", "write_report", "results_dataset", "write_tables", "Tables", "figures",
+           "slide_figure", "heatmap_figure", "SlideFigure", "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
 

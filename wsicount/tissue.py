@@ -79,13 +79,6 @@ def _block_factor(level_mpp: float, target_mpp: float) -> int:
     return max(1, int(target_mpp * 1.05 // level_mpp))
 
 
-def _mask_image(slide, level: int, factor: int) -> np.ndarray:
-    """Level pixels block-averaged by ``factor`` (read block by block), as uint8."""
-    from .io import reduce_level
-
-    return reduce_level(slide, level, factor, "mean")
-
-
 def _otsu(values: np.ndarray) -> float:
     """Otsu threshold of a 1-D sample (skimage's, isolated for clarity)."""
     from skimage.filters import threshold_otsu
@@ -214,8 +207,10 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
 
 def _detect_at(slide, mode: str, level: int, factor: int) -> TissueMask:
     """Tissue mask from ``level`` block-averaged by ``factor``."""
+    from .io import reduce_level
+
     lh, lw = slide.shapes[level][:2]
-    img = _mask_image(slide, level, factor)
+    img = reduce_level(slide, level, factor, "mean")  # block means, read block by block
     m = mask_from_image(img, mode, slide.level_mpp(level) * factor)
     h0, w0 = slide.shapes[0][:2]
     # mask pixel i covers level rows [i*factor, (i+1)*factor)

@@ -6,7 +6,7 @@ Invariants of an open :class:`Slide`:
   coordinates in micrometres at pixel centres (``(i + 0.5) * level_mpp``) and attrs
   ``{'level', 'downsample', 'mpp'}``; level 0 is the largest. ``shapes[i]`` is its
   ``(height, width, channels)``.
-* ``levels`` is built on first use: dask and xarray cost ~1.2 s of imports, and the
+* ``levels`` is built on first use: dask and xarray cost ~1.2 s of imports (timed by hand), and the
   pipeline reads through :meth:`Slide.read_region` and :func:`reduce_level` without them.
 * Dask graphs carry only (path, backend, mpp override): each process opens the file once
   and caches the handle, so graphs pickle cheaply to ``dask.distributed`` workers.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -112,13 +112,15 @@ class SegmentCache:
 
     Overlapping tile windows decode the same segments again: halos overlap, and a window
     rarely aligns with the file's segments (an NDPI level stored as 8-row x 1072-px restart
-    intervals decodes ~2.2x the window's pixels without a cache, ~1.0x with 128 MiB, on the
-    paper-size slide read in the pipeline's order). ``nbytes`` 0 disables it.
+    intervals decodes ~2.2x the window's pixels without a cache, ~1.0x with 128 MiB: a
+    simulation of the paper-size slide's reads in the pipeline's order, not a benchmark).
+    ``nbytes`` 0 disables it.
 
     The segments live in one slab of equal slots, allocated at the first ``put``: thousands
     of long-lived small arrays scattered through the heap would keep the allocator from
-    reusing the freed activation memory of the network (measured: peak RSS +170-550 MiB
-    for a 128 MiB cache, against +128 MiB for the slab). ``get`` returns a copy, so a slot
+    reusing the freed activation memory of the network (a hand probe with /usr/bin/time on
+    the 1.07 Gpx slide: peak RSS +170-550 MiB for a 128 MiB cache of separate arrays, about
+    +128 MiB for the slab; memory.py's runs before and after are in BENCHMARKS.md). ``get`` returns a copy, so a slot
     reused by another thread never changes what a reader is pasting. Thread-safe.
     """
 
