@@ -41,6 +41,10 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
 * repetitions -- each non-fp32 run is made ``--repeat`` times (default 3; the floors around
   it and on its windows each time) and the ratios are the medians, with their range: the
   model alone varies by +-25 % from one minute to the next here, so one run proves little;
+* CPU budget -- the run's process-tree CPU seconds (``RUSAGE_CHILDREN``) split into the
+  network's (summary.json ``infer_cpu``, the tile threads' CPU inside the forward pass), the
+  rest, and idle (cores x wall - CPU); the network share (network CPU / cores x wall) is the
+  one drift-free measure of overhead: a slow or fast spell of the VM moves both its terms;
 * ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
   floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
   1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
@@ -52,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -70,6 +75,8 @@ from _common import ROOT, machine, publish, stream_rate  # noqa: E402
 DEFAULT_SIZES = ("26624x30000", "32768x32768")
 DEFAULT_RUNS = ("bf16:2", "fp32:2@0", "bf16:1@0")
 MIB = 2**20
+#: cores this process may run on (the run inherits them): the machine's CPU capacity per second
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # --- data classes -------------------------------------------------------------------------
@@ -121,6 +128,30 @@ class E2E:
     floor_around: tuple[float, float] | None = None  # floor (Mpx/s) right before and after the run
     shape_floor: float | None = None  # Mpx/s of the model alone on this run's own window shapes
     rep: int = 1  # repetition number (--repeat)
+    cpu: float | None = None  # CPU seconds (user + sys) of the run's process tree
+    shape_cpu: float | None = None  # CPU seconds of the model alone on this run's windows
+    steal: float | None = None  # CPU seconds the hypervisor took from this VM during the run
+
+    @property
+    def capacity(self) -> float:
+        """CPU seconds the machine offered during the run (cores x wall)."""
+        return CORES * self.wall
+
+    @property
+    def net_cpu(self) -> float | None:
+        """CPU seconds the run's tile threads spent in the network (summary.json ``infer_cpu``)."""
+        return self.summary["timings"].get("stage_seconds_summed_over_tiles", {}).get("infer_cpu")
+
+    @property
+    def share(self) -> float | None:
+        """Network CPU ÷ (cores x wall): the fraction of the machine the run gave to the network.
+
+        Numerator and denominator are measured in the same run, so a slow or fast spell of the
+        VM moves both: unlike the floor ratios it does not drift. It bounds the strict ratio
+        (÷ the model alone on the run's windows) from above unless the network ran faster
+        in the run than alone.
+        """
+        return self.net_cpu / self.capacity if self.net_cpu else None
 
     @property
     def around(self) -> float | None:
@@ -383,14 +414,29 @@ def activation_memory(args: argparse.Namespace, precision: str) -> dict[str, flo
 
 
 # --- end-to-end ---------------------------------------------------------------------------
-def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int]:
-    """Run ``cmd``; returns (wall s, peak RSS bytes, exit code).
+def steal_seconds() -> float | None:
+    """CPU seconds the hypervisor has taken from this VM since boot, all CPUs (/proc/stat 'steal'); None off Linux."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float, float | None]:
+    """Run ``cmd``; returns (wall s, peak RSS bytes, exit code, CPU s of its process tree, steal s).
+
+    CPU: user + system seconds of the child and of the descendants it waited for (its side
+    worker), from this process's ``RUSAGE_CHILDREN`` before and after. Steal: CPU seconds the
+    hypervisor gave to other guests meanwhile while this VM's CPUs wanted to run (machine-wide).
 
     Peak RSS: the child's VmHWM (read while it runs) and psutil polling of its process tree,
     whichever is larger; not ``ru_maxrss``, which also counts this process's memory before exec.
     """
     import psutil
 
+    r0, st0 = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -402,7 +448,10 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int]:
             except psutil.Error:
                 pass
             time.sleep(0.25)  # polling every 50 ms cost ~5 % of a core during the run; VmHWM needs no fast polling
-    return time.perf_counter() - t0, peak, proc.returncode
+    wall = time.perf_counter() - t0
+    r1, st1 = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds()
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return wall, peak, proc.returncode, cpu, (st1 - st0 if st0 is not None and st1 is not None else None)
 
 
 def network_input_pixels(summary: dict[str, Any]) -> int:
@@ -417,8 +466,8 @@ def run_floor(lm, device, precision: str, threads: int, args: argparse.Namespace
     return model_floor(lm, device, args.tile_size, args.batch_size, precision, args.bracket_seconds, 1)
 
 
-def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]]) -> float:
-    """Mpx/s of the model alone on the run's own input windows (``summary.processing.window_shapes``).
+def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]]) -> tuple[float, float]:
+    """(Mpx/s, CPU s) of the model alone on the run's own input windows (``summary.processing.window_shapes``).
 
     The strict yardstick for a run whose windows were trimmed to the tissue: those are
     smaller than the tile and run faster per pixel. One pass over every window, largest first,
@@ -455,14 +504,16 @@ def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]
         t.start()
     for t in pool:
         t.join()
-    t0 = time.perf_counter()
+    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     pool = [threading.Thread(target=run_all, args=(it,)) for _ in range(streams)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
+    dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
     torch.set_num_threads(os.cpu_count() or 1)
-    return sum(h * w for h, w in work) / (time.perf_counter() - t0) / 1e6
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)  # this process: only the streams run now
+    return sum(h * w for h, w in work) / dt / 1e6, cpu
 
 
 def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Namespace, lm, device, rep: int = 1) -> E2E:
@@ -477,7 +528,7 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
     print(f"  wsicount run {slide.path.name} {precision} threads={threads} #{rep} ...", flush=True)
     log = out.parent / f"{out.name}.log"
     before = run_floor(lm, device, precision, threads, args) if args.bracket_seconds > 0 else None
-    wall, rss, rc = measure_process(cmd, log)
+    wall, rss, rc, cpu, steal = measure_process(cmd, log)
     after = run_floor(lm, device, precision, threads, args) if args.bracket_seconds > 0 else None
     print(f"    {wall:.1f} s, peak RSS {rss / MIB:.0f} MiB"
           + (f"; floor before/after {before:.3f}/{after:.3f} Mpx/s" if before is not None else ""), flush=True)
@@ -485,10 +536,10 @@ def run_e2e(slide: SlideSpec, precision: str, threads: int, args: argparse.Names
         raise SystemExit(f"wsicount run failed (exit {rc}); see {log}:\n{log.read_text()[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
     e = E2E(slide, precision, threads, wall, rss, summary, network_input_pixels(summary),
-            (before, after) if before is not None else None, rep=rep)
+            (before, after) if before is not None else None, rep=rep, cpu=cpu, steal=steal)
     shapes = summary["processing"].get("window_shapes")
     if args.shape_floor and precision != "fp32" and shapes:  # fp32 would take as long as its run (minutes)
-        e.shape_floor = shape_floor(lm, device, precision, threads, shapes)
+        e.shape_floor, e.shape_cpu = shape_floor(lm, device, precision, threads, shapes)
         print(f"    model alone on this run's {sum(n for *_, n in shapes)} windows: {e.shape_floor:.3f} Mpx/s", flush=True)
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
@@ -658,6 +709,29 @@ def stages_text(runs: list[E2E]) -> str:
               "a thread while `report` aggregates and writes the tables, so the two overlap.")
 
 
+def cpu_text(runs: list[E2E]) -> str:
+    """Where each run's CPU time went: network, everything else, idle; and the network's share."""
+    rows = []
+    for e in runs:
+        if e.cpu is None or e.net_cpu is None:
+            continue
+        rows.append([e.slide.path.name, e.label, fmt(e.capacity, 1), fmt(e.cpu, 1), fmt(e.net_cpu, 1),
+                     fmt(e.cpu - e.net_cpu, 1), fmt(e.steal, 1), fmt(e.capacity - e.cpu - (e.steal or 0.0), 1),
+                     fmt(e.share), fmt(e.shape_cpu, 1),
+                     fmt(e.net_cpu / e.shape_cpu if e.shape_cpu else None)])
+    return (md_table(["slide", "run", f"cores × wall ({CORES} cores)", "run CPU-s (process tree)",
+                      "network CPU-s (Σ infer_cpu)", "other CPU-s", "stolen CPU-s (hypervisor)",
+                      "idle CPU-s (the rest)", "network share",
+                      "model alone on the run's windows, CPU-s", "network CPU in run ÷ alone"], rows)
+            + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so the VM's slow "
+              "and fast spells, which move every floor ratio, cancel out: it says how much of the machine went "
+              "to anything but the network (start-up imports, tissue, reading, post-processing, pictures, "
+              "tables, exit), stood idle, or was taken by the hypervisor (`steal` in /proc/stat, machine-wide: "
+              "time this VM's CPUs were ready to run but other guests ran). The strict ratio (÷ the model alone on the run's windows) equals "
+              "the share × (alone CPU-s ÷ in-run CPU-s) when the streams keep the cores busy; the last column "
+              "compares those CPU-s, measured minutes apart, so it carries the VM's drift.")
+
+
 def naive_text(naives: list[Naive]) -> str:
     """Naive-baseline table."""
     rows = []
@@ -703,13 +777,15 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
             _spread([e.net_mpx_s / e.around for e in fp if e.around]),
             _spread([e.net_mpx_s / e.around for e in bf if e.around]),
             _spread([e.net_mpx_s / e.shape_floor for e in bf if e.shape_floor]),
+            _spread([e.share for e in bf]),
             fmt(nv.full_seconds / wall[best["fp32"]] if nv and fp else None, 1),
             fmt(nv.full_seconds / wall[best["bf16"]] if nv and bf else None, 1),
             fmt(wall[t1] / wall[t2] if t1 else None),
             fmt(100 * (bf[0].summary["total_cells"] / fp[0].summary["total_cells"] - 1) if fp and bf else None, 3),
         ])
     return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "e2e ÷ floor around run fp32",
-                      "e2e ÷ floor around run bf16", "e2e ÷ floor on the run's windows bf16", "naive ÷ e2e fp32 (≥ 5)",
+                      "e2e ÷ floor around run bf16", "e2e ÷ floor on the run's windows bf16", "network share bf16",
+                      "naive ÷ e2e fp32 (≥ 5)",
                       "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up, bf16 if run)", "count bf16 vs fp32 %"], rows)
             + "\n\ne2e rows use the runs with the most threads of each precision: the median over their repetitions "
               "(`--repeat`), the range in brackets; e2e ÷ floor = end-to-end "
@@ -829,7 +905,8 @@ def main(argv: list[str] | None = None) -> None:
     if floors:
         parts.append(("Model floor", floor_text(list(floors.values()), act, args, mm_n)))
     parts += [("End-to-end (`wsicount run`)", e2e_text(runs, floors)),
-              ("Stage seconds (summary.json)", stages_text(runs))]
+              ("Stage seconds (summary.json)", stages_text(runs)),
+              ("CPU budget", cpu_text(runs))]
     if naives:
         parts.append(("Naive baseline", naive_text(naives)))
     parts.append(("Ratios", ratio_text(slides, runs, floors, naives)))
