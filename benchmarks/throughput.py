@@ -139,7 +139,14 @@ class E2E:
 
     @property
     def net_cpu(self) -> float | None:
-        """CPU seconds the run's tile threads spent in the network (summary.json ``infer_cpu``)."""
+        """CPU seconds the run's tile threads spent in the network (summary.json ``infer_cpu``).
+
+        ``infer_cpu`` is the calling thread's CPU time, all of the network's only when each
+        tile thread runs the network on one thread (threads >= cores); with fewer tile
+        threads OpenMP's helper threads do part of each pass and go uncounted: None then.
+        """
+        if self.threads < CORES:
+            return None
         return self.summary["timings"].get("stage_seconds_summed_over_tiles", {}).get("infer_cpu")
 
     @property
@@ -152,6 +159,13 @@ class E2E:
         in the run than alone.
         """
         return self.net_cpu / self.capacity if self.net_cpu else None
+
+    @property
+    def share_got(self) -> float | None:
+        """Network CPU ÷ the CPU time the VM actually got during the run (cores x wall - steal)."""
+        if not self.net_cpu or self.steal is None:
+            return None
+        return self.net_cpu / (self.capacity - self.steal)
 
     @property
     def around(self) -> float | None:
@@ -713,21 +727,25 @@ def cpu_text(runs: list[E2E]) -> str:
     """Where each run's CPU time went: network, everything else, idle; and the network's share."""
     rows = []
     for e in runs:
-        if e.cpu is None or e.net_cpu is None:
+        if e.cpu is None:
             continue
-        rows.append([e.slide.path.name, e.label, fmt(e.capacity, 1), fmt(e.cpu, 1), fmt(e.net_cpu, 1),
-                     fmt(e.cpu - e.net_cpu, 1), fmt(e.steal, 1), fmt(e.capacity - e.cpu - (e.steal or 0.0), 1),
-                     fmt(e.share), fmt(e.shape_cpu, 1),
-                     fmt(e.net_cpu / e.shape_cpu if e.shape_cpu else None)])
+        net = e.net_cpu
+        rows.append([e.slide.path.name, e.label, fmt(e.capacity, 1), fmt(e.cpu, 1), fmt(net, 1),
+                     fmt(e.cpu - net if net else None, 1), fmt(e.steal, 1),
+                     fmt(e.capacity - e.cpu - (e.steal or 0.0), 1), fmt(e.share), fmt(e.share_got),
+                     fmt(e.shape_cpu, 1), fmt(net / e.shape_cpu if net and e.shape_cpu else None)])
     return (md_table(["slide", "run", f"cores × wall ({CORES} cores)", "run CPU-s (process tree)",
                       "network CPU-s (Σ infer_cpu)", "other CPU-s", "stolen CPU-s (hypervisor)",
-                      "idle CPU-s (the rest)", "network share",
+                      "idle CPU-s (the rest)", "network share", "network share of the CPU the VM got (steal excluded)",
                       "model alone on the run's windows, CPU-s", "network CPU in run ÷ alone"], rows)
             + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so the VM's slow "
               "and fast spells, which move every floor ratio, cancel out: it says how much of the machine went "
               "to anything but the network (start-up imports, tissue, reading, post-processing, pictures, "
               "tables, exit), stood idle, or was taken by the hypervisor (`steal` in /proc/stat, machine-wide: "
-              "time this VM's CPUs were ready to run but other guests ran). The strict ratio (÷ the model alone on the run's windows) equals "
+              "time this VM's CPUs were ready to run but other guests ran); "
+              "the share of the CPU the VM got leaves the stolen seconds out of the capacity. Network CPU-s "
+              "are the tile threads' own CPU time in the forward pass, all of the network's only when each "
+              "tile thread runs it on one thread (threads ≥ cores); other rows show '—'. The strict ratio (÷ the model alone on the run's windows) equals "
               "the share × (alone CPU-s ÷ in-run CPU-s) when the streams keep the cores busy; the last column "
               "compares those CPU-s, measured minutes apart, so it carries the VM's drift.")
 
@@ -778,6 +796,7 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
             _spread([e.net_mpx_s / e.around for e in bf if e.around]),
             _spread([e.net_mpx_s / e.shape_floor for e in bf if e.shape_floor]),
             _spread([e.share for e in bf]),
+            _spread([e.share_got for e in bf]),
             fmt(nv.full_seconds / wall[best["fp32"]] if nv and fp else None, 1),
             fmt(nv.full_seconds / wall[best["bf16"]] if nv and bf else None, 1),
             fmt(wall[t1] / wall[t2] if t1 else None),
@@ -785,6 +804,7 @@ def ratio_text(slides: list[SlideSpec], runs: list[E2E], floors: dict[str, Floor
         ])
     return (md_table(["slide", "e2e ÷ floor fp32 (≥ 0.8)", "e2e ÷ floor bf16", "e2e ÷ floor around run fp32",
                       "e2e ÷ floor around run bf16", "e2e ÷ floor on the run's windows bf16", "network share bf16",
+                      "network share bf16, steal excluded",
                       "naive ÷ e2e fp32 (≥ 5)",
                       "naive ÷ e2e bf16", "threads 2 ÷ 1 (speed-up, bf16 if run)", "count bf16 vs fp32 %"], rows)
             + "\n\ne2e rows use the runs with the most threads of each precision: the median over their repetitions "
