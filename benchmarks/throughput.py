@@ -43,8 +43,9 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   model alone varies by +-25 % from one minute to the next here, so one run proves little;
 * CPU budget -- the run's process-tree CPU seconds (``RUSAGE_CHILDREN``) split into the
   network's (summary.json ``infer_cpu``, the tile threads' CPU inside the forward pass), the
-  rest, and idle (cores x wall - CPU); the network share (network CPU / cores x wall) is the
-  one drift-free measure of overhead: a slow or fast spell of the VM moves both its terms;
+  rest, CPU time stolen by the hypervisor (/proc/stat) and idle; the network share (network
+  CPU / cores x wall, and / (cores x wall - steal)) measures the overhead without the drift
+  of the floors: a slower or faster CPU moves both its terms;
 * ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
   floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
   1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
@@ -153,10 +154,10 @@ class E2E:
     def share(self) -> float | None:
         """Network CPU ÷ (cores x wall): the fraction of the machine the run gave to the network.
 
-        Numerator and denominator are measured in the same run, so a slow or fast spell of the
-        VM moves both: unlike the floor ratios it does not drift. It bounds the strict ratio
-        (÷ the model alone on the run's windows) from above unless the network ran faster
-        in the run than alone.
+        Numerator and denominator are measured in the same run, so a slower or faster CPU moves
+        both; CPU time the hypervisor steals lowers it (see :attr:`share_got`). It bounds the
+        strict ratio (÷ the model alone on the run's windows) from above unless the network ran
+        faster in the run than alone.
         """
         return self.net_cpu / self.capacity if self.net_cpu else None
 
@@ -738,12 +739,13 @@ def cpu_text(runs: list[E2E]) -> str:
                       "network CPU-s (Σ infer_cpu)", "other CPU-s", "stolen CPU-s (hypervisor)",
                       "idle CPU-s (the rest)", "network share", "network share of the CPU the VM got (steal excluded)",
                       "model alone on the run's windows, CPU-s", "network CPU in run ÷ alone"], rows)
-            + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so the VM's slow "
-              "and fast spells, which move every floor ratio, cancel out: it says how much of the machine went "
+            + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so a slower or "
+              "faster CPU, which moves every floor ratio, moves both terms alike: it says how much of the machine went "
               "to anything but the network (start-up imports, tissue, reading, post-processing, pictures, "
               "tables, exit), stood idle, or was taken by the hypervisor (`steal` in /proc/stat, machine-wide: "
               "time this VM's CPUs were ready to run but other guests ran); "
-              "the share of the CPU the VM got leaves the stolen seconds out of the capacity. Network CPU-s "
+              "the share of the CPU the VM got leaves the stolen seconds out of the capacity, so it does not "
+              "drift with the neighbours' load either. Network CPU-s "
               "are the tile threads' own CPU time in the forward pass, all of the network's only when each "
               "tile thread runs it on one thread (threads ≥ cores); other rows show '—'. The strict ratio (÷ the model alone on the run's windows) equals "
               "the share × (alone CPU-s ÷ in-run CPU-s) when the streams keep the cores busy; the last column "
