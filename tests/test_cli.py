@@ -264,3 +264,36 @@ def test_info_and_synth_commands(tmp_path):
     r = _cli("info", str(tmp_path / "s.tiff"))
     assert r.returncode == 0, r.stderr
     assert "1536" in r.stdout and "mpp" in r.stdout
+
+
+_TEARDOWN_PROBE = """
+import sys
+import wsicount.cli as cli
+
+
+class Sentinel:
+    def __del__(self):
+        sys.stderr.write("module teardown ran\\n")
+
+
+cli.sentinel = Sentinel()  # freed only when the interpreter tears the modules down
+sys.argv = ["wsicount", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def test_successful_command_skips_teardown_and_keeps_its_output():
+    """After success the CLI ends without module teardown, and piped stdout still arrives whole."""
+    p = subprocess.run([sys.executable, "-c", _TEARDOWN_PROBE, "--version"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert wsicount.__version__ in p.stdout  # stdout is a pipe (block-buffered): flushed before os._exit
+    assert "module teardown ran" not in p.stderr
+
+
+def test_failed_command_exits_the_ordinary_way(tmp_path):
+    """A failing command keeps its exit code and its message, and the interpreter tears down as usual."""
+    p = subprocess.run([sys.executable, "-c", _TEARDOWN_PROBE, "run", str(tmp_path / "missing.ndpi"), "-o",
+                        str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "no such file" in p.stderr
+    assert "module teardown ran" in p.stderr
