@@ -57,7 +57,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -76,6 +75,10 @@ from _common import ROOT, machine, publish, stream_rate  # noqa: E402
 DEFAULT_SIZES = ("26624x30000", "32768x32768")
 DEFAULT_RUNS = ("bf16:2", "fp32:2@0", "bf16:1@0")
 MIB = 2**20
+try:
+    import resource  # POSIX only: CPU seconds of the runs
+except ImportError:  # Windows: the CPU budget stays empty
+    resource = None
 #: cores this process may run on (the run inherits them): the machine's CPU capacity per second
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -429,6 +432,14 @@ def activation_memory(args: argparse.Namespace, precision: str) -> dict[str, flo
 
 
 # --- end-to-end ---------------------------------------------------------------------------
+def _rusage(who: int) -> float | None:
+    """User + system CPU seconds of ``who`` (``resource.RUSAGE_*``); None off POSIX."""
+    if resource is None:
+        return None
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def steal_seconds() -> float | None:
     """CPU seconds the hypervisor has taken from this VM since boot, all CPUs (/proc/stat 'steal'); None off Linux."""
     try:
@@ -439,19 +450,19 @@ def steal_seconds() -> float | None:
         return None
 
 
-def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float, float | None]:
+def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float | None, float | None]:
     """Run ``cmd``; returns (wall s, peak RSS bytes, exit code, CPU s of its process tree, steal s).
 
     CPU: user + system seconds of the child and of the descendants it waited for (its side
-    worker), from this process's ``RUSAGE_CHILDREN`` before and after. Steal: CPU seconds the
-    hypervisor gave to other guests meanwhile while this VM's CPUs wanted to run (machine-wide).
+    worker), from this process's ``RUSAGE_CHILDREN`` before and after (None off POSIX). Steal:
+    CPU seconds the hypervisor withheld from this VM's CPUs during the run (machine-wide).
 
     Peak RSS: the child's VmHWM (read while it runs) and psutil polling of its process tree,
     whichever is larger; not ``ru_maxrss``, which also counts this process's memory before exec.
     """
     import psutil
 
-    r0, st0 = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds()
+    r0, st0 = _rusage(resource.RUSAGE_CHILDREN if resource else 0), steal_seconds()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -464,8 +475,8 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float, 
                 pass
             time.sleep(0.25)  # polling every 50 ms cost ~5 % of a core during the run; VmHWM needs no fast polling
     wall = time.perf_counter() - t0
-    r1, st1 = resource.getrusage(resource.RUSAGE_CHILDREN), steal_seconds()
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    r1, st1 = _rusage(resource.RUSAGE_CHILDREN if resource else 0), steal_seconds()
+    cpu = r1 - r0 if r0 is not None and r1 is not None else None
     return wall, peak, proc.returncode, cpu, (st1 - st0 if st0 is not None and st1 is not None else None)
 
 
@@ -481,7 +492,7 @@ def run_floor(lm, device, precision: str, threads: int, args: argparse.Namespace
     return model_floor(lm, device, args.tile_size, args.batch_size, precision, args.bracket_seconds, 1)
 
 
-def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]]) -> tuple[float, float]:
+def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]]) -> tuple[float, float | None]:
     """(Mpx/s, CPU s) of the model alone on the run's own input windows (``summary.processing.window_shapes``).
 
     The strict yardstick for a run whose windows were trimmed to the tissue: those are
@@ -519,15 +530,15 @@ def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]
         t.start()
     for t in pool:
         t.join()
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    c0, t0 = _rusage(resource.RUSAGE_SELF if resource else 0), time.perf_counter()
     pool = [threading.Thread(target=run_all, args=(it,)) for _ in range(streams)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    dt, c1 = time.perf_counter() - t0, _rusage(resource.RUSAGE_SELF if resource else 0)
     torch.set_num_threads(os.cpu_count() or 1)
-    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)  # this process: only the streams run now
+    cpu = c1 - c0 if c0 is not None and c1 is not None else None  # this process: only the streams run now
     return sum(h * w for h, w in work) / dt / 1e6, cpu
 
 
