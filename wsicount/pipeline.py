@@ -564,7 +564,9 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
             "wsicount_version": __version__,
         }
         cells = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs, tables)
-        side.shutdown(wait=False)  # its work is done
+        # its work is done; wait for it to exit (milliseconds), so that nothing of the pool is
+        # still closing when the interpreter's exit hook wakes it (see _stop_side)
+        side.shutdown(wait=True)
         return out, tm, geom, agg, summary, cells
     except BaseException:
         _stop_side(side)
@@ -626,15 +628,22 @@ def _stop_side(side: Executor) -> None:
     """On failure: drop the side worker's queued work and, if it is a process, end it now.
 
     Without this the process would exit only after the worker's current task (seconds of
-    tissue detection for a run that already failed).
+    tissue detection for a run that already failed). A process pool is then shut down
+    waiting for its manager thread, which has nothing left to wait for: left to finish on
+    its own, it could close its wake-up pipe just as the interpreter's exit hook writes to
+    it (CPython 3.11: "OSError: Bad file descriptor" and a traceback after the one-line
+    error, seen once in the test suite under load).
     """
-    side.shutdown(wait=False, cancel_futures=True)
+    if not isinstance(side, ProcessPoolExecutor):
+        side.shutdown(wait=False, cancel_futures=True)  # a thread cannot be stopped; don't wait for it
+        return
     terminate = getattr(side, "terminate_workers", None)  # Python >= 3.14
     if terminate is not None:
         terminate()
-        return
-    for proc in list((getattr(side, "_processes", None) or {}).values()):  # earlier Pythons: no public API
-        proc.terminate()
+    else:
+        for proc in list((getattr(side, "_processes", None) or {}).values()):  # earlier Pythons: no public API
+            proc.terminate()
+    side.shutdown(wait=True, cancel_futures=True)
 
 
 # tissue masks handed from _prepare to _slide_picture, the next task of the same side process
