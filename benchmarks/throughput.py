@@ -432,11 +432,11 @@ def activation_memory(args: argparse.Namespace, precision: str) -> dict[str, flo
 
 
 # --- end-to-end ---------------------------------------------------------------------------
-def _rusage(who: int) -> float | None:
-    """User + system CPU seconds of ``who`` (``resource.RUSAGE_*``); None off POSIX."""
+def _rusage(children: bool = False) -> float | None:
+    """User + system CPU seconds of this process, or of its waited-for descendants; None off POSIX."""
     if resource is None:
         return None
-    r = resource.getrusage(who)
+    r = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
@@ -462,7 +462,7 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float |
     """
     import psutil
 
-    r0, st0 = _rusage(resource.RUSAGE_CHILDREN if resource else 0), steal_seconds()
+    r0, st0 = _rusage(children=True), steal_seconds()
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -475,7 +475,7 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float |
                 pass
             time.sleep(0.25)  # polling every 50 ms cost ~5 % of a core during the run; VmHWM needs no fast polling
     wall = time.perf_counter() - t0
-    r1, st1 = _rusage(resource.RUSAGE_CHILDREN if resource else 0), steal_seconds()
+    r1, st1 = _rusage(children=True), steal_seconds()
     cpu = r1 - r0 if r0 is not None and r1 is not None else None
     return wall, peak, proc.returncode, cpu, (st1 - st0 if st0 is not None and st1 is not None else None)
 
@@ -530,13 +530,13 @@ def shape_floor(lm, device, precision: str, threads: int, shapes: list[list[int]
         t.start()
     for t in pool:
         t.join()
-    c0, t0 = _rusage(resource.RUSAGE_SELF if resource else 0), time.perf_counter()
+    c0, t0 = _rusage(), time.perf_counter()
     pool = [threading.Thread(target=run_all, args=(it,)) for _ in range(streams)]
     for t in pool:
         t.start()
     for t in pool:
         t.join()
-    dt, c1 = time.perf_counter() - t0, _rusage(resource.RUSAGE_SELF if resource else 0)
+    dt, c1 = time.perf_counter() - t0, _rusage()
     torch.set_num_threads(os.cpu_count() or 1)
     cpu = c1 - c0 if c0 is not None and c1 is not None else None  # this process: only the streams run now
     return sum(h * w for h, w in work) / dt / 1e6, cpu
