@@ -6,18 +6,25 @@ import numpy as np
 import pytest
 import zarr
 
-from wsicount.stitch import build_pyramid, create_density, write_chunk
+from wsicount.stitch import build_pyramid, create_density, open_density, write_chunk
 
 
 @pytest.fixture
 def density(tmp_path):
-    """A 2100x1700 density/0 with 300-px chunks, three of them holding values, the rest never written."""
-    arr = create_density(tmp_path, (2100, 1700), 300, 1.5)
+    """A 2100x1700 density/0 with 300-px chunks, three of them holding values, the rest never
+    written; the tiles also wrote level 1 (1050x850, 150-px chunks)."""
+    _write_tiles(tmp_path, create_density)
+    return tmp_path
+
+
+def _write_tiles(out, create):
+    """Create the density with ``create`` and write three tiles through :func:`open_density`."""
+    create(out, (2100, 1700), 300, 1.5)
+    store = open_density(out)
     rng = np.random.default_rng(0)
     for y0, x0 in ((0, 0), (600, 900), (1800, 1500)):
         h, w = min(300, 2100 - y0), min(300, 1700 - x0)
-        write_chunk(arr, y0, x0, rng.random((h, w), dtype=np.float32))
-    return tmp_path
+        write_chunk(store, y0, x0, rng.random((h, w), dtype=np.float32))
 
 
 def test_levels_are_2x2_sums_with_equal_totals(density):
@@ -40,6 +47,24 @@ def test_levels_are_2x2_sums_with_equal_totals(density):
 
 def test_empty_chunks_are_not_written(density):
     build_pyramid(density, 1.5, min_side=200)
-    # level 1 has 4x3 chunks of 300 (1050x850); sources with values touch 3 of them
+    # level 1 (150-px chunks): each tile wrote one; level 2 (525x425, 150-px chunks) sums 2x2 of them
     names = [p.name for p in (density / "density" / "1").iterdir() if not p.name.startswith(".")]
+    assert sorted(names) == ["0.0", "2.3", "6.5"]
+    names = [p.name for p in (density / "density" / "2").iterdir() if not p.name.startswith(".")]
     assert sorted(names) == ["0.0", "1.1", "3.2"]
+
+
+def test_level1_written_per_tile_equals_level1_built_at_the_end(tmp_path):
+    """Output of an older run (no level 1 from the tiles) resumes to the same pyramid."""
+    _write_tiles(tmp_path / "a", create_density)
+    _write_tiles(tmp_path / "b", lambda *a: create_density(*a, min_side=10**6))  # no per-tile level 1
+    assert open_density(tmp_path / "a").level1 is not None and open_density(tmp_path / "b").level1 is None
+    assert build_pyramid(tmp_path / "a", 1.5, min_side=200) == build_pyramid(tmp_path / "b", 1.5, min_side=200) == 4
+    ga, gb = (zarr.open_group(str(tmp_path / k), mode="r")["density"] for k in "ab")
+    for k in range(4):
+        np.testing.assert_allclose(ga[str(k)][...], gb[str(k)][...], rtol=1e-6)
+    assert ga.attrs["multiscales"] == gb.attrs["multiscales"]
+    assert ga["1"].chunks == (150, 150) and gb["1"].chunks == (300, 300)
+    # reopening an identical density/0 keeps the level 1 the tiles wrote
+    create_density(tmp_path / "a", (2100, 1700), 300, 1.5)
+    assert open_density(tmp_path / "a").level1 is not None

@@ -3,27 +3,37 @@
 Layout of ``OUT/`` (itself the Zarr root group)::
 
     density/0            float32 density at model resolution, cells per pixel (sums to the count)
-    density/1..n         2x2 *sums* of the level below, so every level sums to the same count
+    density/1..n         2x2 *sums* of the level below, so every level sums to the same count;
+                         chunks of half a tile core
     density/labels/tissue/0   uint8 tissue mask at the mask resolution (NGFF label image)
     counts_<G>um/0       float32 cells per grid cell of G um (count map on a physical grid)
     tissue_<G>um/0       float32 tissue area (mm²) per grid cell
 
-Writers: each tile writes exactly one chunk of ``density/0`` (chunk = tile core), so
-parallel writers never share a chunk; a tile is marked done only after its chunk is
-written (see :mod:`wsicount.runstate`).
+Writers: each tile writes exactly one chunk of ``density/0`` (chunk = tile core) and, on
+a slide large enough for a pyramid, exactly one chunk of ``density/1`` (its 2x2 sums), so
+parallel writers never share a chunk; a tile is marked done only after its chunks are
+written (see :mod:`wsicount.runstate`). Writing level 1 with the tile, while its core is
+still in memory, spares the end of the run reading level 0 back; levels 2..n are summed
+from level 1 once all tiles are done (:func:`build_pyramid`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-__all__ = ["create_density", "open_density", "write_chunk", "build_pyramid", "write_label", "write_image", "ngff_multiscales"]
+__all__ = ["DensityStore", "create_density", "open_density", "write_chunk", "build_pyramid", "write_label",
+           "write_image", "ngff_multiscales", "PYRAMID_MIN_SIDE"]
 
 _V = "0.4"
+#: a level is added while the level below has both sides >= 2x this
+PYRAMID_MIN_SIDE = 512
+#: attribute of a ``density/1`` that the tiles write (see :func:`create_density`)
+_PER_TILE = "written_per_tile"
 
 
 def ngff_multiscales(name: str, scales: list[float], translations: list[float], unit: str = "micrometer") -> dict:
@@ -55,8 +65,23 @@ def _root(out: Path) -> zarr.Group:
     return zarr.open_group(str(out), mode="a", zarr_format=2)
 
 
-def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float) -> zarr.Array:
-    """Create (or reopen, if identical) ``density/0`` with one chunk per tile core."""
+@dataclass
+class DensityStore:
+    """The arrays a tile writes: ``density/0`` and, when it is written per tile, ``density/1``."""
+
+    level0: zarr.Array
+    level1: zarr.Array | None
+
+
+def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float,
+                   min_side: int = PYRAMID_MIN_SIDE) -> zarr.Array:
+    """Create (or reopen, if identical) ``density/0`` with one chunk per tile core.
+
+    A new ``density/0`` comes with a new ``density/1`` of ``chunk // 2`` chunks for the
+    tiles to write (when the slide has a level 1 at all and ``chunk`` is even). A reopened
+    one keeps the ``density/1`` it had; if it had none (a run started by a version that
+    built all levels at the end), :func:`build_pyramid` builds level 1 from level 0.
+    """
     root = _root(out)
     g = root.require_group("density")
     g.attrs.update(ngff_multiscales("density", [mpp], [0.5 * mpp]))
@@ -65,32 +90,63 @@ def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float) ->
         if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == (chunk, chunk):
             return arr
         del g["0"]
-    return g.create_array("0", shape=shape, chunks=(chunk, chunk), dtype="float32", fill_value=0.0)
+    arr = g.create_array("0", shape=shape, chunks=(chunk, chunk), dtype="float32", fill_value=0.0)
+    if "1" in g:
+        del g["1"]  # summed from the level 0 just replaced
+    if min(shape) // 2 >= min_side and chunk % 2 == 0:
+        lv1 = g.create_array("1", shape=(shape[0] // 2, shape[1] // 2), chunks=(chunk // 2, chunk // 2),
+                             dtype="float32", fill_value=0.0)
+        lv1.attrs[_PER_TILE] = True
+    return arr
 
 
-def open_density(out: Path) -> zarr.Array:
-    """Open ``density/0`` for reading or writing."""
-    return zarr.open_array(str(Path(out) / "density" / "0"), mode="r+", zarr_format=2)
+def open_density(out: Path) -> DensityStore:
+    """Open the arrays the tiles write, for writing."""
+    g = zarr.open_group(str(Path(out) / "density"), mode="r+", zarr_format=2)
+    lv1 = g["1"] if "1" in g and g["1"].attrs.get(_PER_TILE) else None
+    return DensityStore(g["0"], lv1)
 
 
-def write_chunk(arr: zarr.Array, y0: int, x0: int, block: np.ndarray) -> None:
-    """Write one tile core (aligned to one chunk) into the density array."""
-    arr[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+def write_chunk(store: DensityStore, y0: int, x0: int, block: np.ndarray) -> None:
+    """Write one tile core (aligned to one chunk) into ``density/0``, and its 2x2 sums into ``density/1``.
+
+    ``block`` starts at an even row and column (a chunk corner), so its 2x2 sums are exactly
+    the level-1 chunk at (y0/2, x0/2); an odd last row or column of the slide is dropped, as
+    level 1 has ``shape // 2``.
+    """
+    store.level0[y0 : y0 + block.shape[0], x0 : x0 + block.shape[1]] = block
+    lv1 = store.level1
+    if lv1 is None:
+        return
+    h, w = min(block.shape[0] // 2, lv1.shape[0] - y0 // 2), min(block.shape[1] // 2, lv1.shape[1] - x0 // 2)
+    if h > 0 and w > 0 and block.any():  # an all-zero chunk reads as the fill value: not written
+        lv1[y0 // 2 : y0 // 2 + h, x0 // 2 : x0 // 2 + w] = _sum2x2(block[: 2 * h, : 2 * w])
 
 
-def build_pyramid(out: Path, mpp: float, min_side: int = 512, threads: int = 2) -> int:
-    """Write density levels 1..n as 2x2 block sums of the level below; returns n levels.
+def _sum2x2(a: np.ndarray) -> np.ndarray:
+    """2x2 block sums of an even-sided array (strided pair sums: ~5x faster than reshape(...).sum(axis=(1, 3)))."""
+    rows = a[0::2] + a[1::2]
+    return rows[:, 0::2] + rows[:, 1::2]
 
-    Every level has the chunk shape of ``density/0`` (one tile core), so an output chunk is
-    the 2x2 sum of exactly 2x2 source chunks: each source chunk is read once, memory holds
-    ``threads`` x 4 chunks, and chunks with no tissue (all zero) are not written at all.
-    Level k sums to the same total as level 0 (up to float32 rounding).
+
+def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threads: int = 2) -> int:
+    """Write density levels 2..n (and level 1 unless the tiles wrote it) as 2x2 block sums of the level below; returns n levels.
+
+    A level built here has the chunk shape of the level it is summed from (half a tile core
+    from the tiles' level 1, else a tile core), so an output chunk is the 2x2 sum of exactly
+    2x2 source chunks: each source chunk is read once, memory holds ``threads`` x 4 chunks,
+    and chunks with no tissue (all zero) are not written at all. Level k sums to
+    the same total as level 0 (up to float32 rounding).
     """
     g = _root(out)["density"]
     src = g["0"]
-    c = src.chunks
     scales, trans = [mpp], [0.5 * mpp]
     level = 0
+    if "1" in g and g["1"].attrs.get(_PER_TILE):
+        src, level = g["1"], 1
+        scales.append(2 * mpp)
+        trans.append(mpp)
+    c = src.chunks
     while min(src.shape) // 2 >= min_side:
         level += 1
         if str(level) in g:
@@ -115,8 +171,7 @@ def _sum_block(src: zarr.Array, dst: zarr.Array, y: int, x: int) -> None:
     a = src[2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]
     if not a.any():
         return  # no tissue: the fill value already reads as 0
-    rows = a[0::2] + a[1::2]  # strided pair sums: ~5x faster than reshape(...).sum(axis=(1, 3))
-    dst[y : y + h, x : x + w] = rows[:, 0::2] + rows[:, 1::2]
+    dst[y : y + h, x : x + w] = _sum2x2(a)
 
 
 def write_image(out: Path, name: str, data: np.ndarray, mpp: float) -> None:
