@@ -60,3 +60,24 @@ def test_density_peaks_keeps_float32_input_exact():
     p32 = density_peaks(a, sigma_px=2.0, min_distance=3, threshold_abs=thr)
     p64 = density_peaks(a.astype(np.float64), sigma_px=2.0, min_distance=3, threshold_abs=thr)
     assert np.array_equal(p32, p64)
+
+
+@pytest.mark.parametrize("max_offset", [256, 2])
+def test_tie_pairs_are_the_kd_tree_pairs(max_offset):
+    """Ties found by walking equal values (or, past ``max_offset``, the k-d tree fallback) are cKDTree's pairs."""
+    from scipy.spatial import cKDTree
+
+    from wsicount.detect import _tie_pairs
+
+    rng = np.random.default_rng(max_offset)
+    for _ in range(40):
+        n, side, md = int(rng.integers(2, 300)), int(rng.integers(5, 60)), int(rng.integers(2, 6))
+        coords = np.unique(rng.integers(0, side, (n, 2)), axis=0)
+        values = rng.integers(0, 4, len(coords)).astype(np.float32)  # few distinct values: many ties
+        got = _tie_pairs(coords, values, md, max_offset=max_offset)
+        ref = cKDTree(coords).query_pairs(r=md - 0.5, p=np.inf, output_type="ndarray")
+
+        def equal(p):  # window maxima closer than md are equal; random points need not be
+            return sorted(map(tuple, np.sort(p[values[p[:, 0]] == values[p[:, 1]]], axis=1).tolist()))
+
+        assert equal(got) == equal(ref)

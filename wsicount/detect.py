@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 __all__ = ["unit_peak_height", "local_maxima", "density_peaks", "MatchResult", "match_points"]
 
@@ -100,11 +98,10 @@ def local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.n
     coords = np.argwhere(is_max)
     if md <= 1 or len(coords) < 2:
         return coords
-    # two window maxima closer than min_distance see each other: they are equal (ties)
-    pairs = cKDTree(coords).query_pairs(r=md - 0.5, p=np.inf, output_type="ndarray")
+    values = img[coords[:, 0], coords[:, 1]]
+    pairs = _tie_pairs(coords, values, md)
     if len(pairs) == 0:
         return coords
-    values = img[coords[:, 0], coords[:, 1]]
     rank = np.empty(len(coords), np.intp)
     rank[np.argsort(-values, kind="stable")] = np.arange(len(coords))
     neighbours: dict[int, list[int]] = {}
@@ -118,6 +115,33 @@ def local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.n
     keep = np.ones(len(coords), bool)
     keep[list(rejected)] = False
     return coords[keep]
+
+
+def _tie_pairs(coords: np.ndarray, values: np.ndarray, md: int, max_offset: int = 256) -> np.ndarray:
+    """(M, 2) index pairs of peaks closer than ``md`` (Chebyshev): ``cKDTree.query_pairs(r=md - 0.5, p=inf)``'s pairs.
+
+    Two window maxima closer than ``md`` see each other, so they are equal: sorted by (value,
+    row, column), a peak's partners follow it inside its run of equal values and fewer than
+    ``md`` rows down. Each peak is compared with its k-th successor for k = 1, 2, ... until no
+    successor is both (past that k, none can be: values and rows only grow along the order).
+    Bf16 outputs tie often, in runs of a few peaks, so k stays small; a plateau holding more
+    than ``max_offset`` such successors falls back to a k-d tree. Without it the tile threads
+    need no scipy, whose import (~0.5 CPU-s) sat on the run's critical path.
+    """
+    order = np.lexsort((coords[:, 1], coords[:, 0], values))
+    v, y, x = values[order], coords[order, 0], coords[order, 1]
+    found = [np.zeros((0, 2), np.intp)]
+    for k in range(1, len(order)):
+        near = (v[k:] == v[:-k]) & (y[k:] - y[:-k] < md)
+        if not near.any():
+            break
+        if k > max_offset:
+            from scipy.spatial import cKDTree
+
+            return cKDTree(coords).query_pairs(r=md - 0.5, p=np.inf, output_type="ndarray")
+        i = np.flatnonzero(near & (np.abs(x[k:] - x[:-k]) < md))
+        found.append(np.column_stack([order[i], order[i + k]]))
+    return np.sort(np.concatenate(found), axis=1)
 
 
 def density_peaks(
@@ -149,6 +173,8 @@ def density_peaks(
         min_distance = max(2, int(round(0.75 * sigma_px)))
     eff_sigma = float(sigma_px)
     if smooth_sigma:
+        from scipy import ndimage
+
         d = ndimage.gaussian_filter(d.astype(np.float64), smooth_sigma, mode="nearest")
         eff_sigma = float(np.hypot(sigma_px, smooth_sigma))  # blurring a Gaussian widens it
     if threshold_abs is None:
@@ -200,10 +226,11 @@ def match_points(pred_yx: np.ndarray, true_yx: np.ndarray, radius: float) -> Mat
     split into connected components and each is solved exactly with
     ``scipy.optimize.linear_sum_assignment``, which keeps slides with thousands of cells cheap.
     """
-    # imported here: the optimiser (~0.3 s of imports) serves evaluation, not counting
+    # imported here: scipy (~0.8 s of imports) serves evaluation, not counting
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
 
     pred, true = _as_points(pred_yx), _as_points(true_yx)
     n_p, n_t = len(pred), len(true)

@@ -101,10 +101,17 @@ def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float,
 
 
 def open_density(out: Path) -> DensityStore:
-    """Open the arrays the tiles write, for writing."""
+    """Open the arrays the tiles write, for writing.
+
+    With ``write_empty_chunks``: zarr's check of every chunk against the fill value costs
+    more than it saves here (a tile core is tissue, so hardly ever all zero); measured on
+    the paper slide's chunks, 14 -> 9 ms CPU per chunk written. An all-zero core (tissue only
+    in its halo) is then a small file instead of none; it reads the same.
+    """
     g = zarr.open_group(str(Path(out) / "density"), mode="r+", zarr_format=2)
     lv1 = g["1"] if "1" in g and g["1"].attrs.get(_PER_TILE) else None
-    return DensityStore(g["0"], lv1)
+    cfg = {"write_empty_chunks": True}
+    return DensityStore(g["0"].with_config(cfg), lv1.with_config(cfg) if lv1 is not None else None)
 
 
 def write_chunk(store: DensityStore, y0: int, x0: int, block: np.ndarray) -> None:

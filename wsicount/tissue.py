@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from .errors import InputError, NoTissueError, TileReadError
 
@@ -88,6 +87,10 @@ def _otsu(values: np.ndarray) -> float:
 
 def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0) -> np.ndarray:
     """Tissue mask of an (H, W, C) uint8 image at ``mpp`` um/px."""
+    # scipy is imported here, not with the module: unpickling a TissueMask (the run's main
+    # process gets it from the side worker) then costs no scipy import (~0.5 CPU-s)
+    from scipy import ndimage
+
     if img.ndim == 3:
         # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
         # channel axis, and exactly equal (sums of uint8 are exact in float32)
@@ -132,6 +135,8 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
 
 def _fill_holes(m: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes``, ~3x faster: background not 4-connected to the image border becomes foreground."""
+    from scipy import ndimage
+
     lab, _ = ndimage.label(~m)  # 4-connectivity, as binary_fill_holes' default structure
     outside = np.zeros(lab.max() + 1, dtype=bool)
     outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
