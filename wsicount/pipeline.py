@@ -349,46 +349,56 @@ def _chunks(seq: list, size: int) -> list[list]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def _execute(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, n_tiles: int, threads: int, client=None) -> None:
-    """Run the tile tasks on the local threaded scheduler or a distributed cluster."""
+def _execute(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, n_tiles: int, threads: int,
+             client=None) -> dict[str, dict[str, Any]]:
+    """Run the tile tasks on the local threaded scheduler or a distributed cluster; returns their records by tile key."""
     from tqdm.auto import tqdm
 
     bar = tqdm(total=n_tiles, desc="tiles", unit="tile", disable=not cfg.progress, leave=False)
     try:
         if client is not None or cfg.scheduler or cfg.workers:
-            _execute_distributed(job, batches, cfg, bar, client)
+            results = _execute_distributed(job, batches, cfg, bar, client)
         else:
-            _execute_local(job, batches, threads, bar)
+            results = _execute_local(job, batches, threads, bar)
     finally:
         bar.close()
+    return {r["key"]: r for recs in results for r in recs}
 
 
-def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -> None:
-    """A pool of ``threads`` threads taking the tasks strictly in the given order.
+def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -> list[list[dict[str, Any]]]:
+    """A pool of ``threads`` threads taking the tasks strictly in the given order; the tasks' records.
 
     Not Dask's threaded scheduler: that one orders independent tasks by its own heuristics,
     and the order matters here (largest tiles first, see :func:`_task_order`).
     """
+    results = []
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsicount-tiles") as pool:
         futures = [pool.submit(process_tiles, job, b) for b in batches]
         try:
             for fut in as_completed(futures):
-                bar.update(len(fut.result()))
+                results.append(fut.result())
+                bar.update(len(results[-1]))
         except BaseException:
             for fut in futures:  # fail fast: do not start the remaining tasks
                 fut.cancel()
             raise
+    return results
 
 
-def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar, client=None) -> None:
-    """A dask.distributed cluster: a given client, an existing scheduler, or a LocalCluster."""
+def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar,
+                         client=None) -> list[list[dict[str, Any]]]:
+    """A dask.distributed cluster (a given client, an existing scheduler, or a LocalCluster); the tasks' records."""
     from distributed import Client, LocalCluster, as_completed
 
+    def collect(c) -> list[list[dict[str, Any]]]:
+        results = []
+        for fut in as_completed(c.map(process_tiles, [job] * len(batches), batches, pure=False, retries=3)):
+            results.append(fut.result())
+            bar.update(len(results[-1]))
+        return results
+
     if client is not None:
-        futures = client.map(process_tiles, [job] * len(batches), batches, pure=False, retries=3)
-        for fut in as_completed(futures):
-            bar.update(len(fut.result()))
-        return
+        return collect(client)
     cluster = None
     if cfg.scheduler:
         client = Client(cfg.scheduler)
@@ -396,9 +406,7 @@ def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig
         cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
-        futures = client.map(process_tiles, [job] * len(batches), batches, pure=False, retries=3)
-        for fut in as_completed(futures):
-            bar.update(len(fut.result()))
+        return collect(client)
     finally:
         client.close()
         if cluster is not None:
@@ -518,10 +526,11 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         # distributed scheduler's per-task cost (~2 ms) negligible
         per_task = cfg.tiles_per_task or max(2, math.ceil(len(todo) / 500))
         tasks = _chunks(_task_order(todo), per_task)
-        _execute(job, tasks, cfg, len(todo), threads, client)
+        fresh = _execute(job, tasks, cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()
-        records = [state.record(x.key) for x in tiles]
+        # this run's records as the tasks returned them (what they wrote), resumed ones from disk
+        records = [fresh.get(x.key) or state.record(x.key) for x in tiles]
         agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
         agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
         # three at once: the side worker draws the heat map (matplotlib), a thread builds the
