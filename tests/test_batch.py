@@ -4,6 +4,8 @@ records the failure and finishes the others; the local-cluster workflow recipe r
 from __future__ import annotations
 
 import csv
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +54,53 @@ def test_local_workflow_recipe(slides, tmp_path):
                         "--out", str(tmp_path / "wf"), "--workers", "2"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "wf" / "study.csv").exists()
+
+
+def test_count_each_prepares_the_next_slide_while_tiles_run(slides, tmp_path, monkeypatch):
+    """Slide n+1 is opened and its preparation queued before slide n's tiles start; a bad slide
+    is yielded as its error; the counts are those of count() slide by slide."""
+    from wsicount import pipeline
+    from wsicount.errors import WsicountError
+
+    log = []
+    prepare, execute = pipeline._submit_preparation, pipeline._execute
+
+    def logged_prepare(side, slide, *args):
+        log.append(("prepare", Path(slide).name))
+        return prepare(side, slide, *args)
+
+    def logged_execute(job, *args, **kwargs):
+        log.append(("tiles", Path(job.slide_path).name))
+        return execute(job, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_submit_preparation", logged_prepare)
+    monkeypatch.setattr(pipeline, "_execute", logged_execute)
+    broken = tmp_path / "broken.ndpi"
+    broken.write_bytes(slides[0].read_bytes()[:5000])
+    jobs = [(slides[0], tmp_path / "a"), (broken, tmp_path / "b"), (slides[1], tmp_path / "c")]
+    got = list(pipeline.count_each(jobs, tile_size=256, progress=False))
+    assert log == [("prepare", "s0.ndpi"), ("prepare", "broken.ndpi"), ("tiles", "s0.ndpi"),
+                   ("prepare", "s1.ndpi"), ("tiles", "s1.ndpi")]
+    assert got[1][0] is None and isinstance(got[1][1], WsicountError)
+    monkeypatch.undo()
+    for (summary, error), (slide, _) in ((got[0], jobs[0]), (got[2], jobs[2])):
+        assert error is None
+        alone = pipeline.count(slide, tmp_path / f"alone-{slide.name}", tile_size=256, progress=False)
+        assert summary["total_cells"] == alone["total_cells"]
+        assert summary["n_cells_detected"] == alone["n_cells_detected"]
+
+
+def test_cli_batch_shares_one_side_process(slides, tmp_path):
+    """``wsicount batch`` (torch not imported yet: the side worker is a forked process) counts each slide as ``wsicount run`` does."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-m", "wsicount", "batch", str(slides[0]), str(slides[1]), "-o", str(tmp_path / "b"),
+                        "-q", "--tile-size", "256"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open(tmp_path / "b" / "study.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["status"] for t in table] == ["ok", "ok"]
+    for t, slide in zip(table, slides):
+        s = json.loads((Path(t["output"]) / "summary.json").read_text())
+        assert s["processing"]["side_worker"] == "process"
+        alone = wsicount.count(slide, tmp_path / f"alone-{slide.name}", tile_size=256, progress=False)
+        assert s["total_cells"] == pytest.approx(alone["total_cells"], rel=1e-6)

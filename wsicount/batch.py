@@ -2,12 +2,15 @@
 
 A failing slide is recorded (status ``failed`` and its one-line error) and the others
 finish. ``study.csv`` is rewritten atomically after every slide, so it always reflects
-what is done. With ``workers``/``scheduler`` one Dask client is shared by all slides and
-each slide's tiles are spread over the cluster.
+what is done. Slides run one after another through :func:`wsicount.pipeline.count_each`:
+one side worker for all, each slide's tissue mask, normalisation and picture prepared
+while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
+shared by all slides and each slide's tiles are spread over the cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, WsicountError
+from .errors import InputError
 from .runstate import atomic_write
 
 __all__ = ["batch", "read_manifest"]
@@ -52,7 +55,7 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
           workers: int | None = None, scheduler: str | None = None, progress: bool = True,
           **run_opts: Any) -> list[dict[str, Any]]:
     """Run every slide into ``out/<name>/``; returns the rows of ``out/study.csv``."""
-    from .pipeline import count
+    from .pipeline import count_each
 
     out = Path(out)
     try:
@@ -64,30 +67,36 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
     client, cluster = _client(workers, scheduler)
     rows: list[dict[str, Any]] = []
     used: set[str] = set()
+    jobs = [(Path(s), out / _out_name(Path(s), used)) for s in slides]
     try:
-        for s in slides:
-            s = Path(s)
-            dest = out / _out_name(s, used)
-            row: dict[str, Any] = {"slide": str(s), "output": str(dest), "status": "ok"}
-            t = time.perf_counter()
-            try:
-                summary = count(s, dest, model=model, client=client, workers=workers, progress=progress, **run_opts)
-                row.update(total_cells=round(summary["total_cells"], 3),
-                           tissue_area_mm2=round(summary["tissue_area_mm2"], 6),
-                           cells_per_mm2=round(summary["cells_per_mm2"] or 0.0, 3),
-                           bad_tiles=len(summary["bad_tiles"]),
-                           status="ok" if summary["complete"] else "incomplete")
-            except WsicountError as e:
-                row.update(status="failed", error=str(e))
-            row["seconds"] = round(time.perf_counter() - t, 2)
-            rows.append(row)
-            _write_study(out / "study.csv", rows)
+        t = time.perf_counter()
+        # closed on the way out: an error here stops its side worker at once, not when collected
+        with contextlib.closing(count_each(jobs, model=model, client=client, workers=workers, progress=progress,
+                                           **run_opts)) as results:
+            for (s, dest), (summary, error) in zip(jobs, results, strict=True):  # to the end: its worker exits
+                row = _row(s, dest, summary, error, time.perf_counter() - t)
+                t = time.perf_counter()
+                rows.append(row)
+                _write_study(out / "study.csv", rows)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
     return rows
+
+
+def _row(slide: Path, dest: Path, summary: dict[str, Any] | None, error: Exception | None,
+         seconds: float) -> dict[str, Any]:
+    """A study.csv row; ``seconds`` from the previous slide's end (what of this slide was not prepared ahead)."""
+    row: dict[str, Any] = {"slide": str(slide), "output": str(dest), "status": "ok", "seconds": round(seconds, 2)}
+    if error is not None:
+        row.update(status="failed", error=str(error))
+    elif summary is not None:
+        row.update(total_cells=round(summary["total_cells"], 3), tissue_area_mm2=round(summary["tissue_area_mm2"], 6),
+                   cells_per_mm2=round(summary["cells_per_mm2"] or 0.0, 3), bad_tiles=len(summary["bad_tiles"]),
+                   status="ok" if summary["complete"] else "incomplete")
+    return row
 
 
 def _client(workers: int | None, scheduler: str | None):

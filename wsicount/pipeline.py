@@ -30,10 +30,10 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from .errors import TileReadError, WsicountError
 from .runstate import RunState, slide_fingerprint
 from .tiling import Geometry, Tile, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
 
-__all__ = ["RunConfig", "run", "count", "TileJob", "process_tiles"]
+__all__ = ["RunConfig", "run", "count", "count_each", "TileJob", "process_tiles"]
 
 
 @dataclass
@@ -447,11 +447,92 @@ def _config(config: RunConfig | None, kwargs: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None, cfg: RunConfig,
-           client) -> tuple[Path, Any, Geometry, Any, dict[str, Any], dict[str, np.ndarray]]:
-    """The whole run; returns what :func:`wsicount.report.results_dataset` takes (out, mask, geometry, aggregate, summary, cells)."""
-    from .io import open_slide, slide_info
+def count_each(jobs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], model: str | os.PathLike | None = None,
+               config: RunConfig | None = None, client=None,
+               **kwargs: Any) -> Iterator[tuple[dict[str, Any] | None, WsicountError | None]]:
+    """:func:`count` for each (slide, output folder) in turn: yields (summary, None), or (None, error) for a slide that failed.
+
+    One side worker serves every slide (a forked process when this is called before torch is
+    imported, as by ``wsicount batch``), and the next slide's preparation (tissue mask,
+    normalisation, picture) is queued as soon as a slide's tiles start: it is ready when its
+    turn comes instead of being waited for with a core idle. Results are those of
+    :func:`count` slide by slide. Errors other than :class:`WsicountError` stop the sequence.
+    """
+    cfg = _config(config, kwargs)
+    jobs = list(jobs)
+    side, _ = _side_executor()
+
+    def prepare(i: int) -> _Prepared | WsicountError | None:
+        if i >= len(jobs):
+            return None
+        try:
+            return _submit_preparation(side, jobs[i][0], model, cfg)
+        except WsicountError as e:  # a bad slide or card: reported when its turn comes
+            return e
+
+    try:
+        ahead = prepare(0)
+        for i, (slide, out) in enumerate(jobs):
+            current, ahead = ahead, None
+
+            def start_next(i: int = i) -> None:
+                nonlocal ahead
+                ahead = prepare(i + 1)
+
+            try:
+                if isinstance(current, WsicountError):
+                    raise current
+                summary = _count(slide, out, model, cfg, client, side=side, ahead=current, on_tiles=start_next)[4]
+            except WsicountError as e:
+                yield None, e
+            else:
+                yield summary, None
+            if ahead is None:  # the slide failed before its tiles started
+                ahead = prepare(i + 1)
+        side.shutdown(wait=True)
+    except BaseException:  # includes the consumer closing the generator early
+        _stop_side(side)
+        raise
+
+
+@dataclass
+class _Prepared:
+    """A slide opened, its model card read, and its preparation (and picture) queued on a side worker."""
+
+    slide: Any
+    card: Any
+    prep: Future
+    picture: Future | None  # None: drawn once the mask is back (side thread)
+
+
+def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | os.PathLike | None,
+                        cfg: RunConfig) -> _Prepared:
+    """Open ``slide`` and read the card (no torch yet: a bad slide or card is reported at once), then queue :func:`_prepare`.
+
+    A side process queues the slide picture right behind the preparation, so that it is drawn
+    while the main thread still loads torch; it hands the mask over in its own memory (a
+    failed run ends the process, and a shared one pops the mask when it draws). A side thread
+    draws it once the mask is back in the main thread.
+    """
+    from .io import open_slide
     from .models import read_card
+
+    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
+    card, _ = read_card(model)
+    token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None
+    prep = side.submit(_prepare, sl, cfg, card, token)
+    return _Prepared(sl, card, prep, side.submit(_slide_picture, sl, token) if token else None)
+
+
+def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None, cfg: RunConfig,
+           client, side: Executor | None = None, ahead: _Prepared | None = None,
+           on_tiles: Callable[[], None] | None = None) -> tuple[Path, Any, Geometry, Any, dict[str, Any], dict[str, np.ndarray]]:
+    """The whole run; returns what :func:`wsicount.report.results_dataset` takes (out, mask, geometry, aggregate, summary, cells).
+
+    ``side``: a side worker owned by the caller (:func:`count_each`), with ``ahead`` this
+    slide's preparation already queued on it; ``on_tiles`` is called as the tiles start.
+    """
+    from .io import slide_info
     from .report import aggregate, heatmap_figure, slide_figure, write_report, write_tables
 
     timings: dict[str, float] = {}
@@ -461,17 +542,13 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     # worker computes the tissue mask and the normalisation, then draws the slide picture.
     # Both are mostly GIL-bound Python and scipy.ndimage, so the side worker is a forked
     # process where that is safe (see _side_executor), else a thread.
-    side, side_kind = _side_executor()
+    own_side = side is None
+    if side is None:
+        side, _ = _side_executor()
+    side_kind = "process" if isinstance(side, ProcessPoolExecutor) else "thread"
     try:
-        sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
-        card, _ = read_card(model)  # no torch yet: a bad slide or card is reported at once
-        # A side process queues the slide picture right behind the preparation, so that it is
-        # drawn while this thread still loads torch; it hands the mask over in its own memory
-        # (and a failed run ends the process, so nothing is left behind). A side thread draws
-        # it once the mask is back here.
-        token = f"{os.getpid()}-{time.monotonic_ns()}" if side_kind == "process" else None
-        prep_f = side.submit(_prepare, sl, cfg, card, token)
-        picture_f = side.submit(_slide_picture, sl, token) if token else None
+        ahead = ahead or _submit_preparation(side, slide, model, cfg)
+        sl, prep_f, picture_f = ahead.slide, ahead.prep, ahead.picture
         # imported after the fork (zarr, torch: ~2 s) so that the side worker starts at once
         from .infer import pick_device, resolve_precision
         from .models import load_model
@@ -491,7 +568,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         if not prep_f.done():
             _warm_imports()  # or each tile thread's first tile would wait on them
     except BaseException:
-        _stop_side(side)
+        if own_side:
+            _stop_side(side)
         raise
     try:
         t = time.perf_counter()
@@ -526,6 +604,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         # distributed scheduler's per-task cost (~2 ms) negligible
         per_task = cfg.tiles_per_task or max(2, math.ceil(len(todo) / 500))
         tasks = _chunks(_task_order(todo), per_task)
+        if on_tiles is not None:
+            on_tiles()
         fresh = _execute(job, tasks, cfg, len(todo), threads, client)
         timings["tiles"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -573,12 +653,14 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
             "wsicount_version": __version__,
         }
         cells = write_report(out, sl, tm, geom, agg, summary, t_start, cfg.geojson_units, pngs, tables)
-        # its work is done; wait for it to exit (milliseconds), so that nothing of the pool is
-        # still closing when the interpreter's exit hook wakes it (see _stop_side)
-        side.shutdown(wait=True)
+        if own_side:
+            # its work is done; wait for it to exit (milliseconds), so that nothing of the pool is
+            # still closing when the interpreter's exit hook wakes it (see _stop_side)
+            side.shutdown(wait=True)
         return out, tm, geom, agg, summary, cells
     except BaseException:
-        _stop_side(side)
+        if own_side:
+            _stop_side(side)
         raise
     finally:
         state.release()
