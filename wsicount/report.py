@@ -178,8 +178,8 @@ def _figure(extent_um: list[float], colorbar: bool = False):
     from matplotlib.figure import Figure
 
     w_um, h_um = extent_um[1], extent_um[2]
-    k = _AXES_IN / max(w_um, h_um)
-    aw, ah = max(w_um * k, 1.0), max(h_um * k, 1.0)
+    k = _AXES_IN / max(w_um, h_um)  # equal aspect: the images are drawn with aspect="auto" into this box
+    aw, ah = w_um * k, h_um * k
     extra = _CB_GAP + _CB_W + _CB_LABEL if colorbar else 0.0
     fw, fh = _LEFT + aw + _RIGHT + extra, _BOTTOM + ah + _TOP
     fig = Figure(figsize=(fw, fh), dpi=_DPI)
