@@ -520,8 +520,8 @@ def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | o
     sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
     card, _ = read_card(model)
     token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None
-    prep = side.submit(_prepare, sl, cfg, card, token)
-    return _Prepared(sl, card, prep, side.submit(_slide_picture, sl, token) if token else None)
+    prep = _side_submit(side, _prepare, sl, cfg, card, token)
+    return _Prepared(sl, card, prep, _side_submit(side, _slide_picture, sl, token) if token else None)
 
 
 def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None, cfg: RunConfig,
@@ -576,7 +576,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         tm, geom, norm, prep_seconds = prep_f.result()
         timings.update(prep_seconds)  # tissue, normalization: computed while "open" loaded the model
         timings["tissue_wait"] = time.perf_counter() - t
-        picture_f = picture_f or side.submit(slide_figure, sl, tm)
+        picture_f = picture_f or _side_submit(side, slide_figure, sl, tm)
         t = time.perf_counter()
         peak_margin = card.peak_min_distance_px + 1
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
@@ -616,7 +616,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         # three at once: the side worker draws the heat map (matplotlib), a thread builds the
         # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
         sf = picture_f.result()
-        drawing = side.submit(heatmap_figure, sf, _for_heatmap(agg))
+        drawing = _side_submit(side, heatmap_figure, sf, _for_heatmap(agg))
         # ("stitch" is the pyramid's own seconds, overlapping the first part of "report")
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-pyramid") as pool:
             pyramid_f = pool.submit(_timed, build_pyramid, out, geom.model_mpp)
@@ -700,13 +700,15 @@ def _side_executor() -> tuple[Executor, str]:
 
 
 def _side_init(parent: int) -> None:
-    """In the forked side worker: leave Ctrl-C to the main process, and die with it.
+    """In the forked side worker: leave Ctrl-C to the main process, stop on request, and die with it.
 
     A main process killed outright (SIGKILL, out of memory) cannot stop its worker, and the
     worker, holding its own copy of the task pipe, would wait for work forever: the kernel
     sends it SIGTERM when the main process's thread that forked it ends (PR_SET_PDEATHSIG).
+    SIGUSR1 is :func:`_stop_side`'s request to end the current task (:func:`_on_stop_request`).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _on_stop_request)
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -715,25 +717,73 @@ def _side_init(parent: int) -> None:
         os._exit(0)
 
 
+class _SideStopped(BaseException):
+    """A side-process task ended early because the run failed (see :func:`_stop_side`).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in the task
+    swallows it.
+    """
+
+
+# in the side process: whether one of our tasks is running, and whether a stop was requested
+_side_busy = False
+_side_stopping = False
+
+
+def _side_task(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the side process, interruptible by a stop request until it returns.
+
+    The result is sent back by the pool after this returns, when a stop request no longer
+    raises: a worker interrupted (or killed) while sending leaves the pool's manager thread
+    waiting forever for the rest of the message, and the process hanging at exit.
+    """
+    global _side_busy
+    if _side_stopping:
+        raise _SideStopped()  # a task queued behind the one the request ended
+    _side_busy = True
+    try:
+        return fn(*args)
+    finally:
+        _side_busy = False
+
+
+def _on_stop_request(signum: int, frame: Any) -> None:
+    """SIGUSR1 in the side process: end the running task and skip the queued ones."""
+    global _side_stopping
+    _side_stopping = True
+    if _side_busy:
+        raise _SideStopped()
+
+
+def _side_submit(side: Executor, fn: Callable[..., Any], *args: Any) -> Future:
+    """Submit ``fn(*args)`` to the side worker (through :func:`_side_task` in a process)."""
+    if isinstance(side, ProcessPoolExecutor):
+        return side.submit(_side_task, fn, *args)
+    return side.submit(fn, *args)
+
+
 def _stop_side(side: Executor) -> None:
-    """On failure: drop the side worker's queued work and, if it is a process, end it now.
+    """On failure: drop the side worker's queued work and, if it is a process, end its current task now.
 
     Without this the process would exit only after the worker's current task (seconds of
-    tissue detection for a run that already failed). A process pool is then shut down
-    waiting for its manager thread, which has nothing left to wait for: left to finish on
-    its own, it could close its wake-up pipe just as the interpreter's exit hook writes to
-    it (CPython 3.11: "OSError: Bad file descriptor" and a traceback after the one-line
-    error, seen once in the test suite under load).
+    tissue detection for a run that already failed). The worker is asked (SIGUSR1) rather
+    than killed: terminating it could cut a result it was sending, and the pool's manager
+    thread then waits for the rest forever (a run with an unwritable output folder hung so,
+    once in a fresh-clone test run). Asked, it ends the task at the next Python bytecode
+    (after the current numpy or scipy call), sends that small exception back, and exits on
+    the shutdown below, which waits for it and for the manager thread: nothing of the pool is
+    left closing when the interpreter's exit hook runs (CPython 3.11 printed "OSError: Bad
+    file descriptor" and a traceback after the one-line error when it was).
     """
     if not isinstance(side, ProcessPoolExecutor):
         side.shutdown(wait=False, cancel_futures=True)  # a thread cannot be stopped; don't wait for it
         return
-    terminate = getattr(side, "terminate_workers", None)  # Python >= 3.14
-    if terminate is not None:
-        terminate()
-    else:
-        for proc in list((getattr(side, "_processes", None) or {}).values()):  # earlier Pythons: no public API
-            proc.terminate()
+    for proc in list((getattr(side, "_processes", None) or {}).values()):  # no public API for the workers
+        if proc.is_alive() and proc.pid:
+            try:
+                os.kill(proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
     side.shutdown(wait=True, cancel_futures=True)
 
 
