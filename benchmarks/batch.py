@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, publish  # noqa: E402
-from throughput import ensure_slide, measure_process  # noqa: E402
+from throughput import CORES, ensure_slide, measure_process  # noqa: E402
 
 
 def _summaries(folders: list[Path]) -> list[dict]:
@@ -59,9 +58,8 @@ def run_batch(slide: Path, n: int, work: Path) -> dict:
 
 def _result(name: str, wall: float, cpu: float, steal: float, summaries: list[dict]) -> dict:
     """The figures of one way of running the N slides."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     net = sum(s["timings"]["stage_seconds_summed_over_tiles"]["infer_cpu"] for s in summaries)
-    return {"name": name, "wall": wall, "cpu": cpu, "steal": steal, "net": net, "share": net / (cores * wall - steal),
+    return {"name": name, "wall": wall, "cpu": cpu, "steal": steal, "net": net, "share": net / (CORES * wall - steal),
             "cells": [round(s["total_cells"], 3) for s in summaries],
             "tissue_wait": [s["timings"]["tissue_wait"] for s in summaries],
             "before_tiles": [s["timings"]["before_tiles"] for s in summaries],

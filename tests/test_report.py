@@ -43,7 +43,7 @@ def test_cells_csv_and_geojson_match_the_peaks(n: int):
 
 def test_regions_csv_is_what_the_csv_module_writes():
     """regions.csv, built column-wise, is byte-identical to csv.DictWriter over one dict per grid cell."""
-    from wsicount.report import REGION_FIELDS, _regions_csv, _regions_rows
+    from wsicount.report import REGION_FIELDS, _region_columns, _regions_csv, _regions_rows
 
     rng = np.random.default_rng(3)
     counts, tissue = {}, {}
@@ -64,9 +64,10 @@ def test_regions_csv_is_what_the_csv_module_writes():
                         "tissue_fraction": round(float(t[r, col] / (g / 1000.0) ** 2), 6),
                         "tissue_mm2": float(t[r, col]), "count": float(c[r, col]),
                         "cells_per_mm2": float(c[r, col] / t[r, col]) if t[r, col] > 0 else ""})
-    assert _regions_csv(agg) == ref.getvalue()
+    columns = {g: _region_columns(agg, g) for g in counts}
+    assert _regions_csv(columns) == ref.getvalue()
     rows = list(csv.DictReader(io.StringIO(ref.getvalue())))
-    coarse = _regions_rows(agg, 1000.0)
+    coarse = _regions_rows(columns[1000.0])
     assert [str(r["count"]) for r in coarse] == [r["count"] for r in rows if r["grid_um"] == "1000.0"]
     assert coarse[0]["cells_per_mm2"] == "" and coarse[0]["count"] == 1.5
 

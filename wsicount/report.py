@@ -262,11 +262,10 @@ def _region_columns(agg: Aggregate, g: float) -> dict[str, list]:
             "cells_per_mm2": [v if h else "" for v, h in zip(per.tolist(), has.tolist())]}
 
 
-def _regions_csv(agg: Aggregate) -> str:
-    """regions.csv text, every grid size: what ``csv.DictWriter`` writes (floats as ``repr``), column-wise."""
+def _regions_csv(columns: dict[float, dict[str, list]]) -> str:
+    """regions.csv text from each grid's :func:`_region_columns`: what ``csv.DictWriter`` writes (floats as ``repr``)."""
     lines = [",".join(REGION_FIELDS)]
-    for g in agg.counts:
-        cols = _region_columns(agg, g)
+    for cols in columns.values():
         txt = [list(map(_csv_field if k == "cells_per_mm2" else str if k in ("row", "col") else repr, cols[k]))
                for k in REGION_FIELDS]
         lines.extend(map(",".join, zip(*txt)))
@@ -278,9 +277,8 @@ def _csv_field(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
-def _regions_rows(agg: Aggregate, g: float) -> list[dict[str, Any]]:
-    """regions.csv's rows of the ``g``-um grid, as dicts (what the HTML report lists)."""
-    cols = _region_columns(agg, g)
+def _regions_rows(cols: dict[str, list]) -> list[dict[str, Any]]:
+    """One grid's :func:`_region_columns` as row dicts (what the HTML report lists)."""
     return [dict(zip(REGION_FIELDS, row)) for row in zip(*(cols[k] for k in REGION_FIELDS))]
 
 
@@ -384,8 +382,9 @@ def write_tables(out: Path, slide, geom: Geometry, agg: Aggregate, units: str = 
     for g in agg.counts:
         write_image(out, f"counts_{g:g}um", agg.counts[g].astype(np.float32), g)
         write_image(out, f"tissue_{g:g}um", agg.tissue_mm2[g].astype(np.float32), g)
-    atomic_write(out / "regions.csv", _regions_csv(agg))
-    rows = _regions_rows(agg, max(agg.counts)) if agg.counts else []  # the HTML lists the coarsest grid
+    columns = {g: _region_columns(agg, g) for g in agg.counts}
+    atomic_write(out / "regions.csv", _regions_csv(columns))
+    rows = _regions_rows(columns[max(columns)]) if columns else []  # the HTML lists the coarsest grid
     cells = _cells(agg, geom, slide.mpp)
     atomic_write(out / "cells.csv", _cells_csv(cells))
     atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
