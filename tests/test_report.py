@@ -70,17 +70,3 @@ def test_regions_csv_is_what_the_csv_module_writes():
     coarse = _regions_rows(columns[1000.0])
     assert [str(r["count"]) for r in coarse] == [r["count"] for r in rows if r["grid_um"] == "1000.0"]
     assert coarse[0]["cells_per_mm2"] == "" and coarse[0]["count"] == 1.5
-
-
-@pytest.mark.parametrize("extent", [[0, 13500.0, 12000.0, 0], [0, 1200.0, 14400.0, 0], [0, 30000.0, 900.0, 0]])
-@pytest.mark.parametrize("colorbar", [False, True])
-def test_picture_axes_keep_the_slide_aspect(extent, colorbar):
-    """The pictures' images are drawn with aspect='auto' into an axes box that has the slide's aspect, whatever its shape."""
-    from wsicount.report import _figure
-
-    fig, ax, cax = _figure(extent, colorbar=colorbar)
-    w_in, h_in = fig.get_size_inches()
-    box = ax.get_position()
-    assert box.width * w_in / (box.height * h_in) == pytest.approx(extent[1] / extent[2], rel=1e-9)
-    assert (cax is not None) == colorbar
-    assert 0 < box.x0 and box.x1 < 1 and 0 < box.y0 and box.y1 < 1  # margins for ticks, labels and title

@@ -245,8 +245,8 @@ def main() -> None:
         _exit_state["ok"] = e.code in (None, 0)
         raise
     finally:
-        # The interpreter's final garbage collection walks every object of torch, dask and
-        # matplotlib: ~1.1 s per run, timed by hand (throughput.py's "process start + exit"
+        # The interpreter's final garbage collection walks every object of torch and dask
+        # (and, before session 8's Pillow pictures, matplotlib): ~1.1 s per run, timed by hand (throughput.py's "process start + exit"
         # column shows the total). The outputs are written and
         # closed by now, and atexit handlers still run; frozen objects are just not collected.
         gc.freeze()
@@ -260,7 +260,7 @@ def _end_without_teardown() -> None:
 
     Python exits in three steps: it joins non-daemon threads, runs the atexit handlers
     (last registered first, so this one, registered before any other, comes last), then
-    tears the modules down object by object, torch's, zarr's and matplotlib's included:
+    tears the modules down object by object, torch's and zarr's included:
     0.35-0.5 s on the project's 2-core VM after a run (hand probe), with both cores
     otherwise idle. By the time this handler runs every output is written and closed, the
     side worker and any Dask cluster have been shut down by their own handlers, and stdout

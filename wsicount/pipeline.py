@@ -620,7 +620,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         records = [fresh.get(x.key) or state.record(x.key) for x in tiles]
         agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
         agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
-        # three at once: the side worker draws the heat map (matplotlib), a thread builds the
+        # three at once: the side worker draws the heat map (Pillow), a thread builds the
         # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
         sf = picture_f.result()
         drawing = _side_submit(side, heatmap_figure, sf, _for_heatmap(agg))
