@@ -148,12 +148,18 @@ def _worker_density(job: TileJob):
 
 
 def _worker_mask(job: TileJob) -> np.ndarray:
+    """The tissue mask: the run's own in the process that computed it, else read from the stored tissue label."""
     import zarr
 
     def make():
         return zarr.open_array(str(Path(job.out) / "density" / "labels" / "tissue" / "0"), mode="r")[...].astype(bool)
 
-    return _cached(("mask", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json")), make)
+    return _cached(_mask_key(job), make)
+
+
+def _mask_key(job: TileJob) -> tuple:
+    """Cache key of a run's tissue mask (the run's lock file dates the run)."""
+    return ("mask", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json"))
 
 
 # --- the tile task ----------------------------------------------------------------------
@@ -590,7 +596,6 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         mask_scale = _mask_scale(tm, geom)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
         create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
-        write_label(out, "tissue", tm.mask, tm.mpp)
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
                            for g in cfg.grid_um)
         threads = cfg.threads or min(2, os.cpu_count() or 1)
@@ -602,8 +607,10 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
                       decode_cache_bytes=max(0, cfg.decode_cache_mb) << 20)
         timings["plan"] = time.perf_counter() - t
         t = time.perf_counter()
-        # the tasks of this process reuse the weights loaded above
+        # the tasks of this process reuse the weights loaded above, and the mask (other
+        # processes, Dask's workers, read it from the tissue label)
         _cached(("model", job.model_path, job.device, os.path.getmtime(job.model_path)), lambda: lm)
+        _cached(_mask_key(job), lambda: tm.mask)
         timings["before_tiles"] = time.perf_counter() - t_start
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
@@ -613,21 +620,27 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         tasks = _chunks(_task_order(todo), per_task)
         if on_tiles is not None:
             on_tiles()
-        fresh = _execute(job, tasks, cfg, len(todo), threads, client)
-        timings["tiles"] = time.perf_counter() - t
-        t = time.perf_counter()
-        # this run's records as the tasks returned them (what they wrote), resumed ones from disk
-        records = [fresh.get(x.key) or state.record(x.key) for x in tiles]
-        agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
-        agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
-        # three at once: the side worker draws the heat map (Pillow), a thread builds the
-        # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
-        sf = picture_f.result()
-        drawing = _side_submit(side, heatmap_figure, sf, _for_heatmap(agg))
-        # ("stitch" is the pyramid's own seconds, overlapping the first part of "report")
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-pyramid") as pool:
-            pyramid_f = pool.submit(_timed, build_pyramid, out, geom.model_mpp)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-aux") as aux:
+            # the tissue label is written while this process's tiles run: they take the mask
+            # from memory (written before them, it took 0.13-0.23 s with the other core idle)
+            label_f = aux.submit(write_label, out, "tissue", tm.mask, tm.mpp)
+            if client is not None:
+                label_f.result()  # Dask's workers read the mask from it
+            fresh = _execute(job, tasks, cfg, len(todo), threads, client)
+            timings["tiles"] = time.perf_counter() - t
+            t = time.perf_counter()
+            # this run's records as the tasks returned them (what they wrote), resumed ones from disk
+            records = [fresh.get(x.key) or state.record(x.key) for x in tiles]
+            agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
+            agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
+            # three at once: the side worker draws the heat map (Pillow), a thread builds the
+            # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
+            sf = picture_f.result()
+            drawing = _side_submit(side, heatmap_figure, sf, _for_heatmap(agg))
+            # ("stitch" is the pyramid's own seconds, overlapping the first part of "report")
+            pyramid_f = aux.submit(_timed, build_pyramid, out, geom.model_mpp)
             tables = write_tables(out, sl, geom, agg, cfg.geojson_units)
+            label_f.result()
             n_levels, timings["stitch"] = pyramid_f.result()
         timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
         pngs = (sf.png, drawing.result())

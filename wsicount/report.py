@@ -356,9 +356,6 @@ def write_tables(out: Path, slide, geom: Geometry, agg: Aggregate, units: str = 
     """
     from .stitch import write_image
 
-    for g in agg.counts:
-        write_image(out, f"counts_{g:g}um", agg.counts[g].astype(np.float32), g)
-        write_image(out, f"tissue_{g:g}um", agg.tissue_mm2[g].astype(np.float32), g)
     columns = {g: _region_columns(agg, g) for g in agg.counts}
     atomic_write(out / "regions.csv", _regions_csv(columns))
     rows = _regions_rows(columns[max(columns)]) if columns else []  # the HTML lists the coarsest grid
@@ -366,6 +363,11 @@ def write_tables(out: Path, slide, geom: Geometry, agg: Aggregate, units: str = 
     atomic_write(out / "cells.csv", _cells_csv(cells))
     atomic_write(out / "cells.geojson", _geojson(cells, units, slide.mpp))
     atomic_write(out / "bad_tiles.csv", _csv_text(agg.bad_tiles, BAD_TILE_FIELDS))
+    # the count maps last: their Zarr writes queue behind the pyramid's in Zarr's one I/O
+    # loop, while the text above needs only this thread
+    for g in agg.counts:
+        write_image(out, f"counts_{g:g}um", agg.counts[g].astype(np.float32), g)
+        write_image(out, f"tissue_{g:g}um", agg.tissue_mm2[g].astype(np.float32), g)
     return Tables(rows, cells)
 
 

@@ -32,6 +32,8 @@ __all__ = ["DensityStore", "create_density", "open_density", "write_chunk", "bui
 _V = "0.4"
 #: a level is added while the level below has both sides >= 2x this
 PYRAMID_MIN_SIDE = 512
+#: output chunks side by side per pyramid read and write (see :func:`build_pyramid`)
+PYRAMID_BLOCK = 4
 #: attribute of a ``density/1`` that the tiles write (see :func:`create_density`)
 _PER_TILE = "written_per_tile"
 
@@ -141,9 +143,12 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
 
     A level built here has the chunk shape of the level it is summed from (half a tile core
     from the tiles' level 1, else a tile core), so an output chunk is the 2x2 sum of exactly
-    2x2 source chunks: each source chunk is read once, memory holds ``threads`` x 4 chunks,
-    and chunks with no tissue (all zero) are not written at all. Level k sums to
-    the same total as level 0 (up to float32 rounding).
+    2x2 source chunks. The work goes in blocks of up to ``PYRAMID_BLOCK`` output chunks
+    side by side, one Zarr read and one write each, whose chunks Zarr then decodes and
+    encodes concurrently (per-chunk calls took twice as long: BENCHMARKS.md, session 8): each
+    source chunk is read once, memory holds ``threads`` x 4 x ``PYRAMID_BLOCK`` source
+    chunks, and chunks with no tissue (all zero) are not written at all. Level k sums to the
+    same total as level 0 (up to float32 rounding).
     """
     g = _root(out)["density"]
     src = g["0"]
@@ -161,9 +166,10 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
         shape = (src.shape[0] // 2, src.shape[1] // 2)
         dst = g.create_array(str(level), shape=shape, chunks=tuple(min(a, b) for a, b in zip(c, shape)),
                              dtype="float32", fill_value=0.0)
-        blocks = [(y, x) for y in range(0, shape[0], dst.chunks[0]) for x in range(0, shape[1], dst.chunks[1])]
+        width = dst.chunks[1] * PYRAMID_BLOCK
+        blocks = [(y, x) for y in range(0, shape[0], dst.chunks[0]) for x in range(0, shape[1], width)]
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsicount-pyramid") as pool:
-            list(pool.map(lambda yx: _sum_block(src, dst, *yx), blocks))
+            list(pool.map(lambda yx: _sum_block(src, dst, *yx, width), blocks))
         s = mpp * 2**level
         scales.append(s)
         trans.append(0.5 * s)
@@ -172,13 +178,13 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
     return level + 1
 
 
-def _sum_block(src: zarr.Array, dst: zarr.Array, y: int, x: int) -> None:
-    """``dst`` chunk at (y, x) from the 2x2 block sums of the matching region of ``src``."""
-    h, w = min(dst.chunks[0], dst.shape[0] - y), min(dst.chunks[1], dst.shape[1] - x)
+def _sum_block(src: zarr.Array, dst: zarr.Array, y: int, x: int, width: int) -> None:
+    """One row of ``dst`` chunks from (y, x), ``width`` columns wide, from the 2x2 block sums of the matching region of ``src``."""
+    h, w = min(dst.chunks[0], dst.shape[0] - y), min(width, dst.shape[1] - x)
     a = src[2 * y : 2 * (y + h), 2 * x : 2 * (x + w)]
     if not a.any():
         return  # no tissue: the fill value already reads as 0
-    dst[y : y + h, x : x + w] = _sum2x2(a)
+    dst[y : y + h, x : x + w] = _sum2x2(a)  # all-zero chunks in it are not stored (zarr's write_empty_chunks=False)
 
 
 def write_image(out: Path, name: str, data: np.ndarray, mpp: float) -> None:
