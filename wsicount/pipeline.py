@@ -5,12 +5,15 @@ Data flow (one direction)::
     io.open_slide -> tissue.detect_tissue -> tiling.plan_geometry/TileGrid/tissue_tiles
       -> [per task, on workers] tiling.read_model_window -> preprocess -> infer.predict_batch
          -> stitch.write_chunk + runstate.write_record
-      -> aggregate records -> stitch.build_pyramid + report.write_tables -> report.write_report
+      -> aggregate records -> stitch.build_pyramid + report.write_text_tables + report.write_count_maps
+      -> report.write_report
 
 Fixed costs are kept off the critical path: the tissue mask, the normalisation sample and
 the slide picture are computed by a side worker (a forked process where that is safe, else
 a thread: ``summary.json`` ``processing.side_worker``) while the main thread imports torch
-and loads the weights, the heat map is drawn while the pyramid is built, and the tiles run
+and loads the weights; the density store and the tissue label are created while the first
+tiles run; the heat map and the text tables are written by the side worker while the
+pyramid is built; and the tiles run
 largest first so the threads finish together (``timings`` has each stage and the waits).
 
 Counting invariant: the density map is masked by the tissue mask (nearest-neighbour on the
@@ -140,7 +143,14 @@ def _worker_model(job: TileJob):
 
 
 def _worker_density(job: TileJob):
-    """The density arrays the tiles write (opening them reads four JSON files: ~7 ms, once per process, not per task)."""
+    """The density arrays the tiles write (opening them reads four JSON files: ~7 ms, once per process, not per task).
+
+    In the run's own process they may still be being created, on a thread beside the first
+    tiles (see :func:`_count`): opening waits for that.
+    """
+    pending = _stores_pending.get(job.out)
+    if pending is not None:
+        pending.result()
     from .stitch import open_density
 
     return _cached(("density", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json")),
@@ -172,7 +182,7 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
     """
     from .infer import auto_batch_size, pick_device, set_threads
 
-    slide, model, mask, density = _worker_slide(job), _worker_model(job), _worker_mask(job), _worker_density(job)
+    slide, model, mask = _worker_slide(job), _worker_model(job), _worker_mask(job)
     if job.torch_threads:
         # OpenMP's thread count is per calling thread: set it in every task's thread
         set_threads(job.torch_threads)
@@ -192,7 +202,7 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
             nxt = next(todo, None)
             if nxt is not None:
                 ahead.append(reader.submit(_read_batch, job, slide, model.card.channels, nxt))
-            records += _infer_batch(job, model, device, mask, state, density, items)
+            records += _infer_batch(job, model, device, mask, state, items)
     return records
 
 
@@ -216,33 +226,32 @@ def _task_order(tiles: list[Tile]) -> list[Tile]:
     return sorted(tiles, key=lambda t: (-t.window_shape[0] * t.window_shape[1], t.window_shape, t.ty, t.tx))
 
 
-def _read_batch(job: TileJob, slide, channels, tiles: list[Tile]) -> list[tuple[Tile, Any, float]]:
-    """Decode and normalise tiles: (tile, (C, h, w) array or the TileReadError, seconds) each."""
+def _read_batch(job: TileJob, slide, channels, tiles: list[Tile]) -> list[tuple[Tile, Any, float, float]]:
+    """Decode and normalise tiles: (tile, (C, h, w) array or the TileReadError, seconds, this thread's CPU seconds) each."""
     from .preprocess import apply_normalization, select_channels
 
     items = []
     for t in tiles:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             img = read_model_window(slide, job.geom, t.window, native=True)
         except TileReadError as e:
             if not job.skip_bad_tiles:
                 raise
-            items.append((t, e, 0.0))
+            items.append((t, e, 0.0, 0.0))
             continue
         x = apply_normalization(select_channels(img, channels), *job.norm)
-        items.append((t, x, time.perf_counter() - t0))
+        items.append((t, x, time.perf_counter() - t0, time.thread_time() - c0))
     return items
 
 
-def _infer_batch(job: TileJob, model, device, mask: np.ndarray, state: RunState, density,
-                 items: list[tuple[Tile, Any, float]]) -> list[dict[str, Any]]:
+def _infer_batch(job: TileJob, model, device, mask: np.ndarray, state: RunState,
+                 items: list[tuple[Tile, Any, float, float]]) -> list[dict[str, Any]]:
     """Run one batch through the network, then stitch and record each tile (bad ones as bad)."""
     from .infer import predict_batch
-    from .stitch import write_chunk
 
     records = []
-    for t, err, _ in (i for i in items if isinstance(i[1], TileReadError)):
+    for t, err, *_ in (i for i in items if isinstance(i[1], TileReadError)):
         rec = {"key": t.key, "bad": True, "error": str(err), "sum": 0.0, "peaks": [], "grid": {}, "t": {}}
         state.write_record(t.key, rec)
         records.append(rec)
@@ -250,14 +259,19 @@ def _infer_batch(job: TileJob, model, device, mask: np.ndarray, state: RunState,
     if not good:
         return records
     t1, c1 = time.perf_counter(), time.thread_time()
-    dens = predict_batch(model, np.stack([x for _, x, _ in good]), device, job.precision)
+    dens = predict_batch(model, np.stack([x for _, x, *_ in good]), device, job.precision)
     # wall and this thread's CPU seconds: less CPU than wall = waiting for a core or the GIL
     t_inf, c_inf = (time.perf_counter() - t1) / len(good), (time.thread_time() - c1) / len(good)
-    for (t, _, t_read), d in zip(good, dens):
-        t2 = time.perf_counter()
+    # Zarr only now: the first tiles of a run are inferred while the store is created
+    from .stitch import write_chunk
+
+    density = _worker_density(job)
+    for (t, _, t_read, c_read), d in zip(good, dens):
+        t2, c2 = time.perf_counter(), time.thread_time()
         rec = _finish_tile(job, t, d, mask)
         write_chunk(density, t.core[0], t.core[2], rec.pop("_core"))
-        rec["t"] = {"read": t_read, "infer": t_inf, "infer_cpu": c_inf, "post": time.perf_counter() - t2}
+        rec["t"] = {"read": t_read, "read_cpu": c_read, "infer": t_inf, "infer_cpu": c_inf,
+                    "post": time.perf_counter() - t2, "post_cpu": time.thread_time() - c2}
         state.write_record(t.key, rec)
         records.append(rec)
     return records
@@ -546,7 +560,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     slide's preparation already queued on it; ``on_tiles`` is called as the tiles start.
     """
     from .io import slide_info
-    from .report import aggregate, heatmap_figure, slide_figure, write_report, write_tables
+    from .report import aggregate, heatmap_figure, slide_figure, write_count_maps, write_report, write_text_tables
 
     timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
@@ -565,8 +579,6 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         # imported after the fork (zarr, torch: ~2 s) so that the side worker starts at once
         from .infer import pick_device, resolve_precision
         from .models import load_model
-        from .stitch import build_pyramid, create_density, write_label
-
         lm = load_model(model)
         card = lm.card
         device = pick_device(cfg.device)
@@ -595,7 +607,6 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = _mask_scale(tm, geom)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
-        create_density(out, (geom.height, geom.width), grid.core, geom.model_mpp)
         grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
                            for g in cfg.grid_um)
         threads = cfg.threads or min(2, os.cpu_count() or 1)
@@ -621,30 +632,42 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         if on_tiles is not None:
             on_tiles()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-aux") as aux:
-            # the tissue label is written while this process's tiles run: they take the mask
-            # from memory (written before them, it took 0.13-0.23 s with the other core idle)
-            label_f = aux.submit(write_label, out, "tissue", tm.mask, tm.mpp)
+            # The density store and the tissue label are written on a thread while this
+            # process's first tiles are read and inferred; the tiles take the mask from memory
+            # and wait for the store only at their first write. Before them, importing Zarr
+            # and writing both took ~0.4-0.6 s with the other core idle. Dask's workers, other
+            # processes, open both from disk: they are written first.
+            stores_f = aux.submit(_create_stores, out, (geom.height, geom.width), grid.core, geom.model_mpp, tm)
             if client is not None:
-                label_f.result()  # Dask's workers read the mask from it
-            fresh = _execute(job, tasks, cfg, len(todo), threads, client)
+                stores_f.result()
+            _stores_pending[job.out] = stores_f
+            try:
+                fresh = _execute(job, tasks, cfg, len(todo), threads, client)
+            finally:
+                del _stores_pending[job.out]
+            stores_f.result()
             timings["tiles"] = time.perf_counter() - t
             t = time.perf_counter()
             # this run's records as the tasks returned them (what they wrote), resumed ones from disk
             records = [fresh.get(x.key) or state.record(x.key) for x in tiles]
             agg = aggregate(records, tm, geom, cfg.grid_um, grid_shape)
             agg.bad_tiles = _bad_tile_rows(agg.bad_tiles, tiles, geom, tm, mask_scale)
-            # three at once: the side worker draws the heat map (Pillow), a thread builds the
-            # pyramid (numpy sums and blosc, which release the GIL), this thread writes the tables
+            # Three at once: the side worker draws the heat map and writes the text tables
+            # (Python-bound), a thread builds the pyramid, this thread writes the count maps
+            # (both Zarr: numpy sums and blosc release the GIL, Zarr's I/O loop does not).
             sf = picture_f.result()
             drawing = _side_submit(side, heatmap_figure, sf, _for_heatmap(agg))
+            tables_f = _side_submit(side, write_text_tables, out, sl.mpp, geom, agg, cfg.geojson_units)
             # ("stitch" is the pyramid's own seconds, overlapping the first part of "report")
+            from .stitch import build_pyramid
+
             pyramid_f = aux.submit(_timed, build_pyramid, out, geom.model_mpp)
-            tables = write_tables(out, sl, geom, agg, cfg.geojson_units)
-            label_f.result()
+            write_count_maps(out, agg)
+            tables = tables_f.result()
             n_levels, timings["stitch"] = pyramid_f.result()
         timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
         pngs = (sf.png, drawing.result())
-        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "infer", "infer_cpu", "post")}
+        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "read_cpu", "infer", "infer_cpu", "post", "post_cpu")}
         info = slide_info(sl)
         summary = {
             "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,
@@ -684,6 +707,18 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         raise
     finally:
         state.release()
+
+
+#: out folder -> the future of :func:`_create_stores` while a run's own tiles may wait for it
+_stores_pending: dict[str, Future] = {}
+
+
+def _create_stores(out: Path, shape: tuple[int, int], core: int, mpp: float, tm) -> None:
+    """Create the density arrays (``density/0``, ``/1``) and write the tissue label (imports Zarr: ~0.3 CPU-s)."""
+    from .stitch import create_density, write_label
+
+    create_density(out, shape, core, mpp)
+    write_label(out, "tissue", tm.mask, tm.mpp)
 
 
 def _shape_counts(tiles: list[Tile]) -> list[list[int]]:
