@@ -725,14 +725,17 @@ def stages_text(runs: list[E2E]) -> str:
         rows.append([e.slide.path.name, e.label, fmt(e.wall - t.get("total", e.wall), 1)]
                     + [fmt(t.get(k), 1) for k in ("open", "tissue", "normalization", "tissue_wait", "plan",
                                                   "before_tiles", "tiles", "stitch", "report", "total")]
-                    + [fmt(s.get(k), 1) for k in ("read", "infer", "post")])
+                    + [fmt(s.get(k), 1) for k in ("read", "read_cpu", "infer", "post", "post_cpu")])
     return (md_table(["slide", "run", "process start + exit", "open (+ torch, model)", "tissue (side worker)",
                       "normalization (side worker)", "tissue wait", "plan", "start → first tile", "tiles",
-                      "stitch (pyramid)", "report", "total", "Σ read", "Σ infer", "Σ post"], rows)
+                      "stitch (pyramid)", "report", "total", "Σ read", "Σ read CPU", "Σ infer", "Σ post",
+                      "Σ post CPU"], rows)
             + "\n\n`tissue` and `normalization` run in the side worker (a forked process under the CLI) while "
               "`open` imports torch and loads the model; only `tissue wait` is on the critical path. "
               "`start → first tile` is everything before the tile stage. `stitch` (the density pyramid) runs on "
-              "a thread while `report` aggregates and writes the tables, so the two overlap.")
+              "a thread while `report` aggregates and writes the count maps and waits for the side worker's "
+              "text tables, so the two overlap. Σ columns: summed over tiles, wall seconds and the reading or "
+              "tile thread's CPU seconds ('—' before session 8, which added the CPU ones).")
 
 
 def cpu_text(runs: list[E2E]) -> str:
