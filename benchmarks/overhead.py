@@ -13,8 +13,8 @@ and the default model. Three kinds of figures, each the median of ``--repeat`` m
 * pieces -- each function of the run that is not the network, called alone in this process on
   this slide (warm: its imports done): the tissue mask and the normalisation sample
   (``pipeline._prepare``), the two pictures, loading the model, creating the density store,
-  the tissue label, aggregating the tile records, the tables, the density pyramid, the HTML
-  report. Wall and CPU seconds (``time.process_time``: this process's threads, Zarr's I/O
+  the tissue label, aggregating the tile records, the text tables, the count maps, the density
+  pyramid, the HTML report. Wall and CPU seconds (``time.process_time``: this process's threads, Zarr's I/O
   and codec threads included). Run alone they meet no contention: a lower bound of their
   cost inside a run;
 * in the run -- one ``wsicount run`` of the slide first (its output feeds the pieces): the
@@ -73,6 +73,7 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
 
 def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str, str, float, float]]:
     """(piece, where it runs, wall s, CPU s) of the run's non-network functions, called alone on ``slide``."""
+    import wsicount.infer  # noqa: F401  (torch: the model's load is timed without its import)
     from wsicount import pipeline, report
     from wsicount.io import open_slide
     from wsicount.models import load_model, read_card
@@ -104,9 +105,11 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
         create_density(scratch, (geom.height, geom.width), grid.core, geom.model_mpp)
 
     w, c, _ = timed(fresh_store, repeat)
-    rows.append(("create the density store", "main, before the first tile", w, c))
+    rows.append(("create the density store", "a thread beside the first tiles (before session 8: main, before them)",
+                 w, c))
     w, c, _ = timed(lambda: write_label(scratch, "tissue", tm.mask, tm.mpp), repeat)
-    rows.append(("write the tissue label", "a thread beside the tiles (session 8; before: main, before them)", w, c))
+    rows.append(("write the tissue label", "a thread beside the first tiles (before session 8: main, before them)",
+                 w, c))
 
     state = RunState(out)
     records = [state.record(t.key) for t in tiles]
@@ -116,10 +119,13 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     rows.append(("aggregate the tile records", "main, after the last tile", w, c))
     w, c, _ = timed(lambda: report.heatmap_figure(sf, pipeline._for_heatmap(agg)), repeat)
     rows.append(("heat map", "side worker, after the last tile", w, c))
-    w, c, tables = timed(lambda: report.write_tables(scratch, sl, geom, agg, cfg.geojson_units), repeat)
-    rows.append(("tables (regions.csv, cells.csv/.geojson, count maps)", "main, after the last tile", w, c))
+    w, c, tables = timed(lambda: report.write_text_tables(scratch, sl.mpp, geom, agg, cfg.geojson_units), repeat)
+    rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map "
+                 "(before session 8: main)", w, c))
+    w, c, _ = timed(lambda: report.write_count_maps(scratch, agg), repeat)
+    rows.append(("count maps (Zarr)", "main, after the last tile, beside the pyramid", w, c))
     w, c, _ = timed(lambda: build_pyramid(out, geom.model_mpp), repeat)
-    rows.append(("density pyramid (levels 2..n)", "a thread, after the last tile, beside the tables", w, c))
+    rows.append(("density pyramid (levels 2..n)", "a thread, after the last tile, beside the count maps", w, c))
     pngs = (sf.png, report.heatmap_figure(sf, pipeline._for_heatmap(agg)))
     w, c, _ = timed(lambda: report.write_report(scratch, sl, tm, geom, agg, summary, time.perf_counter(),
                                                 cfg.geojson_units, pngs, tables), repeat)
