@@ -141,6 +141,10 @@ def test_outputs_written(ndpi_run):
     lines = (out / "regions.csv").read_text().splitlines()
     assert lines[0].startswith("grid_um,row,col")
     assert len(lines) > 10
+    # every tile's reading, network and rest, as wall and as its thread's CPU seconds
+    st = s["timings"]["stage_seconds_summed_over_tiles"]
+    for k in ("read", "infer", "post"):
+        assert 0 < st[f"{k}_cpu"] <= st[k] * 1.05 + 0.05, k  # a thread's CPU cannot exceed its wall time
 
 
 @pytest.mark.parametrize("origin,cell", [((0, 0), 55.29), ((912, 1824), 55.29), ((3, 5), 7.0), ((40, 0), 552.9)])

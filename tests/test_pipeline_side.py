@@ -48,3 +48,42 @@ def test_stop_side_ends_the_running_task_without_killing_the_worker(tmp_path):
     assert not (tmp_path / "second").exists()
     assert [w.exitcode for w in workers] == [0]  # ended on the shutdown sentinel, not killed
 
+
+
+def test_tiles_wait_for_the_density_store_created_beside_them(tmp_path):
+    """A tile's first write waits for the store that a thread is still creating (pipeline._count starts the tiles
+    before it is done); the tile gets the store once it exists, and a failure to create it is the tile's failure."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from wsicount import pipeline
+    from wsicount.stitch import create_density
+
+    out = tmp_path / "out"
+    (out / ".wsicount").mkdir(parents=True)
+    (out / ".wsicount" / "run.json").write_text("{}")
+    job = SimpleNamespace(out=str(out))
+    pending: Future = Future()
+    pipeline._stores_pending[job.out] = pending
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(pipeline._worker_density(job)))
+    try:
+        reader.start()
+        reader.join(0.5)
+        assert reader.is_alive() and not got  # waiting: the store does not exist yet
+        create_density(out, (64, 64), 32, 1.0)
+        pending.set_result(None)
+        reader.join(60)
+        assert not reader.is_alive() and got[0].level0.shape == (64, 64)
+    finally:
+        del pipeline._stores_pending[job.out]
+
+    failed: Future = Future()
+    failed.set_exception(OSError("disk full"))
+    job2 = SimpleNamespace(out=str(tmp_path / "elsewhere"))
+    pipeline._stores_pending[job2.out] = failed
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            pipeline._worker_density(job2)
+    finally:
+        del pipeline._stores_pending[job2.out]
