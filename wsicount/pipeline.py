@@ -576,7 +576,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     try:
         ahead = ahead or _submit_preparation(side, slide, model, cfg)
         sl, prep_f, picture_f = ahead.slide, ahead.prep, ahead.picture
-        # imported after the fork (zarr, torch: ~2 s) so that the side worker starts at once
+        # imported after the fork (torch: ~1-2 s) so that the side worker starts at once; Zarr
+        # is imported later still, beside the first tiles (see _create_stores)
         from .infer import pick_device, resolve_precision
         from .models import load_model
         lm = load_model(model)
@@ -667,7 +668,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
             n_levels, timings["stitch"] = pyramid_f.result()
         timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
         pngs = (sf.png, drawing.result())
-        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records)) for k in ("read", "read_cpu", "infer", "infer_cpu", "post", "post_cpu")}
+        stage = {k: float(sum(r.get("t", {}).get(k, 0.0) for r in records))
+                 for k in ("read", "read_cpu", "infer", "infer_cpu", "post", "post_cpu")}
         info = slide_info(sl)
         summary = {
             "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,

@@ -188,7 +188,7 @@ def heatmap_figure(sf: SlideFigure, agg: Aggregate, g: float | None = None) -> b
     """Density heat map PNG over the thumbnail (cells/mm² per ``g``-um cell; default the finest grid).
 
     Grid cells with under a quarter of their area on tissue are left out (their density is
-    noise); the colour scale runs from the lowest to the highest density shown.
+    noise); the colour scale runs from the lowest to the highest density of the other cells.
     """
     from .pictures import Picture, inferno, png
 
