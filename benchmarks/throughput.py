@@ -45,7 +45,9 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   network's (summary.json ``infer_cpu``, the tile threads' CPU inside the forward pass), the
   rest, CPU time stolen by the hypervisor (/proc/stat) and idle; the network share (network
   CPU / cores x wall, and / (cores x wall - steal)) measures the overhead without the drift
-  of the floors: a slower or faster CPU moves both its terms;
+  between a run and its floors: a slower or faster CPU moves both its terms, though not
+  alike (bf16 on AMX gains more from a fast spell than Python and decoding do: session 8
+  measured 2.2x against 1.9x, and a share of 0.77 against 0.79-0.81 for the same code);
 * ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
   floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
   1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
@@ -754,7 +756,8 @@ def cpu_text(runs: list[E2E]) -> str:
                       "idle CPU-s (the rest)", "network share", "network share of the CPU the VM got (steal excluded)",
                       "model alone on the run's windows, CPU-s", "network CPU in run ÷ alone"], rows)
             + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so a slower or "
-              "faster CPU, which moves every floor ratio, moves both terms alike: it says how much of the machine went "
+              "faster CPU, which moves every floor ratio, moves both terms (not quite alike: the network gains more "
+              "from a fast spell than the rest, so the share reads a little lower then): it says how much of the machine went "
               "to anything but the network (start-up imports, tissue, reading, post-processing, pictures, "
               "tables, exit), stood idle, or was taken by the hypervisor (`steal` in /proc/stat, machine-wide: "
               "time this VM's CPUs were ready to run but other guests ran); "
