@@ -10,7 +10,9 @@ Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
 ``runs/bench-slides/`` under the names ``benchmarks/throughput.py`` uses, so both share them.
 Each run is a ``wsicount run`` subprocess; its process tree is polled and each process's
 peak RSS is read from ``/proc/PID/status`` (VmHWM, the kernel's high-water mark, so short
-spikes between polls are not missed; other systems fall back to sampled RSS).
+spikes between polls are not missed; other systems fall back to sampled RSS). Each run's CPU
+budget is recorded too (as in ``throughput.py``): on a larger slide the run's fixed costs
+(imports, tissue mask, pictures) weigh less, and the network's share shows by how much.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import ROOT, publish  # noqa: E402
+from throughput import CORES, _rusage, steal_seconds  # noqa: E402
 
 MiB = 2**20
 
@@ -45,6 +48,15 @@ class Result:
     n_tiles: int
     total_cells: float
     precision: str
+    cpu_s: float | None = None  # CPU seconds of the run's process tree (RUSAGE_CHILDREN)
+    steal_s: float | None = None  # CPU seconds the hypervisor took meanwhile (machine-wide)
+    net_cpu_s: float | None = None  # the network's: summary.json Σ infer_cpu
+
+    def share(self) -> float | None:
+        """Network CPU ÷ the CPU the VM gave the run (cores × wall − steal), as throughput.py's CPU budget."""
+        if self.net_cpu_s is None or self.steal_s is None:
+            return None
+        return self.net_cpu_s / (CORES * self.wall_s - self.steal_s)
 
     @property
     def gpx(self) -> float:
@@ -138,12 +150,16 @@ def measure(slide: Path, size: tuple[int, int], mode: str, args: argparse.Namesp
     if args.model:
         cmd += ["--model", args.model]
     print(f"{slide.name} [{mode}] ...", flush=True)
+    r0, st0 = _rusage(children=True), steal_seconds()
     wall, client, workers, side, _ = _watch(cmd, args.interval)
+    r1, st1 = _rusage(children=True), steal_seconds()
     s = json.loads((out / "summary.json").read_text())
     if not args.keep_outputs:
         shutil.rmtree(out, ignore_errors=True)
     r = Result(size, mode, wall, client, sorted(workers.values()), side, s["processing"]["n_tiles_tissue"],
-               s["total_cells"], s["processing"]["precision"])
+               s["total_cells"], s["processing"]["precision"],
+               cpu_s=None if r0 is None else r1 - r0, steal_s=None if st0 is None else st1 - st0,
+               net_cpu_s=s["timings"].get("stage_seconds_summed_over_tiles", {}).get("infer_cpu"))
     print(f"  {wall:.1f} s, client {client / MiB:.0f} MiB, side worker {side / MiB:.0f} MiB, workers "
           f"{', '.join(f'{w / MiB:.0f}' for w in r.worker_peaks) or '-'} MiB", flush=True)
     return r
@@ -186,15 +202,22 @@ def table(results: list[Result]) -> str:
     for r in sorted(results, key=lambda r: r.gpx):
         smallest.setdefault(r.mode, r)
     lines = ["| slide | Gpx | mode | precision | tissue tiles | wall s | client peak RSS MiB | "
-             "side worker peak RSS MiB | Dask worker peak RSS MiB (each) | ratio to smallest |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "side worker peak RSS MiB | Dask worker peak RSS MiB (each) | ratio to smallest | run CPU-s | "
+             "network CPU-s | stolen CPU-s | network share of the CPU the VM got |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         base = smallest[r.mode]
         ratio = "—" if r is base else f"{r.peak / base.peak:.2f}"
         worker = ", ".join(f"{w / MiB:.0f}" for w in r.worker_peaks) if r.worker_peaks else "—"
         lines.append(f"| {r.size[0]}×{r.size[1]} | {r.gpx:.3g} | {r.mode} | {r.precision} | {r.n_tiles} | {r.wall_s:.1f} | "
-                     f"{r.client_peak / MiB:.0f} | {r.side_peak / MiB:.0f} | {worker} | {ratio} |")
+                     f"{r.client_peak / MiB:.0f} | {r.side_peak / MiB:.0f} | {worker} | {ratio} | {_f(r.cpu_s)} | "
+                     f"{_f(r.net_cpu_s)} | {_f(r.steal_s)} | {_f(r.share(), 2)} |")
     return "\n".join(lines)
+
+
+def _f(v: float | None, nd: int = 1) -> str:
+    """A number, or an em dash when not measured."""
+    return "—" if v is None else f"{v:.{nd}f}"
 
 
 def main() -> None:
@@ -231,7 +254,9 @@ def main() -> None:
             f"`workers`: `--workers {args.workers}` (LocalCluster), the client and each worker process measured "
             "separately. The side worker is the client's fork that computes the tissue mask and draws the pictures "
             "(its RSS counts the pages it shares with the client, copy-on-write). Ratio: the run's largest process peak over that of the smallest slide in the same mode "
-            "(target ≤ 1.3).")
+            "(target ≤ 1.3). CPU budget as in `throughput.py`: the process tree's CPU seconds, the network's "
+            "(Σ `infer_cpu`: the tile threads' or, with `--workers`, the workers' threads' CPU in the forward pass), "
+            "the seconds stolen by the hypervisor, and the network's share of cores × wall − steal.")
     publish("Memory vs slide size", body, not args.no_write)
 
 
