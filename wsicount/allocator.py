@@ -10,19 +10,38 @@ the process does not hand memory back to the OS until it exits (its RSS stays at
 so the CLI applies it (one short-lived process per command; ``WSICOUNT_ALLOCATOR=default``
 turns it off) and library users opt in. It also raises the peak a little: blocks are reused
 from one heap instead of being returned whole (README, "Performance and memory", term A).
+
+The tuning also goes to the processes this one starts, through glibc's environment variables
+for the same settings: a ``--workers N`` LocalCluster's workers are new processes, and untuned
+they ran the network at 1.7x the CPU (paper slide, ``--workers 2``: 63.5 s untuned, 38.2 s
+tuned; BENCHMARKS.md, session 8).
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 
-__all__ = ["tune_allocator"]
+__all__ = ["tune_allocator", "worker_environ", "CHILD_ENV"]
 
 # mallopt parameters (glibc <malloc.h>)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_TRIM = 2**31 - 1
+#: the same settings as glibc reads them from the environment when a process starts
+CHILD_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(_TRIM)}
 
 _applied = False
+
+
+def worker_environ(base: dict) -> dict:
+    """A Dask nanny's ``pre-spawn-environ`` with this process's tuning, if applied, in place of its own.
+
+    Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker it starts, which would
+    undo the trim setting of :data:`CHILD_ENV` (measured, paper slide, ``--workers 2``: the
+    network's CPU 88 -> 60 s with the other two settings only).
+    """
+    return {**base, **CHILD_ENV} if _applied else dict(base)
 
 
 def tune_allocator() -> bool:
@@ -32,6 +51,9 @@ def tune_allocator() -> bool:
     * ``M_ARENA_MAX = 1``: one heap for all threads (a thread's own arena cannot hold a block
       larger than 64 MB and would fall back to mmap);
     * ``M_TRIM_THRESHOLD = 2 GiB``: freed memory at the top of the heap is kept.
+
+    When applied, :data:`CHILD_ENV` is also set in ``os.environ`` (where unset), so that the
+    processes started afterwards (Dask workers) are tuned from their start.
     """
     global _applied
     if _applied:
@@ -43,6 +65,9 @@ def tune_allocator() -> bool:
         libc.gnu_get_libc_version  # noqa: B018 - glibc, not musl
     except (OSError, AttributeError):
         return False
-    ok = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    ok = all(libc.mallopt(p, v) == 1 for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM)))
     _applied = ok
+    if ok:
+        for k, v in CHILD_ENV.items():
+            os.environ.setdefault(k, v)
     return ok

@@ -103,11 +103,13 @@ def _client(workers: int | None, scheduler: str | None):
     """A shared distributed client (and the LocalCluster it owns), or (None, None)."""
     if not workers and not scheduler:
         return None, None
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from .pipeline import local_cluster
 
     if scheduler:
         return Client(scheduler), None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = local_cluster(workers)
     return Client(cluster), cluster
 
 

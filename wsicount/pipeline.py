@@ -415,7 +415,7 @@ def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -
 def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar,
                          client=None) -> list[list[dict[str, Any]]]:
     """A dask.distributed cluster (a given client, an existing scheduler, or a LocalCluster); the tasks' records."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
 
     def collect(c) -> list[list[dict[str, Any]]]:
         results = []
@@ -430,7 +430,7 @@ def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig
     if cfg.scheduler:
         client = Client(cfg.scheduler)
     else:
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        cluster = local_cluster(cfg.workers)
         client = Client(cluster)
     try:
         return collect(client)
@@ -461,6 +461,18 @@ def count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Path
     hand) for a Dataset nobody reads.
     """
     return _count(slide, out, model, _config(config, kwargs), client)[4]
+
+
+def local_cluster(workers: int):
+    """A Dask LocalCluster of ``workers`` one-thread worker processes, with this process's allocator tuning (imports distributed)."""
+    import dask
+    from distributed import LocalCluster
+
+    from .allocator import worker_environ
+
+    environ = worker_environ(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
 
 
 def _config(config: RunConfig | None, kwargs: dict[str, Any]) -> RunConfig:
