@@ -114,10 +114,10 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     state = RunState(out)
     records = [state.record(t.key) for t in tiles]
     grid_um = tuple(summary["parameters"]["grid_um"])
-    grid_shape = tuple(tuple(s) for s in _grid_shapes(geom, grid_um))
+    grid_shape = pipeline.grid_shapes(geom, grid_um)
     w, c, agg = timed(lambda: report.aggregate(records, tm, geom, grid_um, grid_shape), repeat)
     rows.append(("aggregate the tile records", "main, after the last tile", w, c))
-    w, c, _ = timed(lambda: report.heatmap_figure(sf, pipeline._for_heatmap(agg)), repeat)
+    w, c, heat = timed(lambda: report.heatmap_figure(sf, pipeline._for_heatmap(agg)), repeat)
     rows.append(("heat map", "side worker, after the last tile", w, c))
     w, c, tables = timed(lambda: report.write_text_tables(scratch, sl.mpp, geom, agg, cfg.geojson_units), repeat)
     rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map "
@@ -126,7 +126,9 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     rows.append(("count maps (Zarr)", "main, after the last tile, beside the pyramid", w, c))
     w, c, _ = timed(lambda: build_pyramid(out, geom.model_mpp), repeat)
     rows.append(("density pyramid (levels 2..n)", "a thread, after the last tile, beside the count maps", w, c))
-    pngs = (sf.png, report.heatmap_figure(sf, pipeline._for_heatmap(agg)))
+    w, c, _ = timed(lambda: _pyramid_one_chunk_per_call(out, geom.model_mpp), repeat)
+    rows.append(("  the same, one chunk per Zarr call (before session 8)", "", w, c))
+    pngs = (sf.png, heat)
     w, c, _ = timed(lambda: report.write_report(scratch, sl, tm, geom, agg, summary, time.perf_counter(),
                                                 cfg.geojson_units, pngs, tables), repeat)
     rows.append(("HTML report + summary.json", "main, after the last tile", w, c))
@@ -134,12 +136,15 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     return rows
 
 
-def _grid_shapes(geom, grid_um: tuple[float, ...]) -> list[tuple[int, int]]:
-    """Cells of each physical grid over the slide (as ``pipeline._count`` computes them)."""
-    import math
+def _pyramid_one_chunk_per_call(out: Path, mpp: float) -> int:
+    """``build_pyramid`` with ``PYRAMID_BLOCK = 1``: what each block of chunks per call saves."""
+    from wsicount import stitch
 
-    return [(int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
-            for g in grid_um]
+    block, stitch.PYRAMID_BLOCK = stitch.PYRAMID_BLOCK, 1
+    try:
+        return stitch.build_pyramid(out, mpp)
+    finally:
+        stitch.PYRAMID_BLOCK = block
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ from one heap instead of being returned whole (README, "Performance and memory",
 
 The tuning also goes to the processes this one starts, through glibc's environment variables
 for the same settings: a ``--workers N`` LocalCluster's workers are new processes, and untuned
-they ran the network at 1.7x the CPU (paper slide, ``--workers 2``: 63.5 s untuned, 38.2 s
-tuned; BENCHMARKS.md, session 8).
+they ran the network at 1.7x the CPU (``benchmarks/memory.py``, ``--workers 2``, 1.07 Gpx:
+82.7 s untuned, 59.3 s tuned; BENCHMARKS.md, session 8).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def worker_environ(base: dict) -> dict:
     """A Dask nanny's ``pre-spawn-environ`` with this process's tuning, if applied, in place of its own.
 
     Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in every worker it starts, which would
-    undo the trim setting of :data:`CHILD_ENV` (measured, paper slide, ``--workers 2``: the
-    network's CPU 88 -> 60 s with the other two settings only).
+    undo the trim setting of :data:`CHILD_ENV` (freed memory handed back, then faulted in
+    again for the next layer).
     """
     return {**base, **CHILD_ENV} if _applied else dict(base)
 

@@ -108,10 +108,18 @@ class Picture:
         """(rows, columns) of the box."""
         return self.box[3] - self.box[1], self.box[2] - self.box[0]
 
-    def centres_um(self) -> tuple[np.ndarray, np.ndarray]:
-        """µm positions (y of each box row, x of each box column) of the display pixel centres."""
+    def sample(self, grid: np.ndarray, cell_y_um: float, cell_x_um: float) -> np.ndarray:
+        """``grid`` at the box's display pixels, (h, w): the cell holding each pixel's centre.
+
+        Cell (i, j) covers [i, i+1) x ``cell_y_um`` by [j, j+1) x ``cell_x_um``; centres past the
+        grid's last cell take that cell (a mask or a count grid may end short of the extent).
+        """
         h, w = self.size
-        return ((np.arange(h) + 0.5) * (self.extent_um[1] / h), (np.arange(w) + 0.5) * (self.extent_um[0] / w))
+        yc = (np.arange(h) + 0.5) * (self.extent_um[1] / h)
+        xc = (np.arange(w) + 0.5) * (self.extent_um[0] / w)
+        rows = np.minimum((yc / cell_y_um).astype(np.intp), grid.shape[0] - 1)
+        cols = np.minimum((xc / cell_x_um).astype(np.intp), grid.shape[1] - 1)
+        return grid[rows[:, None], cols[None, :]]
 
     def show(self, rgb: np.ndarray) -> None:
         """Fill the box with ``rgb`` (h, w, 3) uint8 covering the whole extent, resampled to the box."""

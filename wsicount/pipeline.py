@@ -153,8 +153,7 @@ def _worker_density(job: TileJob):
         pending.result()
     from .stitch import open_density
 
-    return _cached(("density", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json")),
-                   lambda: open_density(Path(job.out)))
+    return _cached(_run_key(job, "density"), lambda: open_density(Path(job.out)))
 
 
 def _worker_mask(job: TileJob) -> np.ndarray:
@@ -164,12 +163,12 @@ def _worker_mask(job: TileJob) -> np.ndarray:
     def make():
         return zarr.open_array(str(Path(job.out) / "density" / "labels" / "tissue" / "0"), mode="r")[...].astype(bool)
 
-    return _cached(_mask_key(job), make)
+    return _cached(_run_key(job, "mask"), make)
 
 
-def _mask_key(job: TileJob) -> tuple:
-    """Cache key of a run's tissue mask (the run's lock file dates the run)."""
-    return ("mask", job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json"))
+def _run_key(job: TileJob, what: str) -> tuple:
+    """Per-process cache key of one of a run's objects (the run's lock file dates the run)."""
+    return (what, job.out, os.path.getmtime(Path(job.out) / ".wsicount" / "run.json"))
 
 
 # --- the tile task ----------------------------------------------------------------------
@@ -620,8 +619,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = _mask_scale(tm, geom)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
-        grid_shape = tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
-                           for g in cfg.grid_um)
+        grid_shape = grid_shapes(geom, cfg.grid_um)
         threads = cfg.threads or min(2, os.cpu_count() or 1)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), str(device), precision, cfg.batch_size,
@@ -634,7 +632,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         # the tasks of this process reuse the weights loaded above, and the mask (other
         # processes, Dask's workers, read it from the tissue label)
         _cached(("model", job.model_path, job.device, os.path.getmtime(job.model_path)), lambda: lm)
-        _cached(_mask_key(job), lambda: tm.mask)
+        _cached(_run_key(job, "mask"), lambda: tm.mask)
         timings["before_tiles"] = time.perf_counter() - t_start
         done = state.done_keys()
         todo = [x for x in tiles if x.key not in done]
@@ -733,6 +731,12 @@ def _create_stores(out: Path, shape: tuple[int, int], core: int, mpp: float, tm)
 
     create_density(out, shape, core, mpp)
     write_label(out, "tissue", tm.mask, tm.mpp)
+
+
+def grid_shapes(geom: Geometry, grid_um: tuple[float, ...]) -> tuple[tuple[int, int], ...]:
+    """Cells (rows, columns) of each physical count grid of ``grid_um`` µm over the slide."""
+    return tuple((int(math.ceil(geom.height * geom.model_mpp / g)), int(math.ceil(geom.width * geom.model_mpp / g)))
+                 for g in grid_um)
 
 
 def _shape_counts(tiles: list[Tile]) -> list[list[int]]:

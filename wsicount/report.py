@@ -169,12 +169,9 @@ def slide_figure(slide, tm) -> SlideFigure:
     ext_um = [0, w0 * slide.mpp, h0 * slide.mpp, 0]
     pic = Picture.new(ext_um[1], ext_um[2])
     pic.show(thumb)
-    # the mask at the display pixels' centres (mask pixel i covers [i, i+1) x scale level-0 px)
-    yc, xc = pic.centres_um()
-    rows = np.minimum((yc / (tm.mpp0 * tm.scale_y)).astype(np.intp), tm.mask.shape[0] - 1)
-    cols = np.minimum((xc / (tm.mpp0 * tm.scale_x)).astype(np.intp), tm.mask.shape[1] - 1)
     px = pic.pixels()
-    px[outline(tm.mask[rows[:, None], cols[None, :]])] = (0, 255, 0)
+    # mask pixel i covers [i, i+1) x scale level-0 px
+    px[outline(pic.sample(tm.mask, tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x))] = (0, 255, 0)
     pic.put(px)
     pic.axes("slide and tissue outline")
     return SlideFigure(png(pic), thumb, ext_um)
@@ -197,10 +194,7 @@ def heatmap_figure(sf: SlideFigure, agg: Aggregate, g: float | None = None) -> b
     dens = np.where(t > 0.25 * (g / 1000) ** 2, c / np.maximum(t, 1e-12), np.nan)
     pic = Picture.new(sf.extent_um[1], sf.extent_um[2], colorbar=True)
     pic.show(sf.thumb)
-    yc, xc = pic.centres_um()
-    rows = np.minimum((yc // g).astype(np.intp), c.shape[0] - 1)
-    cols = np.minimum((xc // g).astype(np.intp), c.shape[1] - 1)
-    shown = dens[rows[:, None], cols[None, :]]
+    shown = pic.sample(dens, g, g)
     ok = np.isfinite(shown)
     vmin, vmax = (float(np.nanmin(dens)), float(np.nanmax(dens))) if ok.any() else (0.0, 1.0)
     level = np.clip((shown[ok] - vmin) / ((vmax - vmin) or 1.0) * 255.0, 0, 255).round().astype(np.intp)

@@ -145,7 +145,7 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
     from the tiles' level 1, else a tile core), so an output chunk is the 2x2 sum of exactly
     2x2 source chunks. The work goes in blocks of up to ``PYRAMID_BLOCK`` output chunks
     side by side, one Zarr read and one write each, whose chunks Zarr then decodes and
-    encodes concurrently (per-chunk calls took twice as long: BENCHMARKS.md, session 8): each
+    encodes concurrently (``benchmarks/overhead.py`` times it against one chunk per call): each
     source chunk is read once, memory holds ``threads`` x 4 x ``PYRAMID_BLOCK`` source
     chunks, and chunks with no tissue (all zero) are not written at all. Level k sums to the
     same total as level 0 (up to float32 rounding).
