@@ -5,6 +5,7 @@ slide needs at most 1.3x the peak RSS of the smaller one), on the local schedule
     python benchmarks/memory.py                                  # 32768² and 65496² NDPI (~1.07 and ~4.29 Gpx)
     python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
     python benchmarks/memory.py --mask-probe --sizes 26624x30000 65496   # the README's mask term, B per mask px
+    python benchmarks/memory.py --activation                     # the planner's activation estimate vs measured
 
 Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
 ``runs/bench-slides/`` under the names ``benchmarks/throughput.py`` uses, so both share them.
@@ -187,6 +188,59 @@ def mask_probe(slide: Path) -> dict:
     return {**r, "slide": slide.name, "px": px}
 
 
+_ACT_PROBE = """
+import json, sys
+from pathlib import Path
+from wsicount.allocator import tune_allocator
+tune_allocator()  # as the CLI does: the figure the tile planner must cover
+import torch
+from wsicount.infer import ACTIVATION_OVERHEAD, DTYPES, activation_bytes_per_px, module_for
+from wsicount.models import LoadedModel, ModelCard, build_model
+torch.set_num_threads(1)
+arch, prec, size, c = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+net = build_model(arch, in_channels=c).eval()  # random weights: memory does not depend on them
+lm = LoadedModel(net, ModelCard(name=arch, arch=arch, channels=list(range(c)), stride=net.stride), Path(arch))
+dev = torch.device("cpu")
+module = module_for(lm, dev, prec)
+size -= size % net.stride
+x = torch.randn((1, c, size, size), dtype=DTYPES[prec]).contiguous(memory_format=torch.channels_last)
+with torch.inference_mode():
+    module(x[..., :64, :64].contiguous(memory_format=torch.channels_last))  # kernels loaded first
+def kib(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
+before = kib("VmRSS:")
+with torch.inference_mode():
+    module(x)
+est = activation_bytes_per_px(lm, dev, prec)
+print(json.dumps({"measured": (kib("VmHWM:") - before) / size**2, "estimate": est,
+                  "tracked": est / ACTIVATION_OVERHEAD, "factor": ACTIVATION_OVERHEAD}))
+"""
+
+
+def activation_probe(arch: str, precision: str, size: int) -> dict:
+    """Measured peak activation bytes per input px of one forward pass (fresh process) and the planner's estimate."""
+    c = 3 if arch == "cellnet" else 1
+    out = subprocess.run([sys.executable, "-c", _ACT_PROBE, arch, precision, str(size), str(c)],
+                         check=True, capture_output=True, text=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{arch} {precision}: measured {r['measured']:.0f} B/px, tracked {r['tracked']:.0f}, "
+          f"estimate {r['estimate']:.0f}", flush=True)
+    return {**r, "arch": arch, "precision": precision, "channels": c, "size": size}
+
+
+def activation_table(rows: list[dict]) -> str:
+    """Markdown table of the activation probes."""
+    lines = ["| architecture | input channels | precision | measured B/px (one pass) | tracked live tensors B/px | "
+             "measured ÷ tracked | planner's estimate B/px (× factor) | estimate ≥ measured |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['channels']} | {r['precision']} | {r['measured']:.0f} | {r['tracked']:.0f} | "
+                     f"{r['measured'] / r['tracked']:.2f} | {r['estimate']:.0f} (× {r['factor']}) | "
+                     f"{'yes' if r['estimate'] >= r['measured'] else '**no**'} |")
+    return "\n".join(lines)
+
+
 def mask_table(rows: list[dict]) -> str:
     """Markdown table of the mask probes."""
     lines = ["| slide | mask px | mask µm/px | level | peak MiB (numpy arrays) | B per mask px |", "|---|---|---|---|---|---|"]
@@ -228,6 +282,9 @@ def main() -> None:
                          "[32768 65496]")
     ap.add_argument("--mask-probe", action="store_true",
                     help="measure only the tissue mask's peak memory per mask pixel (README's mask term)")
+    ap.add_argument("--activation", action="store_true",
+                    help="measure only each architecture's activation memory against the tile planner's estimate")
+    ap.add_argument("--act-size", type=int, default=1024, help="input side for --activation [1024]")
     ap.add_argument("--modes", nargs="+", choices=["local", "workers"], default=["local", "workers"])
     ap.add_argument("--workers", type=int, default=2, help="worker processes in 'workers' mode [2]")
     ap.add_argument("--tile-size", type=int, default=None, help="passed to wsicount run [its default]")
@@ -240,6 +297,18 @@ def main() -> None:
     args = ap.parse_args()
     if any(v % 8 for s in args.sizes for v in s):
         ap.error("NDPI slide sizes must be multiples of 8")
+    if args.activation:
+        import torch
+
+        precisions = ["fp32"] + (["bf16"] if torch.ops.mkldnn._is_mkldnn_bf16_supported() else [])
+        rows = [activation_probe(a, p, args.act_size) for a in ("unet", "fcrn", "cellnet") for p in precisions]
+        body = (f"{activation_table(rows)}\n\nOne {args.act_size}² forward pass per row in a fresh process with the CLI's "
+                "allocator tuning, random weights, 1 torch thread; measured = VmHWM growth over the pass ÷ input px. "
+                "Tracked = the peak of the tensors alive between layers (`infer.activation_bytes_per_px` before its "
+                "factor); the estimate, tracked × `infer.ACTIVATION_OVERHEAD`, is what `--tile-size 0` (auto) plans with "
+                "(`wsicount.budget`).")
+        publish("Activation memory: the tile planner's estimate", body, not args.no_write)
+        return
     if args.mask_probe:
         rows = [mask_probe(_slide(size, args.slides, args.seed)) for size in args.sizes]
         body = (f"{mask_table(rows)}\n\n`detect_tissue` alone in a fresh process; peak of the numpy arrays it allocates "

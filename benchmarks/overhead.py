@@ -94,7 +94,21 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     rows.append(("slide picture", "side worker, beside the tiles", w, c))
     w, c, lm = timed(lambda: load_model(None), repeat)
     rows.append(("load the model (torch imported)", "main, before the first tile", w, c))
-    grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride,
+    import torch
+
+    from wsicount.infer import resolve_precision
+
+    device = torch.device("cpu")
+    precision = resolve_precision(device, cfg.precision, card)
+    lm.__dict__.pop("_activation_bytes", None)  # the first call of a run estimates the activations
+
+    def plan_tile():
+        lm.__dict__.pop("_activation_bytes", None)
+        return pipeline._plan_tile(cfg, lm, device, precision, CORES, None, Path(tempfile.gettempdir()) / "no-run-here")
+
+    w, c, plan = timed(plan_tile, repeat)
+    rows.append(("plan the tile size (activation estimate, available memory)", "main, before the first tile", w, c))
+    grid = TileGrid.for_model(geom.height, geom.width, plan.tile_size, card.receptive_radius, card.stride,
                               card.peak_min_distance_px + 1)
     mask_scale = pipeline._mask_scale(tm, geom)
     w, c, tiles = timed(lambda: tissue_tiles(grid, tm.mask, *mask_scale), repeat)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -49,14 +50,27 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="wsicount")
 def cli(debug: bool) -> None:
     """Count cells on gigapixel whole-slide images with density-map regression."""
+    # the pipeline's notes for the user (e.g. a tile size that does not fit): one line each on stderr
+    logger = logging.getLogger("wsicount")
+    if not any(isinstance(h, _EchoWarnings) for h in logger.handlers):
+        logger.addHandler(_EchoWarnings(logging.WARNING))
+        logger.propagate = False
+
+
+class _EchoWarnings(logging.Handler):
+    """Log records as ``wsicount: warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"wsicount: warning: {record.getMessage()}", err=True)
 
 
 @cli.command()
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (OME-Zarr + reports).")
 @click.option("--model", "-m", default=None, help="Bundled model name or path to NAME.json/.safetensors [melanocyte-trp1].")
-@click.option("--tile-size", type=int, default=1024, show_default=True,
-              help="Network-input pixels per tile side (halo included); lower it on machines with little memory.")
+@click.option("--tile-size", type=int, default=0, show_default=True,
+              help="Network-input pixels per tile side (halo included); 0 = auto: 1024, or the largest size "
+                   "that fits in the available memory (summary.json: processing.tile_plan).")
 @click.option("--batch-size", type=int, default=0, show_default=True,
               help="Tiles per forward pass; 0 = auto (1 on CPU, from free memory on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
@@ -205,7 +219,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
 @click.option("--model", "-m", default=None, help="Bundled model name or path.")
 @click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
-@click.option("--tile-size", type=int, default=1024, show_default=True)
+@click.option("--tile-size", type=int, default=0, show_default=True, help="As for run; 0 = auto.")
 @click.option("--batch-size", type=int, default=0, show_default=True, help="0 = auto, as for 'wsicount run'.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--mpp", type=float, default=None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import weakref
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ import torch
 from .models import LoadedModel, ModelCard
 from .preprocess import normalize_image
 
-__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "DTYPES", "PRECISIONS",
-           "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
+__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "activation_bytes_per_px", "DTYPES",
+           "PRECISIONS", "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
 
 #: accepted ``precision`` values ('auto' resolves to one of the others)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -109,6 +110,60 @@ def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, ti
     per_tile = max(1, torch.cuda.max_memory_allocated(device) - base)
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(1, min(limit, 0.5 * free // per_tile)))
+
+
+#: measured peak activation memory ÷ the tensors tracked by :func:`activation_bytes_per_px`, one
+#: 1024² forward pass in a fresh process with the CLI's allocator tuning (``python
+#: benchmarks/memory.py --activation``, BENCHMARKS.md): U-Net 1.62 (fp32) / 1.48 (bf16), FCRN
+#: 1.38 / 1.22, Cell-Net 1.91 / 1.97; a hand probe the same day gave up to 2.07 (Cell-Net, bf16).
+#: The allocator's reuse pattern moves it between runs; the factor is above all of them, so that
+#: the estimate errs on the side of a smaller tile.
+ACTIVATION_OVERHEAD = 2.1
+
+
+def activation_bytes_per_px(model: LoadedModel, device: torch.device, precision: str, size: int = 64) -> float:
+    """Estimated peak activation bytes per network-input pixel of one forward pass (for memory planning).
+
+    One forward pass of a ``size``² zero image (a few ms) with hooks on every layer that track
+    the storages of the tensors going in and out until they are freed; their largest sum,
+    divided by the input's pixels, times :data:`ACTIVATION_OVERHEAD` (what functional
+    operations between layers, the allocator and the convolution libraries add, measured).
+    A fully-convolutional network's activations grow with the input's pixels, so the figure
+    holds for any tile size. Cached on ``model`` per device and precision.
+    """
+    cache = model.__dict__.setdefault("_activation_bytes", {})
+    key = (str(device), precision)
+    if key not in cache:
+        live: dict[int, int] = {}
+        peak = 0
+
+        def track(*tensors: object) -> None:
+            nonlocal peak
+            for t in tensors:
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    ptr = storage.data_ptr()
+                    if ptr not in live:  # views and in-place results share a storage
+                        live[ptr] = storage.nbytes()
+                        weakref.finalize(storage, live.pop, ptr, None)
+            peak = max(peak, sum(live.values()))
+
+        module = module_for(model, device, precision)
+        hooks = []
+        for layer in module.modules():
+            if next(layer.children(), None) is None:
+                hooks.append(layer.register_forward_pre_hook(lambda _, args: track(*args)))
+                hooks.append(layer.register_forward_hook(lambda _, args, out: track(*args, out)))
+        size -= size % model.card.stride
+        x = torch.zeros((1, len(model.card.channels), size, size), device=device, dtype=DTYPES[precision])
+        try:
+            with torch.inference_mode():
+                module(x.contiguous(memory_format=torch.channels_last))
+        finally:
+            for h in hooks:
+                h.remove()
+        cache[key] = ACTIVATION_OVERHEAD * peak / (size * size)
+    return cache[key]
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

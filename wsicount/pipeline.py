@@ -24,7 +24,9 @@ tissue-touching tiles were processed (tile size) nor on how tasks were scheduled
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
+import logging
 import math
 import multiprocessing
 import os
@@ -47,12 +49,15 @@ from .tiling import Geometry, Tile, TileGrid, mask_on_grid, plan_geometry, read_
 
 __all__ = ["RunConfig", "run", "count", "count_each", "TileJob", "process_tiles"]
 
+#: notes a user should see before a long run ends (the CLI prints them on stderr)
+log = logging.getLogger("wsicount")
+
 
 @dataclass
 class RunConfig:
     """Parameters of :func:`run` (all recorded in summary.json)."""
 
-    tile_size: int = 1024
+    tile_size: int = 0  # 0: auto (budget.choose_tile_size: 1024 where it fits)
     batch_size: int = 0  # 0: auto (infer.auto_batch_size)
     device: str = "auto"
     precision: str = "auto"
@@ -413,7 +418,7 @@ def _execute_local(job: TileJob, batches: list[list[Tile]], threads: int, bar) -
 
 def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig, bar,
                          client=None) -> list[list[dict[str, Any]]]:
-    """A dask.distributed cluster (a given client, an existing scheduler, or a LocalCluster); the tasks' records."""
+    """A dask.distributed cluster (a given client, or a LocalCluster of ``cfg.workers``); the tasks' records."""
     from distributed import Client, as_completed
 
     def collect(c) -> list[list[dict[str, Any]]]:
@@ -423,20 +428,15 @@ def _execute_distributed(job: TileJob, batches: list[list[Tile]], cfg: RunConfig
             bar.update(len(results[-1]))
         return results
 
-    if client is not None:
+    if client is not None:  # given, or connected to --scheduler by _count
         return collect(client)
-    cluster = None
-    if cfg.scheduler:
-        client = Client(cfg.scheduler)
-    else:
-        cluster = local_cluster(cfg.workers)
-        client = Client(cluster)
+    cluster = local_cluster(cfg.workers)
+    client = Client(cluster)
     try:
         return collect(client)
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
+        cluster.close()
 
 
 def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None = None,
@@ -584,6 +584,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     if side is None:
         side, _ = _side_executor()
     side_kind = "process" if isinstance(side, ProcessPoolExecutor) else "thread"
+    own_client = None  # a client this run connects (--scheduler) and closes
     try:
         ahead = ahead or _submit_preparation(side, slide, model, cfg)
         sl, prep_f, picture_f = ahead.slide, ahead.prep, ahead.picture
@@ -595,10 +596,19 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         card = lm.card
         device = pick_device(cfg.device)
         precision = resolve_precision(device, cfg.precision, card)
+        threads = cfg.threads or min(2, os.cpu_count() or 1)
+        if client is None and cfg.scheduler:
+            from distributed import Client
+
+            client = own_client = Client(cfg.scheduler)  # now: the tile size is planned for its workers
+        plan = _plan_tile(cfg, lm, device, precision, threads, client, out)
+        if not plan.fits:
+            log.warning("tile size %d: %s", plan.tile_size, plan.reason)
         timings["open"] = time.perf_counter() - t
-        # the resolved precision, not 'auto': results depend on what actually ran
+        # the resolved precision and tile size, not 'auto': results depend on what actually ran
         fingerprint = {"slide": slide_fingerprint(sl.path), "model": {"name": card.name, "version": card.version,
-                       "path": str(lm.path)}, "params": {**cfg.result_params(), "precision": precision},
+                       "path": str(lm.path)}, "params": {**cfg.result_params(), "precision": precision,
+                                                         "tile_size": plan.tile_size},
                        "wsicount": __version__}
         state = RunState(out)
         resumed = state.prepare(fingerprint, cfg.overwrite)
@@ -607,6 +617,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     except BaseException:
         if own_side:
             _stop_side(side)
+        if own_client is not None:
+            own_client.close()
         raise
     try:
         t = time.perf_counter()
@@ -616,11 +628,10 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         picture_f = picture_f or _side_submit(side, slide_figure, sl, tm)
         t = time.perf_counter()
         peak_margin = card.peak_min_distance_px + 1
-        grid = TileGrid.for_model(geom.height, geom.width, cfg.tile_size, card.receptive_radius, card.stride, peak_margin)
+        grid = TileGrid.for_model(geom.height, geom.width, plan.tile_size, card.receptive_radius, card.stride, peak_margin)
         mask_scale = _mask_scale(tm, geom)
         tiles = tissue_tiles(grid, tm.mask, *mask_scale)
         grid_shape = grid_shapes(geom, cfg.grid_um)
-        threads = cfg.threads or min(2, os.cpu_count() or 1)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         job = TileJob(str(sl.path), cfg.backend, cfg.mpp, str(lm.path), str(device), precision, cfg.batch_size,
                       str(out), geom, grid, norm, mask_scale, cfg.grid_um, grid_shape, card.peak_min_distance_px,
@@ -694,6 +705,7 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
                       "mpp": card.mpp, "density_scale": card.density_scale, "training_data": card.training.get("data")},
             "processing": {"level": geom.level, "level_mpp": geom.level_mpp, "model_mpp": geom.model_mpp,
                            "resampled": geom.resampled, "grid_shape": [geom.height, geom.width],
+                           "tile_size": grid.tile_size, "tile_plan": asdict(plan),
                            "tile_core": grid.core, "halo": grid.halo, "n_tiles": grid.shape[0] * grid.shape[1],
                            "n_tiles_tissue": len(tiles), "n_tiles_resumed": len(tiles) - len(todo),
                            # pixels the network ran on (windows trimmed to the tissue, halos included)
@@ -719,6 +731,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
         raise
     finally:
         state.release()
+        if own_client is not None:
+            own_client.close()
 
 
 #: out folder -> the future of :func:`_create_stores` while a run's own tiles may wait for it
@@ -909,6 +923,45 @@ def _tissue_mask(sl, cfg: RunConfig, modality: str):
         h0, w0 = sl.shapes[0][:2]
         return load_user_mask(cfg.mask, (h0, w0), sl.mpp)
     return detect_tissue(sl, cfg.tissue_mode or modality, skip_bad_tiles=cfg.skip_bad_tiles)
+
+
+def _plan_tile(cfg: RunConfig, lm, device, precision: str, threads: int, client, out: Path):
+    """The tile size of this run (``budget.TilePlan``): requested, resumed, or the largest that fits the memory where tiles run.
+
+    Where: this process's ``threads`` tasks (a GPU's free memory for the activations on
+    CUDA); ``--workers N`` on this machine, N one-thread processes each holding what this
+    process holds now; a cluster's workers, each with its memory limit and threads (the
+    tightest one decides). An auto run being resumed keeps the size it started with: the
+    density chunks are laid out by it.
+    """
+    import psutil
+
+    from .budget import TilePlan, available_memory, choose_tile_size
+    from .infer import activation_bytes_per_px
+
+    if not cfg.tile_size and not cfg.overwrite:
+        started = RunState(out).stored_params().get("tile_size")
+        if started:
+            return TilePlan(int(started), "auto: the size of the run being resumed")
+    card = lm.card
+    halo = TileGrid.halo_for(card.receptive_radius, card.stride, card.peak_min_distance_px + 1)
+    plan = functools.partial(choose_tile_size, cfg.tile_size, act_per_px=activation_bytes_per_px(lm, device, precision),
+                             channels=len(card.channels), core_of=lambda t: TileGrid.core_for(t, halo, card.stride),
+                             batch=cfg.batch_size or 1, prefetch=cfg.prefetch)
+    cache = max(0, cfg.decode_cache_mb) << 20
+    if client is not None and not cfg.workers:
+        workers = [w for w in client.scheduler_info().get("workers", {}).values() if w.get("memory_limit")]
+        plans = [plan(tasks=w.get("nthreads", 1), available=int(w["memory_limit"]),
+                      fixed_bytes=psutil.Process().memory_info().rss + cache) for w in workers]
+        return min(plans, key=lambda p: p.tile_size) if plans else plan(tasks=1, available=None)
+    if cfg.workers:
+        return plan(tasks=cfg.workers, available=available_memory(),
+                    fixed_bytes=cfg.workers * (psutil.Process().memory_info().rss + cache))
+    if device.type == "cuda":
+        import torch
+
+        return plan(tasks=threads, available=int(torch.cuda.mem_get_info(device)[0]))
+    return plan(tasks=threads, available=available_memory(), fixed_bytes=cache)
 
 
 def _torch_threads(cores: int, threads: int, cfg: RunConfig, client) -> int | None:

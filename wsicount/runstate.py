@@ -141,6 +141,13 @@ class RunState:
         atomic_write(manifest, json.dumps(fingerprint, indent=2, sort_keys=True))
         return False
 
+    def stored_params(self) -> dict[str, Any]:
+        """The parameters recorded by the run that started this folder ({} if none)."""
+        try:
+            return dict(json.loads((self.dir / "run.json").read_text()).get("params", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
+
     def _has_results(self) -> bool:
         """Whether the folder holds a summary or at least one finished tile."""
         return (self.out / "summary.json").exists() or bool(self.done_keys())

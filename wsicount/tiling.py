@@ -102,14 +102,24 @@ class TileGrid:
     @classmethod
     def for_model(cls, height: int, width: int, tile_size: int, receptive_radius: int, stride: int, peak_margin: int = 0) -> "TileGrid":
         """Grid whose windows are at most ``tile_size`` px; halo covers RF + peak margin."""
-        halo = int(math.ceil((receptive_radius + peak_margin) / stride) * stride)
-        core = (tile_size - 2 * halo) // stride * stride
+        halo = cls.halo_for(receptive_radius, stride, peak_margin)
+        core = cls.core_for(tile_size, halo, stride)
         if core < stride:
             raise ValueError(
                 f"tile size {tile_size} too small: the halo alone is {halo} px per side "
                 f"(receptive radius {receptive_radius}); use --tile-size >= {2 * halo + 8 * stride}"
             )
         return cls(height, width, core, halo, stride)
+
+    @staticmethod
+    def halo_for(receptive_radius: int, stride: int, peak_margin: int = 0) -> int:
+        """Halo (px per side) covering the receptive radius plus the peak margin, a multiple of the stride."""
+        return int(math.ceil((receptive_radius + peak_margin) / stride) * stride)
+
+    @staticmethod
+    def core_for(tile_size: int, halo: int, stride: int) -> int:
+        """Core side of a ``tile_size`` window (a multiple of the stride; < stride: too small)."""
+        return (tile_size - 2 * halo) // stride * stride
 
     @property
     def tile_size(self) -> int:
