@@ -68,3 +68,36 @@ def test_level1_written_per_tile_equals_level1_built_at_the_end(tmp_path):
     # reopening an identical density/0 keeps the level 1 the tiles wrote
     create_density(tmp_path / "a", (2100, 1700), 300, 1.5)
     assert open_density(tmp_path / "a").level1 is not None
+
+
+def test_chunk_files_are_the_chunks_zarr_writes(tmp_path):
+    """The tiles' chunk files (``stitch.ChunkFiles``) hold what zarr would write, edge chunks included, and read back exactly."""
+    create_density(tmp_path / "ours", (2100, 1700), 300, 1.5)
+    create_density(tmp_path / "zarr", (2100, 1700), 300, 1.5)
+    ours = open_density(tmp_path / "ours")
+    assert ours.files0 is not None and ours.files1 is not None  # the direct path is the one the tiles take
+    theirs = open_density(tmp_path / "zarr")
+    theirs.files0 = theirs.files1 = None  # the same writes through zarr's own pipeline
+    rng = np.random.default_rng(1)
+    for y0, x0 in ((0, 0), (600, 900), (1800, 1500), (1800, 0), (0, 1500)):  # the last three cut by the array's end
+        block = rng.random((min(300, 2100 - y0), min(300, 1700 - x0)), dtype=np.float32)
+        write_chunk(ours, y0, x0, block)
+        write_chunk(theirs, y0, x0, block)
+    for level in ("0", "1"):
+        a, b = (zarr.open_array(str(tmp_path / k / "density" / level), mode="r") for k in ("ours", "zarr"))
+        np.testing.assert_array_equal(a[...], b[...])
+        names = sorted(p.name for p in (tmp_path / "ours" / "density" / level).iterdir() if not p.name.startswith("."))
+        assert names == sorted(p.name for p in (tmp_path / "zarr" / "density" / level).iterdir()
+                               if not p.name.startswith("."))
+        codec = a.metadata.compressor
+        for name in names:  # byte for byte the chunk zarr encodes (decoded: blosc may split blocks differently)
+            raw = [np.frombuffer(codec.decode((tmp_path / k / "density" / level / name).read_bytes()), np.float32)
+                   for k in ("ours", "zarr")]
+            np.testing.assert_array_equal(raw[0], raw[1])
+    # a block that is not a whole chunk goes through zarr and keeps the rest of its chunk
+    from wsicount.stitch import _put
+
+    write_chunk(ours, 0, 0, np.ones((300, 300), np.float32))
+    _put(ours.level0, ours.files0, 0, 0, np.full((100, 100), 2, np.float32))
+    chunk = zarr.open_array(str(tmp_path / "ours" / "density" / "0"), mode="r")[0:300, 0:300]
+    assert (chunk[:100, :100] == 2).all() and (chunk[100:, :] == 1).all() and (chunk[:, 100:] == 1).all()

@@ -45,7 +45,8 @@ import numpy as np
 from . import __version__
 from .errors import TileReadError, WsicountError
 from .runstate import RunState, slide_fingerprint
-from .tiling import Geometry, Tile, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
+from .tiling import (Geometry, Tile, TileGrid, mask_covers, mask_on_grid, plan_geometry, read_model_window,
+                     tissue_tiles)
 
 __all__ = ["RunConfig", "run", "count", "count_each", "TileJob", "process_tiles"]
 
@@ -291,7 +292,9 @@ def _finish_tile(job: TileJob, t: Tile, d: np.ndarray, mask: np.ndarray) -> dict
     # valid region for peak finding: core grown by the margin, inside window and grid
     vy0, vy1 = max(y0 - m, wy0), min(y1 + m, wy1, job.grid.height)
     vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, job.grid.width)
-    valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0] * mask_on_grid(mask, *job.mask_scale, (vy0, vy1, vx0, vx1))
+    valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0]
+    if not mask_covers(mask, *job.mask_scale, (vy0, vy1, vx0, vx1)):  # inside the tissue x 1 changes nothing
+        valid = valid * mask_on_grid(mask, *job.mask_scale, (vy0, vy1, vx0, vx1))
     # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
     core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
     oy0, oy1, ox0, ox1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
@@ -314,14 +317,15 @@ def _grid_sums(core: np.ndarray, origin: tuple[int, int], cell: float, shape: tu
     """Cells of a physical grid (``cell`` model px, ``shape`` cells) that the core overlaps: flat indices, sums.
 
     A pixel belongs to the cell holding its centre. Pixels of one cell are contiguous runs of
-    rows and columns, so the sums are two ``reduceat`` passes (in float64), not a scatter.
+    rows and columns, so the sums are two ``reduceat`` passes (in float64), not a scatter:
+    along the rows' own memory first (~1.6x faster than columns first; hand probe).
     """
     (y0, x0), (h, w), (ngy, ngx) = origin, core.shape, shape
     iy = np.minimum(((np.arange(y0, y0 + h) + 0.5) / cell).astype(np.int64), ngy - 1)
     ix = np.minimum(((np.arange(x0, x0 + w) + 0.5) / cell).astype(np.int64), ngx - 1)
     ry = np.flatnonzero(np.r_[True, iy[1:] != iy[:-1]])  # first row of each cell row
     rx = np.flatnonzero(np.r_[True, ix[1:] != ix[:-1]])
-    sums = np.add.reduceat(np.add.reduceat(core, ry, axis=0, dtype=np.float64), rx, axis=1)
+    sums = np.add.reduceat(np.add.reduceat(core, rx, axis=1, dtype=np.float64), ry, axis=0)
     nz = np.nonzero(sums)
     return {"i": (iy[ry][nz[0]] * ngx + ix[rx][nz[1]]).tolist(), "v": sums[nz].tolist()}
 

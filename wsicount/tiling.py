@@ -205,6 +205,22 @@ def mask_on_grid(mask: np.ndarray, scale_y: float, scale_x: float, box: tuple[in
     return mask[iy][:, ix]  # rows, then columns: ~4x faster than one 2-D fancy index
 
 
+def mask_covers(mask: np.ndarray, scale_y: float, scale_x: float, box: tuple[int, int, int, int]) -> bool:
+    """Whether every model-grid pixel of ``box`` is tissue, checked on the mask rather than on the grid.
+
+    True implies ``mask_on_grid(mask, scale_y, scale_x, box).all()``; the two agree whenever the
+    mask is no finer than the grid (scales >= 1, as in every run: the mask is ~4 um/px), since
+    nearest-neighbour sampling then visits every mask pixel between the first and the last.
+    """
+    y0, y1, x0, x1 = box
+    if y1 <= y0 or x1 <= x0:
+        return True
+    # mask_on_grid's nearest-neighbour index is monotonic: the first and last pixel bound the rows it samples
+    iy0, iy1 = (min(int((v + 0.5) / scale_y), mask.shape[0] - 1) for v in (y0, y1 - 1))
+    ix0, ix1 = (min(int((v + 0.5) / scale_x), mask.shape[1] - 1) for v in (x0, x1 - 1))
+    return bool(mask[iy0 : iy1 + 1, ix0 : ix1 + 1].all())
+
+
 def _resample(img: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray, factor: float) -> np.ndarray:
     """Sample model-grid pixels (rows x cols) from a level window starting at ``origin``.
 
