@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import ROOT, publish  # noqa: E402
-from throughput import CORES, ensure_slide  # noqa: E402
+from throughput import CORES, ensure_slide, steal_seconds  # noqa: E402
 
 PAPER = (26624, 30000)
 
@@ -86,11 +86,12 @@ def feed_run(slide: Path, out: Path, threads: int, replay: Replay) -> dict:
         return orig_infer(job, model, device, mask, state, items)
 
     def execute(*args, **kwargs):
-        c = time.process_time()
+        c, st = time.process_time(), steal_seconds()
         try:
             return orig_execute(*args, **kwargs)
         finally:
             cpu["tiles"] = time.process_time() - c
+            cpu["steal"] = steal_seconds() - st if st is not None else float("nan")
 
     pipeline._infer_batch, pipeline._execute, infer.predict_batch = infer_batch, execute, replay.predict_batch
     try:
@@ -99,7 +100,8 @@ def feed_run(slide: Path, out: Path, threads: int, replay: Replay) -> dict:
     finally:
         pipeline._infer_batch, pipeline._execute, infer.predict_batch = orig_infer, orig_execute, orig_predict
     stage = s["timings"]["stage_seconds_summed_over_tiles"]
-    return {"threads": threads, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"], "read_cpu": stage["read_cpu"],
+    return {"threads": threads, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"], "steal": cpu["steal"],
+            "read_cpu": stage["read_cpu"],
             "post_cpu": stage["post_cpu"], "infer_cpu": stage["infer_cpu"], "cells": s["total_cells"],
             "n_tiles": s["processing"]["n_tiles_tissue"], "net_px": s["processing"]["network_input_px"]}
 
@@ -133,20 +135,23 @@ def decode_alone(slide: Path, ref: Path) -> dict:
 def table(rows: list[dict], dec: dict, ref_cells: float) -> str:
     """Markdown table: medians per thread count, and the decode-alone line."""
     lines = ["| tile threads | runs | tile stage s | tiles/s | net-in Mpx/s | process CPU-s in the tile stage | "
-             "Σ read_cpu (decode + normalise) | Σ post_cpu (rest of each tile) | other CPU-s | read share of the CPU | "
-             "÷ decode-alone rate | count = real run's |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "stolen CPU-s | cores busy (CPU ÷ wall) | Σ read_cpu (decode + normalise) | Σ post_cpu (rest of each tile) | "
+             "other CPU-s | read share of the CPU | ÷ decode-alone rate | count = real run's |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     dec_rate = dec["px"] / dec["cpu"] / 1e6
     for n in sorted({r["threads"] for r in rows}):
         rs = [r for r in rows if r["threads"] == n]
-        med = {k: statistics.median(r[k] for r in rs) for k in ("tiles_s", "cpu", "read_cpu", "post_cpu")}
+        med = {k: statistics.median(r[k] for r in rs) for k in ("tiles_s", "cpu", "steal", "read_cpu", "post_cpu")}
         mpx = rs[0]["net_px"] / med["tiles_s"] / 1e6
         other = med["cpu"] - med["read_cpu"] - med["post_cpu"]
         same = all(abs(r["cells"] - ref_cells) <= 1e-6 * ref_cells for r in rs)
         lines.append(f"| {n} | {len(rs)} | {med['tiles_s']:.2f} | {rs[0]['n_tiles'] / med['tiles_s']:.1f} | {mpx:.1f} | "
-                     f"{med['cpu']:.2f} | {med['read_cpu']:.2f} | {med['post_cpu']:.2f} | {other:.2f} | "
+                     f"{med['cpu']:.2f} | {med['steal']:.2f} | {med['cpu'] / med['tiles_s']:.2f} | "
+                     f"{med['read_cpu']:.2f} | {med['post_cpu']:.2f} | {other:.2f} | "
                      f"{med['read_cpu'] / med['cpu']:.2f} | {mpx / dec_rate:.2f} | {'yes' if same else '**no**'} |")
     lines.append(f"| decoding alone (1 thread) | 1 | {dec['wall']:.2f} | {dec['n'] / dec['wall']:.1f} | "
-                 f"{dec['px'] / dec['wall'] / 1e6:.1f} | {dec['cpu']:.2f} | {dec['cpu']:.2f} | — | — | 1.00 | 1.00 | — |")
+                 f"{dec['px'] / dec['wall'] / 1e6:.1f} | {dec['cpu']:.2f} | — | {dec['cpu'] / dec['wall']:.2f} | "
+                 f"{dec['cpu']:.2f} | — | — | 1.00 | 1.00 | — |")
     return "\n".join(lines)
 
 
@@ -182,7 +187,7 @@ def main() -> None:
             "The network is replaced by a replay of the density a real run wrote (`benchmarks/feed.py`), so the tile "
             "stage is everything a GPU would leave to the CPU: the rate here is the most this machine could feed "
             "any network. Other CPU-s = the process's CPU in the tile stage − Σ read_cpu − Σ post_cpu: Zarr's I/O "
-            "threads, the replay's copies, thread switches. ÷ decode-alone rate: the feed rate over one thread's "
+            "threads, the replay's copies, thread switches. Stolen: machine-wide CPU seconds the hypervisor took during the tile stage (medians). Cores busy: the process's CPU ÷ the tile stage's wall (2 threads that a shared lock serialises stay near 1). ÷ decode-alone rate: the feed rate over one thread's "
             "decoding rate (N threads bound by decoding would approach min(N, cores)).")
     publish("Feeding a network: the tile stage without it", body, not args.no_write)
 
