@@ -74,3 +74,15 @@ def test_low_precision_is_a_cached_copy_close_to_fp32(model, image):
     first = model.__dict__["_variants"][("cpu", "bf16")]
     predict_batch(model, image[None, :, :64, :64], dev, "bf16")
     assert model.__dict__["_variants"][("cpu", "bf16")] is first
+
+
+def test_batch_for_splits_the_free_memory_between_concurrent_tasks():
+    """CUDA's auto batch: half the free memory over one tile's peak, divided among the tasks sharing the device."""
+    from wsicount.infer import batch_for
+
+    gib = 1 << 30
+    assert batch_for(16 * gib, gib) == 8
+    assert batch_for(16 * gib, gib, tasks=2) == 4  # two tile threads: together they stay within half the memory
+    assert batch_for(16 * gib, gib, tasks=3) == 2
+    assert batch_for(64 * gib, gib // 8) == 16  # capped
+    assert batch_for(gib, 2 * gib, tasks=4) == 1  # at least one tile

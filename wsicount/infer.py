@@ -28,7 +28,8 @@ import torch
 from .models import LoadedModel, ModelCard
 from .preprocess import normalize_image
 
-__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "activation_bytes_per_px", "DTYPES",
+__all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "batch_for", "activation_bytes_per_px",
+           "DTYPES",
            "PRECISIONS", "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
 
 #: accepted ``precision`` values ('auto' resolves to one of the others)
@@ -89,12 +90,14 @@ def module_for(model: LoadedModel, device: torch.device, precision: str) -> torc
     return cache[key]
 
 
-def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, tile: int, limit: int = 16) -> int:
-    """Tiles per forward pass: 1 on CPU; on CUDA as many ``tile``² windows as fit in half the free memory.
+def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, tile: int, limit: int = 16,
+                    tasks: int = 1) -> int:
+    """Tiles per forward pass: 1 on CPU; on CUDA as many ``tile``² windows as fit in half the free memory, shared by ``tasks``.
 
     On CPU batching did not raise throughput in our probes (not a recorded benchmark) but it
-    multiplies the activation memory, so one tile per pass. On CUDA one forward pass of a single tile is
-    measured (peak allocation) and the batch is ``0.5 x free / that``, at most ``limit``.
+    multiplies the activation memory, so one tile per pass. On CUDA one forward pass of a
+    single tile is measured (peak allocation) and the batch is :func:`batch_for` of the free
+    memory: ``tasks`` tile tasks of this process run their batches on the device at once.
     """
     if device.type != "cuda":
         return 1
@@ -109,7 +112,12 @@ def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, ti
     torch.cuda.synchronize(device)
     per_tile = max(1, torch.cuda.max_memory_allocated(device) - base)
     free, _ = torch.cuda.mem_get_info(device)
-    return int(max(1, min(limit, 0.5 * free // per_tile)))
+    return batch_for(free, per_tile, tasks, limit)
+
+
+def batch_for(free: int, per_tile: int, tasks: int = 1, limit: int = 16) -> int:
+    """Tiles per batch when ``tasks`` batches share half of ``free`` bytes, each tile needing ``per_tile``: 1 to ``limit``."""
+    return int(max(1, min(limit, 0.5 * free // (max(1, per_tile) * max(1, tasks)))))
 
 
 #: measured peak activation memory ÷ the tensors tracked by :func:`activation_bytes_per_px`, one

@@ -110,6 +110,8 @@ class TileJob:
     torch_threads: int | None = None
     prefetch: int = 2
     decode_cache_bytes: int = 0
+    #: tile tasks of one process that share its device at once (they split its memory for batches)
+    device_tasks: int = 1
 
 
 # --- per-process caches: a worker opens the slide and loads the model once ---------------
@@ -193,8 +195,9 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[dict[str, Any]]:
         set_threads(job.torch_threads)
     device = pick_device(job.device)
     state = RunState(Path(job.out))
-    size = job.batch_size or _cached(("batch", job.model_path, str(device), job.precision, job.grid.core),
-                                     lambda: auto_batch_size(model, device, job.precision, job.grid.tile_size))
+    key = ("batch", job.model_path, str(device), job.precision, job.grid.core, job.device_tasks)
+    size = job.batch_size or _cached(key, lambda: auto_batch_size(model, device, job.precision, job.grid.tile_size,
+                                                                  tasks=job.device_tasks))
     batches = [b for group in _by_shape(tiles) for b in _chunks(group, size)]
     records: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsicount-read") as reader:
@@ -641,7 +644,8 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
                       str(out), geom, grid, norm, mask_scale, cfg.grid_um, grid_shape, card.peak_min_distance_px,
                       card.sigma_px, peak_margin, cfg.skip_bad_tiles,
                       torch_threads=_torch_threads(cores, threads, cfg, client), prefetch=cfg.prefetch,
-                      decode_cache_bytes=max(0, cfg.decode_cache_mb) << 20)
+                      decode_cache_bytes=max(0, cfg.decode_cache_mb) << 20,
+                      device_tasks=_device_tasks(threads, cfg, client))
         timings["plan"] = time.perf_counter() - t
         t = time.perf_counter()
         # the tasks of this process reuse the weights loaded above, and the mask (other
@@ -966,6 +970,19 @@ def _plan_tile(cfg: RunConfig, lm, device, precision: str, threads: int, client,
 
         return plan(tasks=threads, available=int(torch.cuda.mem_get_info(device)[0]))
     return plan(tasks=threads, available=available_memory(), fixed_bytes=cache)
+
+
+def _device_tasks(threads: int, cfg: RunConfig, client) -> int:
+    """Tile tasks running on one device at once: this process's threads, or ``--workers`` processes sharing this machine's.
+
+    A cluster's workers are assumed to have a device each (one task per worker thread is
+    not knowable here); they take the batch from the memory they find free.
+    """
+    if cfg.workers:
+        return cfg.workers
+    if client is not None or cfg.scheduler:
+        return 1
+    return threads
 
 
 def _torch_threads(cores: int, threads: int, cfg: RunConfig, client) -> int | None:
