@@ -2,6 +2,7 @@
 
     python benchmarks/feed.py                      # paper-sized slide, 1, 2 and 4 tile threads, 2 runs each
     python benchmarks/feed.py --threads 2 --repeat 1 --no-write
+    python benchmarks/feed.py --zarr-writes --threads 2 --repeat 4   # tile chunks through zarr vs as files
 
 Issue 5 asks that on a GPU a run be bound by decoding, not by Python. A GPU computes the
 U-Net hundreds of times faster than this CPU, so what is left of a run's tile stage is
@@ -20,6 +21,10 @@ Figures, per tile-thread count (``--threads``; the machine has ``CORES`` cores):
   normalising (Σ ``read_cpu``), the rest of each tile (Σ ``post_cpu``), and everything else
   (Zarr's I/O threads, Python's thread switches);
 * decoding alone: one thread reading every window of the run back to back (no cache), Mpx/s.
+
+``--zarr-writes`` alternates runs whose tiles write their chunks through zarr's own pipeline
+(``stitch.ChunkFiles`` disabled, as before session 9) with runs that write them as files, and
+adds a row per way: the comparison behind that change, rerunnable.
 
 Bound by decoding means: the feed rate with N threads is close to N × the decode-alone rate
 (or to the cores' worth of it), and ``read_cpu`` is most of the tile stage's CPU. The
@@ -74,9 +79,9 @@ class Replay:
         return out
 
 
-def feed_run(slide: Path, out: Path, threads: int, replay: Replay) -> dict:
-    """One ``count`` with the replay; the tile stage's seconds and CPU, and the summary."""
-    from wsicount import infer, pipeline
+def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: bool = False) -> dict:
+    """One ``count`` with the replay (tile chunks through zarr if ``zarr_writes``); the tile stage's seconds, CPU and summary."""
+    from wsicount import infer, pipeline, stitch
 
     orig_infer, orig_execute, orig_predict = pipeline._infer_batch, pipeline._execute, infer.predict_batch
     cpu: dict[str, float] = {}
@@ -93,14 +98,23 @@ def feed_run(slide: Path, out: Path, threads: int, replay: Replay) -> dict:
             cpu["tiles"] = time.process_time() - c
             cpu["steal"] = steal_seconds() - st if st is not None else float("nan")
 
+    orig_files = stitch.ChunkFiles.of
     pipeline._infer_batch, pipeline._execute, infer.predict_batch = infer_batch, execute, replay.predict_batch
+    if zarr_writes:
+        stitch.ChunkFiles.of = classmethod(lambda cls, arr: None)
     try:
         shutil.rmtree(out, ignore_errors=True)
+        # a fresh process's caches, as a run has: the decoded-segment cache (io.SegmentCache) of the
+        # previous run would serve this one's reads, and the density store is reopened with or
+        # without chunk files
+        pipeline._cache.clear()
         s = pipeline.count(slide, out, threads=threads, progress=False)
     finally:
         pipeline._infer_batch, pipeline._execute, infer.predict_batch = orig_infer, orig_execute, orig_predict
+        stitch.ChunkFiles.of = orig_files
     stage = s["timings"]["stage_seconds_summed_over_tiles"]
-    return {"threads": threads, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"], "steal": cpu["steal"],
+    return {"threads": threads, "zarr_writes": zarr_writes, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"],
+            "steal": cpu["steal"],
             "read_cpu": stage["read_cpu"],
             "post_cpu": stage["post_cpu"], "infer_cpu": stage["infer_cpu"], "cells": s["total_cells"],
             "n_tiles": s["processing"]["n_tiles_tissue"], "net_px": s["processing"]["network_input_px"]}
@@ -139,13 +153,13 @@ def table(rows: list[dict], dec: dict, ref_cells: float) -> str:
              "other CPU-s | read share of the CPU | ÷ decode-alone rate | count = real run's |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     dec_rate = dec["px"] / dec["cpu"] / 1e6
-    for n in sorted({r["threads"] for r in rows}):
-        rs = [r for r in rows if r["threads"] == n]
+    for n, zw in sorted({(r["threads"], r["zarr_writes"]) for r in rows}):
+        rs = [r for r in rows if (r["threads"], r["zarr_writes"]) == (n, zw)]
         med = {k: statistics.median(r[k] for r in rs) for k in ("tiles_s", "cpu", "steal", "read_cpu", "post_cpu")}
         mpx = rs[0]["net_px"] / med["tiles_s"] / 1e6
         other = med["cpu"] - med["read_cpu"] - med["post_cpu"]
         same = all(abs(r["cells"] - ref_cells) <= 1e-6 * ref_cells for r in rs)
-        lines.append(f"| {n} | {len(rs)} | {med['tiles_s']:.2f} | {rs[0]['n_tiles'] / med['tiles_s']:.1f} | {mpx:.1f} | "
+        lines.append(f"| {n}{' (chunks through zarr)' if zw else ''} | {len(rs)} | {med['tiles_s']:.2f} | {rs[0]['n_tiles'] / med['tiles_s']:.1f} | {mpx:.1f} | "
                      f"{med['cpu']:.2f} | {med['steal']:.2f} | {med['cpu'] / med['tiles_s']:.2f} | "
                      f"{med['read_cpu']:.2f} | {med['post_cpu']:.2f} | {other:.2f} | "
                      f"{med['read_cpu'] / med['cpu']:.2f} | {mpx / dec_rate:.2f} | {'yes' if same else '**no**'} |")
@@ -161,6 +175,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--slides-dir", type=Path, default=ROOT / "runs" / "bench-slides")
+    ap.add_argument("--zarr-writes", action="store_true",
+                    help="alternate with runs that write the tile chunks through zarr (before session 9)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from wsicount.allocator import tune_allocator
@@ -176,10 +192,11 @@ def main() -> None:
     feed_run(spec.path, work / "feed", args.threads[0], replay)  # imports and caches before timing
     for _ in range(args.repeat):
         for n in args.threads:
-            r = feed_run(spec.path, work / "feed", n, replay)
-            print(f"threads {n}: tile stage {r['tiles_s']:.2f} s, CPU {r['cpu']:.2f} s "
-                  f"(read {r['read_cpu']:.2f}, post {r['post_cpu']:.2f}), {r['cells']:.1f} cells", flush=True)
-            rows.append(r)
+            for zw in ((True, False) if args.zarr_writes else (False,)):
+                r = feed_run(spec.path, work / "feed", n, replay, zw)
+                print(f"threads {n}{' zarr writes' if zw else ''}: tile stage {r['tiles_s']:.2f} s, CPU {r['cpu']:.2f} s "
+                      f"(read {r['read_cpu']:.2f}, post {r['post_cpu']:.2f}), {r['cells']:.1f} cells", flush=True)
+                rows.append(r)
     dec = decode_alone(spec.path, work / "reference")
     print(f"decoding alone: {dec['px'] / dec['cpu'] / 1e6:.1f} Mpx/s per core", flush=True)
     body = (f"{table(rows, dec, ref['total_cells'])}\n\nSlide {spec.path.name} ({ref['processing']['n_tiles_tissue']} "
