@@ -204,7 +204,9 @@ def main() -> None:
             "The network is replaced by a replay of the density a real run wrote (`benchmarks/feed.py`), so the tile "
             "stage is everything a GPU would leave to the CPU: the rate here is the most this machine could feed "
             "any network. Other CPU-s = the process's CPU in the tile stage − Σ read_cpu − Σ post_cpu: Zarr's I/O "
-            "threads, the replay's copies, thread switches. Stolen: machine-wide CPU seconds the hypervisor took during the tile stage (medians). Cores busy: the process's CPU ÷ the tile stage's wall (2 threads that a shared lock serialises stay near 1). ÷ decode-alone rate: the feed rate over one thread's "
+            "threads, the replay's copies, thread switches. Stolen: machine-wide CPU seconds the hypervisor took "
+            "during the tile stage (medians). Cores busy: the process's CPU ÷ the tile stage's wall (2 threads that a "
+            "shared lock serialises stay near 1). ÷ decode-alone rate: the feed rate over one thread's "
             "decoding rate (N threads bound by decoding would approach min(N, cores)).")
     publish("Feeding a network: the tile stage without it", body, not args.no_write)
 
