@@ -36,6 +36,22 @@ def test_local_cluster_equals_local_scheduler(slides, tmp_path):
     assert np.abs(da_ - db_).max() <= 1e-5 * max(da_.max(), 1e-12)
 
 
+def test_scheduler_address_plans_for_its_workers(slides, tmp_path):
+    """``scheduler=ADDR``: the run connects before planning, sizes tiles for the workers' memory limit, closes its client."""
+    import distributed
+
+    ref = wsicount.count(slides[0], tmp_path / "local", progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, memory_limit="1.5GiB",
+                                  dashboard_address=None) as cluster:
+        s = wsicount.count(slides[0], tmp_path / "remote", scheduler=cluster.scheduler_address, progress=False)
+        plan = s["processing"]["tile_plan"]
+        assert plan["available_bytes"] == int(1.5 * 2**30)  # the worker's limit, not this machine's
+        assert plan["tile_size"] < 1024  # 2 tasks and this process's baseline in 1.5 GiB
+        assert s["total_cells"] == pytest.approx(ref["total_cells"], rel=1e-4)
+        clients = cluster.scheduler.clients
+        assert set(clients) <= {"fire-and-forget"}, clients  # the run's own client is closed
+
+
 def test_batch_records_failure_and_finishes_others(slides, tmp_path):
     broken = tmp_path / "broken.ndpi"
     broken.write_bytes(slides[0].read_bytes()[:5000])
