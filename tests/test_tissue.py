@@ -66,3 +66,16 @@ def test_disk_closing_equals_scipy(seed: int):
         r = int(rng.integers(1, 8))
         m = ndimage.gaussian_filter(rng.random((h, w)), 1.5) > rng.uniform(0.4, 0.6)
         assert np.array_equal(_close_disk(m, r), ndimage.binary_closing(m, structure=_disk(r), border_value=0))
+
+
+@pytest.mark.parametrize("shape", [(333, 517), (64, 5), (1, 40)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gaussian_split_across_threads_equals_scipy(shape, threads):
+    """The mask's smoothing, each pass split across threads, is exactly scipy's gaussian_filter."""
+    import numpy as np
+    from scipy import ndimage
+
+    from wsicount.tissue import _gaussian
+
+    img = np.random.default_rng(5).random(shape, dtype=np.float32) * 255
+    assert np.array_equal(_gaussian(img, 2.17, threads=threads), ndimage.gaussian_filter(img, 2.17))

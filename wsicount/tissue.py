@@ -11,6 +11,7 @@ Tissue area = mask pixels x (mask pixel area); the mask is stored with the outpu
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
     elif mode != "fluorescence":
         raise ValueError(f"unknown tissue mode {mode!r} (fluorescence|brightfield)")
     sigma_px = max(1.0, 8.0 / mpp)  # ~8 um smoothing: cells blur into tissue, edges stay put
-    s = ndimage.gaussian_filter(g, sigma_px)
+    s = _gaussian(g, sigma_px)
     if float(s.max() - s.min()) < 1e-3:
         return np.zeros(s.shape, dtype=bool)
     sample = s[:: max(1, s.shape[0] // 512), :: max(1, s.shape[1] // 512)].ravel()
@@ -131,6 +132,31 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
         keep[0] = False
         m = keep[lab]
     return m
+
+
+def _gaussian(img: np.ndarray, sigma: float, threads: int | None = None) -> np.ndarray:
+    """``ndimage.gaussian_filter(img, sigma)`` of a 2-D image, each 1-D pass split across threads (equal, tested).
+
+    A pass along one axis treats every line across the other independently, so halves of
+    those lines can go to two threads; scipy releases the GIL in the filter. Measured (hand
+    probe, a 3328x3752 mask image): 0.39 -> 0.21 s when a core is free, as when the run's
+    main thread waits for the mask.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy import ndimage
+
+    n = max(1, min(threads or os.cpu_count() or 1, 2))
+    if n == 1 or img.ndim != 2 or min(img.shape) < 2 * n:
+        return ndimage.gaussian_filter(img, sigma)
+    tmp, out = np.empty_like(img), np.empty_like(img)
+    h, w = img.shape
+    cols = [slice(i * w // n, (i + 1) * w // n) for i in range(n)]
+    rows = [slice(i * h // n, (i + 1) * h // n) for i in range(n)]
+    with ThreadPoolExecutor(n, thread_name_prefix="wsicount-gauss") as pool:
+        list(pool.map(lambda c: ndimage.gaussian_filter1d(img[:, c], sigma, axis=0, output=tmp[:, c]), cols))
+        list(pool.map(lambda r: ndimage.gaussian_filter1d(tmp[r], sigma, axis=1, output=out[r]), rows))
+    return out
 
 
 def _fill_holes(m: np.ndarray) -> np.ndarray:
