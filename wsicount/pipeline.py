@@ -957,14 +957,15 @@ def _plan_tile(cfg: RunConfig, lm, device, precision: str, threads: int, client,
                              channels=len(card.channels), core_of=lambda t: TileGrid.core_for(t, halo, card.stride),
                              batch=cfg.batch_size or 1, prefetch=cfg.prefetch)
     cache = max(0, cfg.decode_cache_mb) << 20
+    if client is not None or cfg.workers:
+        worker_base = psutil.Process().memory_info().rss + cache  # a worker holds what this process holds now
     if client is not None and not cfg.workers:
         workers = [w for w in client.scheduler_info().get("workers", {}).values() if w.get("memory_limit")]
-        plans = [plan(tasks=w.get("nthreads", 1), available=int(w["memory_limit"]),
-                      fixed_bytes=psutil.Process().memory_info().rss + cache) for w in workers]
+        plans = [plan(tasks=w.get("nthreads", 1), available=int(w["memory_limit"]), fixed_bytes=worker_base)
+                 for w in workers]
         return min(plans, key=lambda p: p.tile_size) if plans else plan(tasks=1, available=None)
     if cfg.workers:
-        return plan(tasks=cfg.workers, available=available_memory(),
-                    fixed_bytes=cfg.workers * (psutil.Process().memory_info().rss + cache))
+        return plan(tasks=cfg.workers, available=available_memory(), fixed_bytes=cfg.workers * worker_base)
     if device.type == "cuda":
         import torch
 
