@@ -51,7 +51,7 @@ def _val_split_folder(model_card: dict, src: Path, dst: Path) -> Path:
 
 def evaluate_model(name: str, model_path: str, precision: str = "fp32") -> dict:
     """Evaluate one model on its benchmark split at ``precision``; returns the metrics dict."""
-    from wsicount.evaluate import evaluate
+    from wsicount.training.evaluate import evaluate
     from wsicount.models import resolve_model_path
 
     card = json.loads(resolve_model_path(model_path).read_text())
@@ -87,7 +87,7 @@ def main() -> None:
             else:
                 from train_bundled import RECIPES
 
-                from wsicount.train import train
+                from wsicount.training.train import train
 
                 folder, cfg = RECIPES[name]
                 cfg.seed = seed

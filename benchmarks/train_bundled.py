@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsicount.train import TrainConfig, train  # noqa: E402
+from wsicount.training.train import TrainConfig, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

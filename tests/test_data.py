@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsicount.data import Augmenter, _dihedral_points, dihedral, load_dataset, load_vgg_dots
+from wsicount.training.data import Augmenter, _dihedral_points, dihedral, load_dataset, load_vgg_dots
 
 H, W = 24, 40  # non-square so that row/column mix-ups show
 

@@ -13,9 +13,9 @@ from PIL import Image
 
 from wsicount.detect import density_peaks, match_points, unit_peak_height
 from wsicount.errors import InputError
-from wsicount.evaluate import EvalResult, ImageResult, count_metrics, evaluate, write_evaluation
+from wsicount.training.evaluate import EvalResult, ImageResult, count_metrics, evaluate, write_evaluation
 from wsicount.models import ModelCard, build_model, save_model
-from wsicount.targets import density_map
+from wsicount.training.targets import density_map
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -202,8 +202,8 @@ def test_evaluate_end_to_end(tiny_dataset, tiny_model, tmp_path):
 
 def test_evaluate_detection_is_perfect_for_a_perfect_density(tiny_dataset, tiny_model, monkeypatch):
     """With predictions equal to the targets, counts and detections are exact."""
-    import wsicount.evaluate as ev
-    from wsicount.data import load_dataset
+    import wsicount.training.evaluate as ev
+    from wsicount.training.data import load_dataset
 
     targets = {s.image.tobytes(): density_map(s.points, s.image.shape, 2.0) for s in load_dataset(tiny_dataset)}
     monkeypatch.setattr(ev, "predict_image", lambda model, image, **kw: targets[image.tobytes()])

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from wsicount.errors import ModelError
-from wsicount.losses import density_loss
+from wsicount.training.losses import density_loss
 from wsicount.models import ARCHITECTURES, ModelCard, build_model, load_model, save_model
-from wsicount.targets import density_map
+from wsicount.training.targets import density_map
 
 # Narrow variants keep the tests fast on a shared 2-core CPU; the receptive radius is a
 # property of the layer structure (kernel sizes, strides, dilations), not of the width.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsicount.data import Sample
-from wsicount.targets import density_map, sigma_um_to_px
+from wsicount.training.data import Sample
+from wsicount.training.targets import density_map, sigma_um_to_px
 
 SHAPE = (40, 56)  # (h, w): non-square so that x/y mix-ups show
 

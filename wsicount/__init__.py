@@ -31,9 +31,9 @@ def __getattr__(name: str):
         "RunConfig": ("pipeline", "RunConfig"),
         "synth_slide": ("synth", "synth_slide"),
         "load_model": ("models", "load_model"),
-        "train": ("train", "train"),
-        "TrainConfig": ("train", "TrainConfig"),
-        "evaluate": ("evaluate", "evaluate"),
+        "train": ("training.train", "train"),
+        "TrainConfig": ("training.train", "TrainConfig"),
+        "evaluate": ("training.evaluate", "evaluate"),
         "detect_tissue": ("tissue", "detect_tissue"),
         "tune_allocator": ("allocator", "tune_allocator"),
     }

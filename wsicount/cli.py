@@ -179,7 +179,7 @@ def synth(out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp:
 @click.option("--quiet", "-q", is_flag=True)
 def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool, **opts) -> None:
     """Train a density model on DATA (wsicount dataset layout or VGG dot PNGs)."""
-    from .train import TrainConfig, train as train_api
+    from .training.train import TrainConfig, train as train_api
 
     cfg = TrainConfig(**opts, channels=[int(c) for c in channels.split(",")] if channels else None)
     card = train_api(data, out, cfg, resume=resume, progress=not quiet)
@@ -200,7 +200,7 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
              plot_path: Path | None, device: str, precision: str) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
-    from .evaluate import evaluate as eval_api, write_evaluation
+    from .training.evaluate import evaluate as eval_api, write_evaluation
 
     res = eval_api(model, data, split=split, device=device, precision=precision)
     if json_path is not None:

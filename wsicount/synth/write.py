@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from wsicount.errors import OutputError
-from wsicount.io._ndpi_write import write_ndpi
-from wsicount.io._pyramid import PyramidBuilder, pyramid_shapes
-from wsicount.io._zarr import is_zarr_dir
+from ..errors import OutputError
+from ..io._pyramid import PyramidBuilder, pyramid_shapes
+from ..io._zarr import is_zarr_dir
+from ._ndpi import write_ndpi
 
 __all__ = ["FORMATS", "COMPRESSIONS", "write_pyramid", "level_shapes", "default_suffix"]
 
@@ -110,7 +110,7 @@ def _tiles(bands: Iterator[np.ndarray], tile: int) -> Iterator[np.ndarray]:
 
 
 def _write_ndpi(path, shapes, bands, mpp, objective, tile, quality, compression, builder) -> None:
-    """NDPI: one restart-marker JPEG per level (see _ndpi_write)."""
+    """NDPI: one restart-marker JPEG per level (see _ndpi)."""
     write_ndpi(path, shapes, bands, mpp, objective, quality)
 
 

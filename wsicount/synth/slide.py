@@ -4,7 +4,7 @@ A slide is a pure function of its parameters: every pixel depends only on its (y
 position (tissue shape, smooth texture fields, cells composited with ``max``, noise seeded
 per row), so rendering band by band gives the same image as rendering it whole, and the
 same seed gives the same cells and pixels. Level 0 is rendered in bands and streamed to the
-writer (``wsicount.io._write``), so gigapixel slides need only a few bands of memory.
+writer (``wsicount.synth.write``), so gigapixel slides need only a few bands of memory.
 
 Invariants: ``len(points) == n_cells == round(cell_density_per_mm2 * tissue_area_mm2)``;
 every point lies inside the tissue shape; points are (x, y) in level-0 pixels with pixel
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from wsicount.io._write import COMPRESSIONS, FORMATS, default_suffix, level_shapes, write_pyramid
+from .write import COMPRESSIONS, FORMATS, default_suffix, level_shapes, write_pyramid
 
 __all__ = ["SynthTruth", "synth_slide", "synth_array", "LOOKS", "TISSUES",
            "FORMATS", "COMPRESSIONS", "DEFAULT_CELL_PARAMS"]

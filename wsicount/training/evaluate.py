@@ -22,11 +22,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .data import load_dataset
-from .detect import density_peaks, match_points
-from .errors import InputError, OutputError
-from .infer import pick_device, predict_image
-from .models import LoadedModel, load_model
-from .runstate import atomic_write_with
+from ..detect import density_peaks, match_points
+from ..errors import InputError, OutputError
+from ..infer import pick_device, predict_image
+from ..models import LoadedModel, load_model
+from ..runstate import atomic_write_with
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation"]
 

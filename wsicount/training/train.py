@@ -22,10 +22,10 @@ import torch
 from torch import nn
 
 from .data import Augmenter, Sample, dihedral, load_dataset
-from .infer import pad_to_stride, set_threads
+from ..infer import pad_to_stride, set_threads
 from .losses import density_loss
-from .models import ModelCard, build_model, save_model
-from .preprocess import normalize_image
+from ..models import ModelCard, build_model, save_model
+from ..preprocess import normalize_image
 from .targets import density_map
 
 __all__ = ["TrainConfig", "train", "recalibrate_bn", "split_train_val"]
