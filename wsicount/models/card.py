@@ -54,6 +54,12 @@ class ModelCard:
     #: reduced precisions validated on this model's accuracy benchmark; ``precision='auto'``
     #: uses bf16 only when it is listed here (and the hardware computes it natively)
     low_precision: list[str] = field(default_factory=list)
+    #: what the model was trained on, read by the run's domain guard: "modality"
+    #: ("fluorescence" | "brightfield"), "stain" (e.g. "DAPI", "TRP1", "H&E"), "mpp" (µm/px the
+    #: training images had), "cell_diameter_um", "cells_per_mm2" ([lo, hi] over the training
+    #: images), "intensity" ([lo, hi]: 1st and 99th percentile of the raw channel it reads),
+    #: "channel" (the channel's name, e.g. "green", "dapi"); a key may be absent when unknown
+    domain: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
