@@ -60,6 +60,9 @@ class ModelCard:
     #: images), "intensity" ([lo, hi]: 1st and 99th percentile of the raw channel it reads),
     #: "channel" (the channel's name, e.g. "green", "dapi"); a key may be absent when unknown
     domain: dict[str, Any] = field(default_factory=dict)
+    #: the count interval's calibration: "method", "data" and "split" it was calibrated on, the
+    #: fitted terms the method needs, and the "coverage" it reached there ({} = uncalibrated)
+    calibration: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
