@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "DomainError",
 ]
 
 
@@ -65,3 +66,9 @@ class TileReadError(WsicountError):
     """A tile of the slide could not be decoded (names level and position)."""
 
     exit_code = 8
+
+
+class DomainError(WsicountError):
+    """The slide is outside the model's domain (modality, pixel size, empty channel); ``--force`` runs anyway."""
+
+    exit_code = 10
