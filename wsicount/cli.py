@@ -103,9 +103,15 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None
     s = count(slide, out, model=model, progress=not quiet, **opts)
-    cpm = s["cells_per_mm2"]
-    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
-               f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
+    for w in s.get("warnings", []):
+        click.echo(f"wsicount: warning: {w}", err=True)
+    if s["total_cells"] < 0:  # not a count: the warnings say why
+        click.echo(f"{slide.name}: no count (the density map sums to {s['total_cells']:.0f}, below zero; see the "
+                   f"warnings), {s['timings']['total']:.1f} s -> {out}")
+    else:
+        cpm = s["cells_per_mm2"]
+        click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
+                   f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
@@ -117,16 +123,22 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
 @click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "zarr"]), default="auto")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
-    """Print levels, sizes, mpp and vendor of SLIDE."""
+    """Print levels, sizes, mpp, vendor and channels of SLIDE."""
+    from .channels import channel_table
     from .io import open_slide, slide_info
 
-    d = slide_info(open_slide(slide, mpp=mpp, backend=backend))
+    sl = open_slide(slide, mpp=mpp, backend=backend)
+    d = slide_info(sl)
+    d["channel_table"] = channel_table(sl, d["channel_names"])
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
     for k, v in d.items():
-        if k != "levels":
+        if k not in ("levels", "channel_table"):
             click.echo(f"{k:>16}: {v}")
+    click.echo(f"{'channel table':>16}: --channel NAME or INDEX; mean intensity (0-255) at low resolution")
+    for ch in d["channel_table"]:
+        click.echo(f"                  {ch['index']}  {ch['name']:<12} mean {ch['mean']:.1f}")
     click.echo("          levels:")
     for lv in d["levels"]:
         click.echo("                  " + "  ".join(f"{k}={v}" for k, v in lv.items()))
@@ -197,12 +209,14 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="As for 'wsicount run'.")
+@click.option("--channel", default=None, help="Channel a one-channel model reads on RGB images: red|green|blue, "
+              "dapi|hoechst (blue), fitc|gfp (green), tritc|cy3 (red) or an index [the model card's].")
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
-             plot_path: Path | None, device: str, precision: str) -> None:
+             plot_path: Path | None, device: str, precision: str, channel: str | None) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
     from .training.evaluate import evaluate as eval_api, write_evaluation
 
-    res = eval_api(model, data, split=split, device=device, precision=precision)
+    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel)
     if json_path is not None:
         csv_path = csv_path or json_path.with_suffix(".csv")
         plot_path = plot_path or json_path.with_suffix(".png")

@@ -34,8 +34,10 @@ __all__ = ["Modality", "image_modality", "slide_modality", "model_mpp", "run_cha
 MAX_UPSAMPLE = 1.5
 #: share of pixels (white glass, or black background) that makes a low-resolution view decisive
 _DECISIVE = 0.02
-#: a channel whose 99th percentile at low resolution is below this (of 255) carries no signal
-EMPTY_CHANNEL = 8.0
+#: a channel is empty when its 99th percentile at low resolution is this many times below the
+#: brightest channel's, and that one is at least SIGNAL (of 255): JPEG bleed leaves ~5-10 in empty ones
+EMPTY_RATIO = 6.0
+SIGNAL = 32.0
 #: regional or pooled densities beyond this multiple of the training maximum are flagged
 DENSITY_FACTOR = 3.0
 #: negative tile mass beyond this share of the positive mass is flagged
@@ -160,7 +162,7 @@ def _channel_problem(card: ModelCard, slide: Slide, img: np.ndarray, names: Sequ
         return None
     p99 = np.percentile(img.reshape(-1, img.shape[-1]), 99, axis=0)
     best = int(np.argmax(p99))
-    if p99[idx[0]] >= EMPTY_CHANNEL or p99[best] < 4 * max(p99[idx[0]], 1.0):
+    if p99[best] < SIGNAL or EMPTY_RATIO * p99[idx[0]] >= p99[best]:
         return None
     shown = display_names(names)
     return (f"model {card.name} reads channel {shown[idx[0]]}, which is empty on {slide.path.name} "

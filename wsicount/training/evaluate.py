@@ -15,13 +15,14 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from .data import load_dataset
+from ..channels import resolve_channel
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
 from ..infer import pick_device, predict_image
@@ -132,13 +133,19 @@ def evaluate(
     precision: str = "auto",
     match_radius_px: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    channel: str | None = None,
 ) -> EvalResult:
     """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
 
     ``model`` is a bundled name, a card/weights path, a model folder or a :class:`LoadedModel`.
-    ``progress(i, n)`` is called after each image when given.
+    ``progress(i, n)`` is called after each image when given. ``channel`` (a name or index, see
+    :func:`wsicount.channels.resolve_channel`) replaces the card's channel of a one-channel model
+    on RGB images; a gray image is that channel already.
     """
     lm = _load(model, device)
+    if channel is not None:
+        picked = resolve_channel(channel, ["R", "G", "B"], lm.card.channels, len(lm.card.channels))
+        lm = replace(lm, card=replace(lm.card, channels=picked))
     root = Path(data)
     if not root.exists():
         raise InputError(f"dataset folder {root} does not exist")
