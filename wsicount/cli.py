@@ -64,6 +64,19 @@ class _EchoWarnings(logging.Handler):
         click.echo(f"wsicount: warning: {record.getMessage()}", err=True)
 
 
+_CHANNEL_HELP = ("Channel a one-channel model reads: red|green|blue, dapi|hoechst (blue), fitc|gfp (green), "
+                 "tritc|cy3 (red), an OME channel name, or an index (see 'wsicount info') [the model card's].")
+
+
+def _domain_options(f):
+    """--channel, --model-mpp and --force: what the model reads, at which scale, and overriding the domain guard."""
+    f = click.option("--force", is_flag=True, help="Run a slide the domain guard refuses (modality, µm/px, empty "
+                     "channel); the mismatch is recorded as a warning.")(f)
+    f = click.option("--model-mpp", type=float, default=None,
+                     help="µm/px of the model's training images, for a card that states none.")(f)
+    return click.option("--channel", default=None, help=_CHANNEL_HELP)(f)
+
+
 @cli.command()
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (OME-Zarr + reports).")
@@ -95,6 +108,7 @@ class _EchoWarnings(logging.Handler):
 @click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
 @click.option("--geojson-units", type=click.Choice(["px", "um"]), default="px", show_default=True,
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
+@_domain_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on SLIDE and write density map, count maps and reports to --out."""
@@ -209,8 +223,7 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="As for 'wsicount run'.")
-@click.option("--channel", default=None, help="Channel a one-channel model reads on RGB images: red|green|blue, "
-              "dapi|hoechst (blue), fitc|gfp (green), tritc|cy3 (red) or an index [the model card's].")
+@click.option("--channel", default=None, help=_CHANNEL_HELP)
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
              plot_path: Path | None, device: str, precision: str, channel: str | None) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
@@ -239,6 +252,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
 @click.option("--mpp", type=float, default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--skip-bad-tiles", is_flag=True)
+@_domain_options
 @click.option("--quiet", "-q", is_flag=True)
 def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on many SLIDES (or --manifest); failures are recorded, the rest finish."""

@@ -17,7 +17,9 @@ def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[d
     reg = summary["regional"].get(f"{g:g}um", {})
     cpm = summary["cells_per_mm2"]
     facts = [("Slide", summary["slide"]["path"]), ("Vendor", summary["slide"].get("vendor")),
-             ("Total cells", f"{summary['total_cells']:.1f}"), ("Tissue area", f"{summary['tissue_area_mm2']:.3f} mm²"),
+             ("Total cells", f"{summary['total_cells']:.1f}" if summary["total_cells"] >= 0 else
+              f"no count (the density sums to {summary['total_cells']:.0f})"),
+             ("Tissue area", f"{summary['tissue_area_mm2']:.3f} mm²"),
              ("Cells per mm² of tissue", f"{cpm:.1f}" if cpm is not None else "n/a"),
              ("Cells detected (peaks)", summary["n_cells_detected"]),
              (f"Min density ({g:g} µm cells)", _loc(reg.get("min"))),
@@ -27,6 +29,8 @@ def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[d
              ("Undecodable tiles (counted as 0 cells)", len(summary.get("bad_tiles", []))),
              ("Run time", f"{summary['timings'].get('total', 0):.1f} s")]
     table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in summary.get("warnings", []))
+    warn = f"<h2>Warnings</h2><ul style='color:#a00'>{warn}</ul>" if warn else ""
     sel = [r for r in rows if r["grid_um"] == max(summary["parameters"]["grid_um"])]
     sel = sorted(sel, key=lambda r: (-(r["count"] or 0)))[:200]
     head = "".join(f"<th>{h}</th>" for h in ("row", "col", "x0 µm", "y0 µm", "tissue %", "count", "cells/mm²"))
@@ -38,7 +42,7 @@ def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[d
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>wsicount report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>"
-            f"<h1>wsicount report</h1><table>{table}</table><h2>Slide and density</h2>{img(thumb)} {img(heat)}"
+            f"<h1>wsicount report</h1>{warn}<table>{table}</table><h2>Slide and density</h2>{img(thumb)} {img(heat)}"
             f"<h2>Regions ({max(summary['parameters']['grid_um']):g} µm grid, top {len(sel)} by count)</h2>"
             f"<table><tr>{head}</tr>{body}</table><p>Full table: regions.csv. Cell centres: cells.csv, cells.geojson."
             f" Density map: density/ (OME-Zarr).</p></body></html>")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TileReadError
+from ..guard import model_mpp, run_channels
 from ..store import RunState
 from ..tiling import Geometry, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
 from .config import RunConfig
@@ -35,6 +36,7 @@ class SlidePrep:
     geom: Geometry
     norm: tuple[float, float]
     seconds: dict[str, float]
+    channels: tuple[int, ...]  # what the model reads: --channel resolved on the slide, else the card's
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RunPlan:
     mask_scale: tuple[float, float]  # model-grid px per mask px (y, x)
     grid_um: tuple[float, ...]
     grid_shape: tuple[tuple[int, int], ...]
+    channels: tuple[int, ...]  # the slide channels fed to the model
     sigma_px: float
     peak_min_distance: int
     #: peaks are searched in the core grown by this margin, so a peak on a core's edge is seen whole
@@ -65,10 +68,11 @@ def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
         keep(tm)
     seconds = {"tissue": time.perf_counter() - t}
     t = time.perf_counter()
-    geom = plan_geometry(sl, card.mpp)
-    norm = normalization_stats(sl, geom, tm, mask_scale(tm, geom), card, cfg.skip_bad_tiles)
+    channels = tuple(run_channels(card, sl, cfg.channel))
+    geom = plan_geometry(sl, model_mpp(card, cfg.model_mpp))
+    norm = normalization_stats(sl, geom, tm, mask_scale(tm, geom), card, cfg.skip_bad_tiles, channels=channels)
     seconds["normalization"] = time.perf_counter() - t
-    return SlidePrep(tm, geom, norm, seconds)
+    return SlidePrep(tm, geom, norm, seconds, channels)
 
 
 def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
@@ -82,11 +86,13 @@ def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
 
 
 def normalization_stats(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, float], card: Any,
-                        skip_bad: bool = False, n: int = 16, block: int = 512) -> tuple[float, float]:
+                        skip_bad: bool = False, n: int = 16, block: int = 512,
+                        channels: tuple[int, ...] | None = None) -> tuple[float, float]:
     """Slide-level intensity normalisation from up to ``n`` tissue blocks of the model grid.
 
     The blocks come from a fixed ``block``-px lattice, not from the tile grid, so the
-    statistics (and hence the density) do not depend on the tile size. With ``skip_bad``
+    statistics (and hence the density) do not depend on the tile size. ``channels``: those the
+    model reads (default the card's). With ``skip_bad``
     an undecodable block is left out of the sample (its tiles are recorded bad later).
     """
     from ..preprocess import percentile_stats, select_channels
@@ -105,7 +111,7 @@ def normalization_stats(slide: Any, geom: Geometry, tm: Any, scale: tuple[float,
                 raise
             error = e
             continue
-        vals.append(select_channels(img, card.channels)[:, mask_on_grid(tm.mask, *scale, t.core)].ravel())
+        vals.append(select_channels(img, list(channels or card.channels))[:, mask_on_grid(tm.mask, *scale, t.core)].ravel())
     if not vals and error is not None:
         raise error  # nothing decodable to normalise with
     return percentile_stats(np.concatenate(vals), card.normalization)
@@ -127,7 +133,7 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   card.sigma_px, card.peak_min_distance_px, margin)
+                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,
