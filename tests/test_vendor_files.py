@@ -122,3 +122,42 @@ def test_guard_verdicts_on_the_ndpis():
     assert check_slide(trp1, _open(TRITC), _opts(channel="tritc")) == []
     with pytest.raises(DomainError, match="trained on brightfield images"):
         check_slide(read_card("adipocyte-he")[0], _open(DAPI), _opts(model_mpp=5.6))
+
+
+def _complete(out: Path, summary: dict) -> None:
+    """Every listed output exists and summary.json on disk is the returned summary."""
+    import json
+
+    assert summary["complete"] is True
+    for name in summary["outputs"]:
+        assert (out / name.split("/")[0].split(" ")[0]).exists(), name
+    assert json.loads((out / "summary.json").read_text())["warnings"] == summary["warnings"]
+    assert "Warnings" in (out / "report.html").read_text() or not summary["warnings"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pipeline_on_the_svs_with_the_adipocyte_model(tmp_path):
+    from wsicount.run import count
+
+    with pytest.raises(DomainError, match="pass --model-mpp"):
+        count(SLIDES / SVS, tmp_path / "refused", model="adipocyte-he", progress=False)
+    s = count(SLIDES / SVS, tmp_path / "svs", model="adipocyte-he", model_mpp=5.6, progress=False)
+    _complete(tmp_path / "svs", s)
+    assert s["processing"]["model_mpp"] == pytest.approx(5.6)
+    assert s["total_cells"] > 0
+    assert all("cells/mm²" in w for w in s["warnings"])  # density checks only: none of the guard's refusals
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_pipeline_on_the_dapi_ndpi_with_the_channel_set(tmp_path):
+    from wsicount.run import count
+
+    with pytest.raises(DomainError, match="pass --channel blue"):
+        count(SLIDES / DAPI, tmp_path / "refused", progress=False)  # the default model reads green
+    s = count(SLIDES / DAPI, tmp_path / "dapi", channel="dapi", progress=False)
+    _complete(tmp_path / "dapi", s)
+    assert s["warnings"] == [] and s["total_cells"] > 0 and s["n_cells_detected"] > 0
+    forced = count(SLIDES / DAPI, tmp_path / "forced", force=True, progress=False)
+    _complete(tmp_path / "forced", forced)
+    assert any("reads channel green, which is empty" in w for w in forced["warnings"])
+    assert forced["total_cells"] < 0.5 * s["total_cells"]  # the empty channel loses the nuclei
