@@ -82,7 +82,7 @@ class Replay:
 def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: bool = False) -> dict:
     """One ``count`` with the replay (tile chunks through zarr if ``zarr_writes``); the tile stage's seconds, CPU and summary."""
     from wsicount import infer
-    from wsicount.run import count, slide as run_slide, task
+    from wsicount.runner import count, slide as run_slide, task
     from wsicount.store import density
 
     orig_infer, orig_execute, orig_predict = task.infer_batch, run_slide.run_tasks, infer.predict_batch

@@ -78,9 +78,9 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     from wsicount.aggregate import aggregate
     from wsicount.io import open_slide
     from wsicount.models import load_model, read_card
-    from wsicount.run import plan as run_plan
-    from wsicount.run.config import RunConfig
-    from wsicount.run.execute import Placement
+    from wsicount.runner import plan as run_plan
+    from wsicount.runner.config import RunConfig
+    from wsicount.runner.execute import Placement
     from wsicount.store import RunState
     from wsicount.store.density import build_pyramid, create_density, write_label
     from wsicount.tiling import TileGrid, tissue_tiles
