@@ -8,8 +8,8 @@ and the default model. Three kinds of figures, each the median of ``--repeat`` m
 
 * imports -- CPU seconds of importing a module in a fresh interpreter (numpy already imported,
   as it is everywhere it matters): torch and zarr (the run's main process, before the first
-  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (what the pictures
-  were drawn with until session 8: a reference) and Pillow's drawing modules;
+  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (a reference: the
+  usual library for such pictures) and Pillow's drawing modules;
 * pieces -- each function of the run that is not the network, called alone in this process on
   this slide (warm: its imports done): the tissue mask and the normalisation sample
   (``pipeline._prepare``), the two pictures, loading the model, creating the density store,
@@ -48,7 +48,7 @@ from throughput import CORES, ensure_slide, measure_process  # noqa: E402
 PAPER = (26624, 30000)
 IMPORTS = [("torch", "main, before the first tile"), ("zarr", "main, before the first tile"),
            ("scipy.ndimage", "side worker (tissue mask)"), ("PIL.ImageDraw, PIL.ImageFont", "side worker (pictures)"),
-           ("matplotlib.figure", "reference: the pictures' library until session 8")]
+           ("matplotlib.figure", "reference: not imported by a run")]
 
 
 def import_cpu(module: str) -> float:
@@ -119,10 +119,10 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
         create_density(scratch, (geom.height, geom.width), grid.core, geom.model_mpp)
 
     w, c, _ = timed(fresh_store, repeat)
-    rows.append(("create the density store", "a thread beside the first tiles (before session 8: main, before them)",
+    rows.append(("create the density store", "a thread beside the first tiles",
                  w, c))
     w, c, _ = timed(lambda: write_label(scratch, "tissue", tm.mask, tm.mpp), repeat)
-    rows.append(("write the tissue label", "a thread beside the first tiles (before session 8: main, before them)",
+    rows.append(("write the tissue label", "a thread beside the first tiles",
                  w, c))
 
     state = RunState(out)
@@ -134,14 +134,13 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     w, c, heat = timed(lambda: report.heatmap_figure(sf, pipeline._for_heatmap(agg)), repeat)
     rows.append(("heat map", "side worker, after the last tile", w, c))
     w, c, tables = timed(lambda: report.write_text_tables(scratch, sl.mpp, geom, agg, cfg.geojson_units), repeat)
-    rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map "
-                 "(before session 8: main)", w, c))
+    rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map", w, c))
     w, c, _ = timed(lambda: report.write_count_maps(scratch, agg), repeat)
     rows.append(("count maps (Zarr)", "main, after the last tile, beside the pyramid", w, c))
     w, c, _ = timed(lambda: build_pyramid(out, geom.model_mpp), repeat)
     rows.append(("density pyramid (levels 2..n)", "a thread, after the last tile, beside the count maps", w, c))
     w, c, _ = timed(lambda: _pyramid_one_chunk_per_call(out, geom.model_mpp), repeat)
-    rows.append(("  the same, one chunk per Zarr call (before session 8)", "", w, c))
+    rows.append(("  the same, one chunk per Zarr call (for comparison)", "", w, c))
     pngs = (sf.png, heat)
     w, c, _ = timed(lambda: report.write_report(scratch, sl, tm, geom, agg, summary, time.perf_counter(),
                                                 cfg.geojson_units, pngs, tables), repeat)
