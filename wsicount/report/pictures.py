@@ -2,8 +2,9 @@
 
 Pillow rather than matplotlib: a run draws two fixed-layout pictures, and matplotlib's
 import alone costs more CPU than drawing both with Pillow (``python benchmarks/overhead.py``
-times both imports); the text is in DejaVu Sans. The layout: a box whose longer side is ``AXES_PX`` at the slide's aspect, ticks at 1-2-2.5-5
-steps labelled in µm, a title above, and a colour bar with its label on the right.
+times both imports); the text is in DejaVu Sans. The layout: a box whose longer side is
+``AXES_PX`` at the slide's aspect, ticks at 1-2-2.5-5 steps labelled in µm, a title above,
+and a colour bar with its label on the right.
 
 Coordinates: a picture's box maps the extent [0, width_um] x [0, height_um] onto pixel
 columns/rows of the box, y downwards like the slide. Display pixel (r, c) of the box shows
