@@ -8,7 +8,7 @@ With :func:`tune_allocator` the process keeps freed memory and reuses it. The pr
 the process does not hand memory back to the OS until it exits (its RSS stays at its peak),
 so the CLI applies it (one short-lived process per command; ``WSICOUNT_ALLOCATOR=default``
 turns it off) and library users opt in. It also raises the peak a little: blocks are reused
-from one heap instead of being returned whole (README, "Performance and memory", term A).
+from one heap instead of being returned whole (README, "Memory": the activation term A).
 
 The tuning also goes to the processes this one starts, through glibc's environment variables
 for the same settings: a ``--workers N`` LocalCluster's workers are new processes and would
