@@ -137,7 +137,7 @@ def _complete(out: Path, summary: dict) -> None:
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_pipeline_on_the_svs_with_the_adipocyte_model(tmp_path):
-    from wsicount.run import count
+    from wsicount import count
 
     with pytest.raises(DomainError, match="pass --model-mpp"):
         count(SLIDES / SVS, tmp_path / "refused", model="adipocyte-he", progress=False)
@@ -150,7 +150,7 @@ def test_pipeline_on_the_svs_with_the_adipocyte_model(tmp_path):
 
 @pytest.mark.usefixtures("one_torch_thread")
 def test_pipeline_on_the_dapi_ndpi_with_the_channel_set(tmp_path):
-    from wsicount.run import count
+    from wsicount import count
 
     with pytest.raises(DomainError, match="pass --channel blue"):
         count(SLIDES / DAPI, tmp_path / "refused", progress=False)  # the default model reads green
