@@ -145,3 +145,34 @@ def test_density_outside_the_mask():
     card = read_card("melanocyte-trp1")[0]
     w = check_result(card, total=100.0, tile_sums=[100.0], regional={}, mpp=1.8092, density_outside_mask=0.7)
     assert len(w) == 1 and "70 % of the density fell outside the tissue mask" in w[0]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_cli_refuses_with_exit_10_and_force_prints_warnings(slides, tmp_path):
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+
+    path = str(slides["bf"].path)
+    res = CliRunner().invoke(cli, ["run", path, "-o", str(tmp_path / "a"), "-q"])
+    assert res.exit_code == 10
+    assert res.output.count("\n") == 1 and res.output.startswith("wsicount: error: model melanocyte-trp1 was trained")
+    res = CliRunner().invoke(cli, ["run", path, "-o", str(tmp_path / "b"), "-q", "--force"])
+    assert res.exit_code == 0, res.output
+    assert "wsicount: warning: model melanocyte-trp1 was trained on fluorescence images" in res.output
+
+
+def test_cli_never_prints_a_negative_total_as_a_count(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import wsicount.runner
+    from wsicount.cli import cli
+
+    summary = {"total_cells": -27319.0, "tissue_area_mm2": 2.5, "cells_per_mm2": -10927.6, "bad_tiles": [],
+               "timings": {"total": 1.0}, "warnings": ["the density sums to -27319: a negative total is not a count"]}
+    monkeypatch.setattr(wsicount.runner, "count", lambda *a, **k: summary)
+    res = CliRunner().invoke(cli, ["run", str(tmp_path / "x.svs"), "-o", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "wsicount: warning: the density sums to -27319" in res.output
+    assert "no count (the density map sums to -27319" in res.output
+    assert "cells in" not in res.output and "cells/mm²" not in res.output
