@@ -176,3 +176,17 @@ def test_cli_never_prints_a_negative_total_as_a_count(monkeypatch, tmp_path):
     assert "wsicount: warning: the density sums to -27319" in res.output
     assert "no count (the density map sums to -27319" in res.output
     assert "cells in" not in res.output and "cells/mm²" not in res.output
+
+
+def test_an_undecodable_overview_leaves_modality_and_channel_unjudged(slides, monkeypatch):
+    import wsicount.guard as guard
+    from wsicount.errors import TileReadError
+
+    def broken(slide, max_side=1024):
+        raise TileReadError("cannot decode level 0 tile")
+
+    monkeypatch.setattr(guard, "overview", broken)
+    card = _card("melanocyte-trp1")
+    assert check_slide(card, slides["bf"], _opts()) == []  # the brightfield look cannot be seen
+    with pytest.raises(DomainError, match="--model-mpp"):
+        check_slide(_card("vgg-cells"), slides["bf"], _opts())

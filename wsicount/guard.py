@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .channels import display_names, overview, resolve_channel
-from .errors import DomainError
+from .errors import DomainError, TileReadError
 
 if TYPE_CHECKING:
     from .io import Slide
@@ -119,14 +119,22 @@ def run_channels(card: ModelCard, slide: Slide, channel: str | None) -> list[int
 def check_slide(card: ModelCard, slide: Slide, cfg: RunOptions) -> list[str]:
     """Refuse a slide outside the model's domain (DomainError, one line); with ``cfg.force`` return the mismatches as warnings.
 
-    Reads the slide's coarsest level only. An empty list means the slide matches.
+    Reads the slide's coarsest level only; where it cannot be decoded, modality and channel are
+    not judged (the run reports undecodable tiles itself, or skips them with --skip-bad-tiles).
+    An empty list means the slide matches.
     """
     from .io import slide_info
 
-    img = overview(slide)
-    problems = [p for p in (_modality_problem(card, slide, img), _mpp_problem(card, slide, cfg.model_mpp),
-                            _channel_problem(card, slide, img, slide_info(slide)["channel_names"], cfg.channel))
-                if p]
+    names = slide_info(slide)["channel_names"]
+    resolve_channel(cfg.channel, names, card.channels, len(card.channels))  # an unknown --channel fails first
+    try:
+        img = overview(slide)
+    except TileReadError:
+        img = None
+    problems = [_mpp_problem(card, slide, cfg.model_mpp)]
+    if img is not None:
+        problems += [_modality_problem(card, slide, img), _channel_problem(card, slide, img, names, cfg.channel)]
+    problems = [p for p in problems if p]
     if problems and not cfg.force:
         raise DomainError("; ".join(problems) + " (--force runs anyway)")
     return [f"{p} (run with --force)" for p in problems]
