@@ -50,7 +50,7 @@ def test_each_format_reads_back_with_times(tmp_path, fmt):
     truth = synth_embryo(tmp_path / name, format=fmt, params=replace(SMALL, n_frames=6), seed=3)
     st = open_stack(tmp_path / name)
     assert st.data.shape == (6, 2, 1, 200, 200)
-    offset = 0.0 if fmt in ("ome-tiff", "frames") else truth.times_h[0]  # interval-only formats start at 0
+    offset = truth.times_h[0] if fmt == "tiff" else 0.0  # ImageJ keeps only the interval: starts at 0
     assert np.allclose(st.times_h + offset, truth.times_h, atol=1e-3)
     if fmt == "frames":
         assert st.plane_names == ["F-15", "F15"]

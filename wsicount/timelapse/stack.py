@@ -291,7 +291,10 @@ def _open_zarr(p: Path, frame_interval_min: float | None) -> Stack:
     for tr in d0.get("coordinateTransformations", []):
         if tr.get("type") == "scale":
             scale = scale * np.asarray(tr["scale"], dtype=float)
-    if "t" in axes and units[axes.index("t")]:
+    exact = dict(root.attrs).get("wsicount", {}).get("times_h")  # exact times written beside NGFF's one scale
+    if exact is not None and len(exact) == arr.shape[0]:
+        times, source = np.asarray(exact, dtype=np.float64), "ngff"
+    elif "t" in axes and units[axes.index("t")]:
         times, source = np.arange(arr.shape[0]) * to_hours(scale[axes.index("t")], units[axes.index("t")]), "ngff"
     else:
         times, source = interval_times(arr.shape[0], frame_interval_min)

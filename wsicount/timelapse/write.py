@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_tiff_stack", "write_ome_zarr", "write_frames", "STACK_FORMATS"]
+__all__ = ["write_tiff_stack", "create_ome_zarr", "write_ome_zarr", "write_frames", "STACK_FORMATS"]
 
 #: stack formats the writers produce
 STACK_FORMATS = ("ome-tiff", "tiff", "ome-zarr", "frames")
@@ -51,23 +51,22 @@ def write_tiff_stack(path: str | Path, arr: np.ndarray, times_h: np.ndarray, mpp
     return p
 
 
-def write_ome_zarr(path: str | Path, arr: np.ndarray, times_h: np.ndarray | None = None, mpp: float | None = None,
-                   axes: str = "tzcyx", chunks: tuple[int, ...] | None = None, dtype: str | None = None) -> object:
-    """Write a single-scale OME-Zarr (NGFF 0.4) with the given axes; returns the array for appends.
+def create_ome_zarr(path: str | Path, shape: tuple[int, ...], dtype: str, times_h: np.ndarray | None = None,
+                    mpp: float | None = None, axes: str = "tzcyx", chunks: tuple[int, ...] | None = None) -> object:
+    """Create an empty single-scale OME-Zarr (NGFF 0.4) with the given axes; returns its array.
 
     The time axis is in hours with the median frame interval as its scale (NGFF allows one
-    scale per axis); ``mpp`` gives the y/x scale in micrometres.
+    scale per axis; the exact times go to the ``wsicount.times_h`` attribute); ``mpp`` gives
+    the y/x scale in micrometres.
     """
     import zarr
 
-    a = np.asarray(arr)
-    if a.ndim != len(axes):
-        raise ValueError(f"array of {a.ndim} dims for axes {axes!r}")
+    if len(shape) != len(axes):
+        raise ValueError(f"shape {shape} does not match axes {axes!r}")
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     kinds = {"t": ("time", "hour"), "c": ("channel", None), "z": ("space", None), "y": ("space", "micrometer"),
              "x": ("space", "micrometer")}
-    axis_md = []
-    scale = []
+    axis_md, scale = [], []
     for n in axes:
         kind, unit = kinds[n]
         entry = {"name": n, "type": kind}
@@ -80,14 +79,22 @@ def write_ome_zarr(path: str | Path, arr: np.ndarray, times_h: np.ndarray | None
             scale.append(float(mpp))
         else:
             scale.append(1.0)
-    ch = chunks or tuple(1 if n in "tzc" else k for n, k in zip(axes, a.shape, strict=True))
-    z = root.create_array("0", shape=a.shape, chunks=ch, dtype=dtype or a.dtype, fill_value=0)
-    z[...] = a
+    ch = chunks or tuple(1 if n in "tzc" else k for n, k in zip(axes, shape, strict=True))
+    z = root.create_array("0", shape=tuple(shape), chunks=ch, dtype=dtype, fill_value=0)
     root.attrs["multiscales"] = [{"version": "0.4", "name": Path(path).stem, "axes": axis_md,
                                   "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}]
     if times_h is not None:
         root.attrs["wsicount"] = {"times_h": [float(v) for v in times_h]}
     return z
+
+
+def write_ome_zarr(path: str | Path, arr: np.ndarray, times_h: np.ndarray | None = None, mpp: float | None = None,
+                   axes: str = "tzcyx") -> Path:
+    """Write an array as a single-scale OME-Zarr (see :func:`create_ome_zarr`)."""
+    a = np.asarray(arr)
+    z = create_ome_zarr(path, a.shape, str(a.dtype), times_h, mpp, axes)
+    z[...] = a
+    return Path(path)
 
 
 def write_frames(folder: str | Path, arr: np.ndarray, times_h: np.ndarray, fmt: str = "jpg", quality: int = 90,
