@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from wsicount.errors import FrameReadError, OutputError
+from wsicount.errors import FrameReadError, MissingMppError, OutputError
 from wsicount.runstate import atomic_write
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
 from .stages import cleavage_times, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "prepare_frame", "STATE_DIR"]
 
 STATE_DIR = ".wsicount-stack"
 
@@ -62,7 +62,7 @@ def _zoom_factor(stack: Stack, card_mpp: float | None) -> float:
     return 1.0 if abs(f - 1.0) < 0.02 else f
 
 
-def _prepare(stack: Stack, frame: np.ndarray, planes: tuple[int, ...], card, zoom: float) -> np.ndarray:
+def prepare_frame(frame: np.ndarray, planes: tuple[int, ...], card, zoom: float = 1.0) -> np.ndarray:
     """(len(planes), C, H', W') normalised network inputs padded to the model stride."""
     from scipy import ndimage as ndi
 
@@ -145,7 +145,7 @@ def _run_chunk(stack: Stack, ts: list[int], model, device, precision: str, batch
             reads[t] = ({"frame": t, "status": "unreadable", "error": str(e), "count": None}, None)
             continue
         choice = choose_planes(frame, opts.focus)
-        x = _prepare(stack, frame, choice.planes, card, zoom)
+        x = prepare_frame(frame, choice.planes, card, zoom)
         reads[t] = choice
         inputs.extend(x)
         owners.extend([t] * len(x))
@@ -179,6 +179,9 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     t0 = time.perf_counter()
     stack = open_stack(path, mpp=mpp, frame_interval_min=frame_interval_min, times_csv=times_csv)
     lm = model if isinstance(model, LoadedModel) else load_model(model or "blastomere")
+    if lm.card.mpp and not stack.mpp:
+        raise MissingMppError(f"{stack.path.name} carries no pixel size and model {lm.card.name!r} expects "
+                              f"{lm.card.mpp} µm/px: pass --mpp (a time-lapse incubator's frames: about 0.5)")
     dev = pick_device(device)
     opts = StackOptions(focus, stage_penalty, max_stage, mpp, frame_interval_min)
     outp = Path(out)
