@@ -38,7 +38,7 @@ from .focus import choose_planes
 from .stack import Stack, open_stack
 from .stages import cleavage_times, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "prepare_frame", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "STATE_DIR"]
 
 STATE_DIR = ".wsicount-stack"
 
@@ -78,14 +78,19 @@ def prepare_frame(frame: np.ndarray, planes: tuple[int, ...], card, zoom: float 
     return np.stack(out)
 
 
-def _frame_record(t: int, dens: np.ndarray, choice, card, zoom: float, mode: str | int) -> tuple[dict, np.ndarray]:
+def net_to_frame(frame_shape: tuple[int, int], net_shape: tuple[int, int]) -> np.ndarray:
+    """(y, x) factors from network-input pixels to frame pixels under ``ndi.zoom``'s corner-aligned grid."""
+    return np.array([(f - 1) / max(n - 1, 1) for f, n in zip(frame_shape, net_shape, strict=True)])
+
+
+def _frame_record(t: int, dens: np.ndarray, choice, card, back: np.ndarray, mode: str | int) -> tuple[dict, np.ndarray]:
     """Count, centroids (frame pixels) and the stored density of one frame from its planes' densities."""
     from wsicount.detect import density_peaks
 
     sums = dens.reshape(len(dens), -1).sum(axis=1)
     # 'all': the median count over planes; centroids and stored density from the plane nearest it
     k = int(np.argmin(np.abs(sums - np.median(sums))))
-    peaks = density_peaks(dens[k], card.sigma_px, min_distance=card.peak_min_distance_px) / zoom
+    peaks = density_peaks(dens[k], card.sigma_px, min_distance=card.peak_min_distance_px) * back
     rec = {"frame": t, "status": "ok", "count": float(np.median(sums)), "planes": list(choice.planes),
            "plane_counts": [float(v) for v in sums], "focus_scores": list(choice.scores),
            "focus": choice.mode if mode != "all" else "all", "peaks_yx": np.round(peaks, 2).tolist()}
@@ -160,7 +165,7 @@ def _run_chunk(stack: Stack, ts: list[int], model, device, precision: str, batch
             out.append(reads[t])
             continue
         d = np.stack([dens[i][:h, :w] for i in np.flatnonzero(owners_arr == t)])
-        out.append(_frame_record(t, d, reads[t], card, zoom, opts.focus))
+        out.append(_frame_record(t, d, reads[t], card, net_to_frame(stack.data.shape[-2:], (h, w)), opts.focus))
     return out
 
 
