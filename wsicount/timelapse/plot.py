@@ -56,13 +56,16 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
     d.text(((x0 + x1) // 2, y1 + 28), xlabel, fill="black", font=mid, anchor="mt")
     d.text((14, (y0 + y1) // 2), "cells", fill="black", font=mid, anchor="lm")
     d.text(((x0 + x1) // 2, y0 - 16), title, fill="black", font=_font(14), anchor="ms")
+    placed: list[float] = []
     for name, t in events.items():
         if t is None:
             continue
         xp = float(px(t))
         for ya in range(y0, y1, 8):
             d.line((xp, ya, xp, min(ya + 4, y1)), fill=(230, 120, 20))
-        d.text((xp + 2, y0 + 2), name, fill=(200, 90, 0), font=small, anchor="lt")
+        row = sum(abs(xp - q) < 22 for q in placed)  # events close together: labels stacked downwards
+        placed.append(xp)
+        d.text((xp + 2, y0 + 2 + 14 * row), name, fill=(200, 90, 0), font=small, anchor="lt")
     if s.size:
         pts = []
         for i in range(s.size):

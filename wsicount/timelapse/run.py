@@ -36,7 +36,7 @@ from wsicount.runstate import atomic_write
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
-from .stages import cleavage_times, fit_stages
+from .stages import cleavage_times, doubling_time, fit_stages
 
 __all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "STATE_DIR"]
 
@@ -258,6 +258,7 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
         "counts": [None if not np.isfinite(c) else round(float(c), 3) for c in counts],
         "stages": [int(s) for s in stages], "cleavage": ct.as_dict(),
         "stage_fit": {"penalty": opts.stage_penalty, "max_stage": opts.max_stage},
+        "growth": doubling_time(times, counts) if have_times else None,
         "unreadable_frames": bad, "resumed": resumed, "seconds": round(seconds, 2),
         "outputs": {"density": "density.ome.zarr", "timeline": "timeline.csv", "cells": "cells.csv",
                     "plot": "timeline.png"},
