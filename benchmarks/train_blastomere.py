@@ -147,22 +147,8 @@ def main() -> None:
     calib = [t[0] for t in train[:: max(1, len(train) // 96)]]
     while state["spent"] < budget:
         t0 = time.perf_counter()
-        net.train()
-        order = rng.permutation(len(train))
-        losses = []
-        for i in range(0, len(order) - a.batch_size + 1, a.batch_size):
-            lr = a.lr * 0.5 * (1 + np.cos(np.pi * min(state["spent"] + time.perf_counter() - t0, budget) / budget))
-            for g in opt.param_groups:
-                g["lr"] = max(lr, a.lr * 0.02)
-            xs, ys = zip(*(augment(train[j][0], train[j][1], rng) for j in order[i:i + a.batch_size]), strict=True)
-            pred = net(torch.from_numpy(np.stack(xs)))
-            loss = density_loss(pred, torch.from_numpy(np.stack(ys))[:, None], "content_mse", 0.02, SCALE)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if state["spent"] + time.perf_counter() - t0 > budget:
-                break
+        losses = one_epoch(net, opt, train, rng, a.lr, a.batch_size, lambda: state["spent"] + time.perf_counter() - t0,
+                           budget)
         state["spent"] += time.perf_counter() - t0
         state["epoch"] += 1
         recalibrate_bn(net, calib, 8, views=2)  # running averages drift with the learning rate
@@ -173,6 +159,33 @@ def main() -> None:
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)
         log(f"epoch {state['epoch']}: loss {np.mean(losses):.4f}, val count MAE {mae:.3f} (best {state['best']:.3f}), "
             f"{state['spent'] / 60:.1f} min")
+    finish(net, train, val, a, state, log)
+
+
+def one_epoch(net, opt, train: list[tuple], rng: np.random.Generator, lr0: float, batch_size: int, spent, budget: float
+              ) -> list[float]:
+    """One pass over the training samples (stopping at the budget), cosine learning rate over the budget."""
+    net.train()
+    order = rng.permutation(len(train))
+    losses = []
+    for i in range(0, len(order) - batch_size + 1, batch_size):
+        lr = lr0 * 0.5 * (1 + np.cos(np.pi * min(spent(), budget) / budget))
+        for g in opt.param_groups:
+            g["lr"] = max(lr, lr0 * 0.02)
+        xs, ys = zip(*(augment(train[j][0], train[j][1], rng) for j in order[i:i + batch_size]), strict=True)
+        pred = net(torch.from_numpy(np.stack(xs)))
+        loss = density_loss(pred, torch.from_numpy(np.stack(ys))[:, None], "content_mse", 0.02, SCALE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if spent() > budget:
+            break
+    return losses
+
+
+def finish(net, train: list[tuple], val: list[tuple], a: argparse.Namespace, state: dict, log) -> None:
+    """Best epoch, BatchNorm re-estimated on training frames, saved in fp16 with its card (optionally installed)."""
     net.load_state_dict(torch.load(a.out / "best.pt"))
     recalibrate_bn(net, [t[0] for t in train[:: max(1, len(train) // 200)]], 8, views=8)
     mae = evaluate(net, val)
@@ -184,7 +197,7 @@ def main() -> None:
         "loss": "content_mse + 0.02 x count", "epochs": state["epoch"], "minutes": round(state["spent"] / 60, 1),
         "command": "benchmarks/train_blastomere.py " + " ".join(sys.argv[1:])},
         domain={"modality": "brightfield", "stain": "none (Hoffman/DIC-like relief)", "mpp": FRAME_MPP,
-                "cell_diameter_um": [25, 120]},
+                "cell_diameter_um": [50, 115]},
         metrics={"val_count_mae": round(mae, 3)})
     path = save_model(net, card, a.out / "blastomere", half=True)
     log(f"saved {path}")

@@ -135,6 +135,8 @@ def test_real_ome_tiff_time_series():
     assert st.data.sizes["t"] == 7 and st.data.sizes["z"] == 5 and st.kind == "ome-tiff"
     assert st.read_frame(6).shape == (5, 1, 167, 439)
     assert st.mpp is None and st.time_source == "none"
+    svs = DATA / "slides" / "CMU-1-Small-Region.svs"
+    assert is_stack(p) and (not svs.exists() or not is_stack(svs))  # a single-plane slide is not a stack
 
 
 def test_bad_inputs(tmp_path):
