@@ -40,10 +40,13 @@ from wsicount.training.losses import density_loss  # noqa: E402
 from wsicount.training.targets import ellipse_density_map  # noqa: E402
 from wsicount.training.train import recalibrate_bn  # noqa: E402
 
-FRAME_MPP, NET_MPP, WIDTH, FRACTION, SCALE = 0.5, 1.5, 16, 0.3, 100.0
+FRAME_MPP, NET_MPP, WIDTH, FRACTION, SCALE = 0.5, 2.0, 16, 0.3, 100.0
+# percentiles 10-90: the bright well rim and zona (~20 % of a frame) would otherwise set the span and
+# squash the blastomeres' faint relief
 CARD = ModelCard(name="blastomere", arch="cellnet", arch_kwargs={"in_channels": 1, "width": WIDTH}, channels=[0],
-                 mpp=NET_MPP, density_scale=SCALE, sigma_px=10.0, stride=8, receptive_radius=134,
-                 modality="brightfield", peak_min_distance_px=6)
+                 normalization={"kind": "percentile", "low": 10.0, "high": 90.0, "min_span": 8.0},
+                 mpp=NET_MPP, density_scale=SCALE, sigma_px=8.0, stride=8, receptive_radius=134,
+                 modality="brightfield", peak_min_distance_px=5)
 
 
 def stack_params(rng: np.random.Generator, n_frames: int) -> EmbryoParams:
@@ -83,13 +86,17 @@ def _pad_zero(y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def build(seeds: range, n_frames: int, other_plane: float, log) -> list[tuple]:
-    """Samples of every stack of ``seeds``."""
+def build(seeds: range, n_frames: int, other_plane: float, log, cache: Path) -> list[tuple]:
+    """Samples of every stack of ``seeds`` (kept in ``cache``, an .npz, for reruns)."""
+    if cache.exists():
+        z = np.load(cache)
+        return list(zip(z["x"], z["y"], z["n"].tolist(), strict=True))
     data = []
     for s in seeds:
         rng = np.random.default_rng(s)
         data += samples_from(s, stack_params(rng, n_frames), other_plane, rng)
         log(f"rendered seed {s}: {len(data)} samples")
+    np.savez(cache, x=np.stack([d[0] for d in data]), y=np.stack([d[1] for d in data]), n=np.array([d[2] for d in data]))
     return data
 
 
@@ -133,8 +140,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    train = build(range(1000, 1000 + a.stacks), a.frames, 0.3, log)
-    val = build(range(2000, 2000 + a.val_stacks), a.frames, 0.0, log)
+    train = build(range(1000, 1000 + a.stacks), a.frames, 0.3, log, a.out / f"train-{a.stacks}-{a.frames}.npz")
+    val = build(range(2000, 2000 + a.val_stacks), a.frames, 0.0, log, a.out / f"val-{a.val_stacks}-{a.frames}.npz")
     net = cellnet(1, WIDTH)
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     ckpt = a.out / "last.pt"

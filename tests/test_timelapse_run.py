@@ -97,3 +97,17 @@ def test_unreadable_frame_is_named_and_others_counted(tmp_path, model):
     assert s["counts"][4] is None and all(c is not None for i, c in enumerate(s["counts"]) if i != 4)
     tl = _rows(tmp_path / "o" / "timeline.csv")
     assert tl[4]["status"] == "unreadable" and tl[4]["count"] == "" and tl[3]["status"] == "ok"
+
+
+def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    p = EmbryoParams(n_frames=36, n_planes=3, start_h=22.0, end_h=62.0)
+    truth = synth_embryo(tmp_path / "e.ome.tif", format="ome-tiff", params=p, seed=4242)  # a seed no training used
+    s = count_stack(tmp_path / "e.ome.tif", tmp_path / "out", "blastomere")
+    got = s["cleavage"]["frames"]
+    for name in ("t2", "t4", "t8"):
+        assert abs(got[name] - truth.cleavage_frames[name]) <= 1, (name, got, truth.cleavage_frames)
+    assert np.mean(np.array(s["stages"]) == np.minimum(truth.counts, 8)) > 0.8
