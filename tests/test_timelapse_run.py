@@ -111,3 +111,14 @@ def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
     for name in ("t2", "t4", "t8"):
         assert abs(got[name] - truth.cleavage_frames[name]) <= 1, (name, got, truth.cleavage_frames)
     assert np.mean(np.array(s["stages"]) == np.minimum(truth.counts, 8)) > 0.8
+
+
+def test_strongest_peaks_agree_with_the_count():
+    from wsicount.timelapse.run import strongest_peaks
+
+    d = np.zeros((20, 20))
+    pk = np.array([[2.0, 2.0], [5.0, 9.0], [15.0, 4.0], [10.0, 10.0]])
+    d[2, 2], d[5, 9], d[15, 4], d[10, 10] = 0.1, 0.9, 0.5, 0.05
+    assert np.array_equal(strongest_peaks(d, pk, 2.2), pk[[1, 2]])  # order of the input kept
+    assert np.array_equal(strongest_peaks(d, pk, 7.0), pk)
+    assert strongest_peaks(d, pk, 0.3).shape == (0, 2)

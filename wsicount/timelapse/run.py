@@ -38,7 +38,7 @@ from .focus import choose_planes
 from .stack import Stack, open_stack
 from .stages import cleavage_times, doubling_time, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
 STATE_DIR = ".wsicount-stack"
 
@@ -83,6 +83,22 @@ def net_to_frame(frame_shape: tuple[int, int], net_shape: tuple[int, int]) -> np
     return np.array([(f - 1) / max(n - 1, 1) for f, n in zip(frame_shape, net_shape, strict=True)])
 
 
+def strongest_peaks(density: np.ndarray, peaks_yx: np.ndarray, count: float) -> np.ndarray:
+    """The ``round(count)`` highest of the density's peaks (all of them when there are fewer).
+
+    A frame holds a few large cells, so the integral is a far steadier estimate of their number
+    than the number of local maxima (texture in the relief adds weak ones): centroids are
+    made to agree with the count.
+    """
+    n = max(int(round(count)), 0)
+    if len(peaks_yx) <= n:
+        return peaks_yx
+    iy = np.clip(np.round(peaks_yx[:, 0]).astype(int), 0, density.shape[0] - 1)
+    ix = np.clip(np.round(peaks_yx[:, 1]).astype(int), 0, density.shape[1] - 1)
+    keep = np.sort(np.argsort(-density[iy, ix], kind="stable")[:n])
+    return peaks_yx[keep]
+
+
 def _frame_record(t: int, dens: np.ndarray, choice, card, back: np.ndarray, mode: str | int) -> tuple[dict, np.ndarray]:
     """Count, centroids (frame pixels) and the stored density of one frame from its planes' densities."""
     from wsicount.detect import density_peaks
@@ -90,7 +106,8 @@ def _frame_record(t: int, dens: np.ndarray, choice, card, back: np.ndarray, mode
     sums = dens.reshape(len(dens), -1).sum(axis=1)
     # 'all': the median count over planes; centroids and stored density from the plane nearest it
     k = int(np.argmin(np.abs(sums - np.median(sums))))
-    peaks = density_peaks(dens[k], card.sigma_px, min_distance=card.peak_min_distance_px) * back
+    peaks = strongest_peaks(dens[k], density_peaks(dens[k], card.sigma_px, min_distance=card.peak_min_distance_px),
+                            float(sums[k])) * back
     rec = {"frame": t, "status": "ok", "count": float(np.median(sums)), "planes": list(choice.planes),
            "plane_counts": [float(v) for v in sums], "focus_scores": list(choice.scores),
            "focus": choice.mode if mode != "all" else "all", "peaks_yx": np.round(peaks, 2).tolist()}
