@@ -1,6 +1,6 @@
 """The timeline picture: per-frame counts, the fitted stage and the cleavage times, drawn with Pillow.
 
-House style of :mod:`wsicount.pictures`: DejaVu Sans, a framed box with 1-2-2.5-5 ticks, the
+House style of :mod:`wsicount.report.pictures`: DejaVu Sans, a framed box with 1-2-2.5-5 ticks, the
 title above. Counts are grey dots, the fitted stage a blue step line, each cleavage time a
 dashed orange vertical line labelled at the top; unreadable frames are red ticks on the axis.
 """
@@ -11,7 +11,7 @@ import io
 
 import numpy as np
 
-from wsicount.pictures import _font, ticks
+from wsicount.report.pictures import _font, ticks
 
 __all__ = ["timeline_png"]
 

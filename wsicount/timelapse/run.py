@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from wsicount.errors import FrameReadError, MissingMppError, OutputError
-from wsicount.runstate import atomic_write
+from wsicount.store.atomic import atomic_write
 
 from .focus import choose_planes
 from .stack import Stack, open_stack

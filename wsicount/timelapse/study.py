@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wsicount.errors import WsicountError
-from wsicount.runstate import atomic_write
+from wsicount.store.atomic import atomic_write
 
 from .run import count_stack
 from .stages import CLEAVAGES, DURATIONS
