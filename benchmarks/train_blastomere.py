@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--finish", action="store_true", help="Only write the model from OUT/best.pt (no training).")
     ap.add_argument("--install", action="store_true", help="Copy the result into wsicount/weights/.")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -146,10 +147,13 @@ def main() -> None:
     opt = torch.optim.Adam(net.parameters(), lr=a.lr)
     ckpt = a.out / "last.pt"
     state = {"epoch": 0, "best": float("inf"), "spent": 0.0}
-    if a.resume and ckpt.exists():
+    if (a.resume or a.finish) and ckpt.exists():
         saved = torch.load(ckpt, weights_only=False)
         net.load_state_dict(saved["model"]), opt.load_state_dict(saved["opt"])
         state = saved["state"]
+    if a.finish:
+        finish(net, train, val, a, state, log)
+        return
     budget = a.minutes * 60.0
     calib = [t[0] for t in train[:: max(1, len(train) // 96)]]
     while state["spent"] < budget:
@@ -193,16 +197,17 @@ def one_epoch(net, opt, train: list[tuple], rng: np.random.Generator, lr0: float
 
 def finish(net, train: list[tuple], val: list[tuple], a: argparse.Namespace, state: dict, log) -> None:
     """Best epoch, BatchNorm re-estimated on training frames, saved in fp16 with its card (optionally installed)."""
+    # best.pt holds the BatchNorm statistics re-estimated just before its winning validation:
+    # estimating them once more on another subset moved the validation MAE by ~0.15 cells
     net.load_state_dict(torch.load(a.out / "best.pt"))
-    recalibrate_bn(net, [t[0] for t in train[:: max(1, len(train) // 200)]], 8, views=8)
     mae = evaluate(net, val)
-    log(f"after BN recalibration: val count MAE {mae:.3f}")
+    log(f"best epoch: val count MAE {mae:.3f}")
     card = dataclasses.replace(CARD, training={
         "data": "synthetic embryos only (wsicount.synth.embryo), not validated on real embryos",
         "train_seeds": [1000, 1000 + a.stacks - 1], "val_seeds": [2000, 2000 + a.val_stacks - 1],
         "frames_per_stack": a.frames, "target": f"elliptical Gaussians, sigma = {FRACTION} x semi-axes",
         "loss": "content_mse + 0.02 x count", "epochs": state["epoch"], "minutes": round(state["spent"] / 60, 1),
-        "command": "benchmarks/train_blastomere.py " + " ".join(sys.argv[1:])},
+        "command": "benchmarks/train_blastomere.py " + " ".join(x for x in sys.argv[1:] if x != "--finish")},
         domain={"modality": "brightfield", "stain": "none (Hoffman/DIC-like relief)", "mpp": FRAME_MPP,
                 "cell_diameter_um": [50, 115]},
         metrics={"val_count_mae": round(mae, 3)})
