@@ -1,7 +1,7 @@
 """The timeline picture: per-frame counts, the fitted stage and the cleavage times, drawn with Pillow.
 
 House style of :mod:`wsicount.report.pictures`: DejaVu Sans, a framed box with 1-2-2.5-5 ticks, the
-title above. Counts are grey dots, the fitted stage a blue step line, each cleavage time a
+title and the legend above it. Counts are grey dots, the fitted stage a blue step line, each cleavage time a
 dashed orange vertical line labelled at the top; unreadable frames are red ticks on the axis.
 """
 
@@ -55,7 +55,7 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
         d.text((x0 - 9, float(py(v))), _fmt(v), fill="black", font=small, anchor="rm")
     d.text(((x0 + x1) // 2, y1 + 28), xlabel, fill="black", font=mid, anchor="mt")
     d.text((14, (y0 + y1) // 2), "cells", fill="black", font=mid, anchor="lm")
-    d.text(((x0 + x1) // 2, y0 - 16), title, fill="black", font=_font(14), anchor="ms")
+    d.text((x0, y0 - 20), title, fill="black", font=_font(14), anchor="ls")
     placed: list[float] = []
     for name, t in events.items():
         if t is None:
@@ -79,7 +79,7 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
             d.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(110, 110, 110))
         else:
             d.line((float(px(xi)), y1 - 6, float(px(xi)), y1), fill=(210, 30, 30), width=2)
-    d.text((x1 - 4, y0 + 16), "• count   — stage   ┆ cleavage", fill="black", font=small, anchor="rt")
+    d.text((x1, y0 - 6), "• count   — stage   ┆ cleavage", fill="black", font=small, anchor="rb")
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
