@@ -1,0 +1,92 @@
+"""Conformal count intervals: finite-sample quantile, nominal coverage, widening, aggregation, TTA."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from wsicount.errors import ModelError
+from wsicount.uncertainty import (Calibration, conformal_quantile, coverage_report, crop_terms, fit_calibration,
+                                  union_terms)
+
+
+def synthetic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Counts with heteroscedastic errors: sd² = 0.6·pred + 0.002·area, heavy-ish (t5) tails."""
+    pred = rng.uniform(2, 300, n)
+    area = rng.uniform(1e3, 5e3, n)
+    sd = np.sqrt(0.6 * pred + 0.002 * area)
+    true = pred + sd * rng.standard_t(5, n) / math.sqrt(5 / 3)
+    return true, pred, {"pred": pred, "area": area}
+
+
+def test_conformal_quantile_finite_sample_rank() -> None:
+    s = np.arange(1, 20, dtype=float)  # n = 19 scores 1..19
+    assert conformal_quantile(s, 0.95) == 19.0  # ceil(20 * 0.95) = 19
+    assert conformal_quantile(s, 0.9) == 18.0  # ceil(18) = 18
+    assert conformal_quantile(s[:10], 0.95) == math.inf  # 10 units cannot certify 95 %
+    with pytest.raises(ValueError):
+        conformal_quantile(s, 1.0)
+
+
+@pytest.mark.parametrize("method", ["poisson", "shared"])
+def test_calibration_reaches_nominal_coverage_on_fresh_data(method: str) -> None:
+    rng = np.random.default_rng(42)
+    n_cal, n_test = 400, 4000
+    cal = fit_calibration(*synthetic(n_cal, rng), method=method)
+    true, pred, terms = synthetic(n_test, rng)
+    rep = coverage_report(cal, true, pred, terms, levels=(0.8, 0.9, 0.95))
+    for level in (0.8, 0.9, 0.95):
+        sd = math.sqrt(level * (1 - level) * (1 / n_test + 1 / n_cal))  # test draw + calibration draw
+        assert abs(rep["coverage"][f"{level:g}"] - level) < 3 * sd + 1 / n_cal
+    assert rep["mean_width"]["0.95"] > rep["mean_width"]["0.9"] > rep["mean_width"]["0.8"] > 0
+
+
+def test_variance_model_is_adaptive() -> None:
+    """Fitted on Poisson-like errors, intervals grow with the predicted count (as its square root)."""
+    rng = np.random.default_rng(0)
+    cal = fit_calibration(*synthetic(1000, rng))
+    assert cal.weights["pred"] == pytest.approx(0.6, rel=0.35)
+    area = {"area": np.full(2, 3000.0)}
+    lo, hi = cal.interval(np.array([20.0, 2000.0]), {"pred": np.array([20.0, 2000.0]), **area}, 0.95)
+    width = hi - lo
+    assert width[1] > 5 * width[0]
+    # intervals are never below zero cells
+    lo0, _ = cal.interval(0.5, {"pred": 0.5, "area": 3000.0}, 0.95)
+    assert lo0 == 0.0
+
+
+def test_union_terms_add_counts_and_pool_tta_sums() -> None:
+    recs = [{"sum": 10.0, "area": 100, "tta": [9, 10, 11, 10, 10, 9, 11, 10]},
+            {"sum": -0.5, "area": 50, "tta": [1, 0, -1, 0, 0, 1, -1, 0]}]
+    t = union_terms(recs)
+    assert t["pred"] == 10.0 and t["area"] == 150.0  # a negative tile sum adds no variance
+    assert t["tta_var"] == pytest.approx(np.var(np.array(recs[0]["tta"]) + np.array(recs[1]["tta"])))
+    cal = Calibration("shared", {"pred": 1.0, "area": 0.0, "pred2": 0.01}, 1e-9, (1.0, 2.0, 3.0))
+    assert cal.variance(t) == pytest.approx(10.0 + 0.01 * 100.0)  # pred² uses the union's own count
+
+
+def test_crop_terms_split_points_and_density() -> None:
+    dens = np.zeros((10, 12))
+    dens[:5, :6] = 0.1  # top-left crop holds 3 predicted cells
+    pts = np.array([[1.0, 1.0], [2.0, 3.0], [8.0, 8.0]])  # (x, y)
+    tta = np.stack([dens * (1 + 0.1 * k) for k in range(8)])
+    u = crop_terms(dens, pts, weight=1.5, grid=2, tta=tta)
+    assert u["true"].tolist() == [3.0, 0.0, 0.0, 1.5]
+    assert u["count"] == pytest.approx([3.0, 0, 0, 0])
+    assert u["area"].tolist() == [30, 30, 30, 30]
+    assert u["tta_var"][0] == pytest.approx(np.var(3.0 * (1 + 0.1 * np.arange(8))))
+
+
+def test_record_round_trip_and_errors() -> None:
+    rng = np.random.default_rng(3)
+    cal = fit_calibration(*synthetic(50, rng), method="shared")
+    again = Calibration.from_dict(cal.to_dict())
+    assert again == cal
+    with pytest.raises(ModelError, match="unknown calibration method"):
+        Calibration.from_dict({**cal.to_dict(), "method": "magic"})
+    with pytest.raises(ModelError, match="incomplete"):
+        Calibration.from_dict({"method": "poisson"})
+    with pytest.raises(ModelError, match="tta_var"):
+        Calibration("tta", {"pred": 1, "area": 1, "pred2": 0, "tta_var": 1}, 0.0, (1.0,)).variance({"pred": 1, "area": 1})
