@@ -90,3 +90,44 @@ def test_record_round_trip_and_errors() -> None:
         Calibration.from_dict({"method": "poisson"})
     with pytest.raises(ModelError, match="tta_var"):
         Calibration("tta", {"pred": 1, "area": 1, "pred2": 0, "tta_var": 1}, 0.0, (1.0,)).variance({"pred": 1, "area": 1})
+
+
+def test_tta_maps_return_to_the_input_orientation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With an identity 'network', every transform mapped back equals the (normalised) input."""
+    import wsicount.infer as infer
+    from wsicount.models import ModelCard
+    from wsicount.uncertainty import predict_tta
+
+    class Fake:
+        card = ModelCard(name="id", arch="unet", channels=[0], stride=8, density_scale=1.0)
+
+    monkeypatch.setattr(infer, "predict_batch", lambda model, batch, device, precision="fp32": batch[:, 0])
+    img = np.random.default_rng(0).integers(0, 255, (37, 52)).astype(np.uint8)  # not square, not stride-aligned
+    maps = predict_tta(Fake(), img)
+    assert maps.shape == (8, 37, 52)
+    assert all(np.array_equal(m, maps[0]) for m in maps)
+    assert np.corrcoef(maps[0].ravel(), img.ravel().astype(float))[0, 1] > 0.99
+
+
+DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
+def test_tta_spread_is_wider_out_of_domain() -> None:
+    """The VGG-cells model's 8 TTA counts disagree more (relative sd) on H&E / real nuclei than on its own images."""
+    if not (DATA / "vgg_cells").exists():
+        pytest.skip(f"shared datasets not found at {DATA}")
+    from wsicount.models import load_model
+    from wsicount.training.data import load_dataset
+    from wsicount.uncertainty import predict_tta
+
+    lm = load_model("vgg-cells")
+
+    def rel_sd(image: np.ndarray) -> float:
+        c = predict_tta(lm, image).sum(axis=(1, 2), dtype=np.float64)
+        return float(c.std() / max(c.mean(), 1.0))
+
+    inside = [rel_sd(s.image) for s in load_dataset(DATA / "vgg_cells", split="test")[:2]]
+    outside = [rel_sd(load_dataset(DATA / ds, split="test")[0].image[:256, :256]) for ds in ("adipocyte", "nuclei_fluo")]
+    assert min(outside) > max(inside)

@@ -1,0 +1,244 @@
+"""Coverage and width of calibrated count intervals, per bundled model and method; region-level coverage.
+
+    python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--grid 2] [--mosaic 6] [--publish]
+
+Each model is calibrated on the images its training held out (card: training.val_names) and
+scored on held-out images: VGG cells and adipocytes on their test splits; TRP1, which has
+no test split here, by 4-fold cross-fitting over its 16 validation images (calibrate on 12,
+score the other 4). Methods: ``poisson`` (the default: variance terms from the prediction,
+no extra compute) and ``tta`` (8 dihedral transforms, 8x compute; the count is their mean).
+
+Region level: the test images' density maps are laid side by side into a mosaic "slide"
+(the slide pipeline is not used: densities are the per-image predictions), and
+:func:`wsicount.regions.region_counts` counts (a) each image box, (b) boxes of 2x2 images,
+(c) random discs that cross image borders, whose true count is the annotated points inside.
+Intervals use the summed terms of each region, i.e. the tile-independence assumption.
+Predictions (all 8 transforms, float16) are cached per model, so a rerun only re-scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _common import DATA, machine  # noqa: E402
+
+MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
+
+
+def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
+    """8-transform densities (float16), true counts, point weights and points of the val and test images."""
+    path = cache / f"{model}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return dict(z)
+    import torch
+
+    from wsicount.models import load_model
+    from wsicount.training.data import load_dataset
+    from wsicount.uncertainty import predict_tta
+
+    torch.set_num_threads(1)
+    lm = load_model(model)
+    data, held = MODELS[model]
+    val = set(lm.card.training["val_names"])
+    samples = [s for s in load_dataset(DATA / data) if s.name in val or (held == "test" and s.split == "test")]
+    out: dict[str, list] = {"name": [], "role": [], "true": [], "weight": [], "tta": [], "points": [], "npts": []}
+    for i, s in enumerate(samples):
+        out["name"].append(s.name)
+        out["role"].append("val" if s.name in val else "test")
+        out["true"].append(s.count)
+        out["weight"].append(s.point_weight)
+        out["tta"].append(predict_tta(lm, s.image).astype(np.float16))
+        out["points"].append(s.points)
+        out["npts"].append(len(s.points))
+        print(f"{model}: {i + 1}/{len(samples)}", flush=True)
+    res = {k: np.asarray(v) for k, v in out.items() if k != "points"}
+    res["points"] = np.concatenate(out["points"]).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **res)
+    return res
+
+
+def image_units(z: dict[str, np.ndarray], idx: np.ndarray, method: str, grid: int) -> dict[str, np.ndarray]:
+    """Calibration units (``grid x grid`` crops) of images ``idx`` under ``method``."""
+    from wsicount.uncertainty import crop_terms
+
+    starts = np.concatenate([[0], np.cumsum(z["npts"])])
+    units = []
+    for i in idx:
+        tta = z["tta"][i].astype(np.float32)
+        dens = tta.mean(axis=0) if method == "tta" else tta[0]
+        pts = z["points"][starts[i]:starts[i + 1]]
+        units.append(crop_terms(dens, pts, float(z["weight"][i]), grid, tta if method == "tta" else None))
+    return {k: np.concatenate([u[k] for u in units]) for k in units[0]}
+
+
+def image_level(z: dict[str, np.ndarray], idx: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """True counts, predicted counts and variance terms of whole images ``idx``."""
+    sums = z["tta"][idx].astype(np.float32).sum(axis=(2, 3), dtype=np.float64)  # (n, 8)
+    count = sums.mean(axis=1) if method == "tta" else sums[:, 0]
+    h, w = z["tta"].shape[-2:]
+    terms = {"pred": np.maximum(count, 0.0), "area": np.full(len(idx), float(h * w)), "tta_var": sums.var(axis=1)}
+    return z["true"][idx].astype(np.float64), count, terms
+
+
+def intervals(cal, true: np.ndarray, count: np.ndarray, terms: dict) -> dict[str, np.ndarray]:
+    """Inside-flags and widths at each nominal level."""
+    from wsicount.uncertainty import LEVELS
+
+    out = {}
+    for lv in LEVELS:
+        lo, hi = cal.interval(count, terms, lv)
+        out[f"in{lv:g}"] = (true >= lo) & (true <= hi)
+        out[f"w{lv:g}"] = np.asarray(hi) - np.asarray(lo)
+    return out
+
+
+def folds(z: dict[str, np.ndarray], held: str, k: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(calibration, test) index pairs: val -> test, or k-fold cross-fitting over val when held == 'val'."""
+    val = np.flatnonzero(z["role"] == "val")
+    if held == "test":
+        return [(val, np.flatnonzero(z["role"] == "test"))]
+    perm = np.random.default_rng(0).permutation(val)
+    parts = np.array_split(perm, k)
+    return [(np.concatenate(parts[:j] + parts[j + 1:]), parts[j]) for j in range(k)]
+
+
+def score_images(z: dict[str, np.ndarray], held: str, method: str, grid: int) -> dict:
+    """Image-level coverage and width of ``method`` on held-out images; the calibrations used."""
+    from wsicount.uncertainty import fit_calibration
+
+    flags: dict[str, list] = {}
+    cals = []
+    for cal_idx, test_idx in folds(z, held):
+        u = image_units(z, cal_idx, method, grid)
+        cal = fit_calibration(u["true"], u["count"], u, method)
+        cals.append(cal)
+        for k, v in intervals(cal, *image_level(z, test_idx, method)).items():
+            flags.setdefault(k, []).append(v)
+    res = {k: float(np.mean(np.concatenate(v))) for k, v in flags.items()}
+    res["n_units"] = int(len(cals[0].scores))
+    res["n_test"] = int(sum(len(t) for _, t in folds(z, held)))
+    return {"scores": res, "cals": cals}
+
+
+def mosaic_regions(z: dict[str, np.ndarray], idx: np.ndarray, cols: int, n_discs: int, seed: int = 0):
+    """Image boxes, 2x2 blocks and random discs over a side-by-side mosaic; their true counts."""
+    import shapely
+    from shapely.geometry import Point, box
+
+    from wsicount.regions import Region
+
+    h, w = z["tta"].shape[-2:]
+    rows = -(-len(idx) // cols)
+    starts = np.concatenate([[0], np.cumsum(z["npts"])])
+    px, py, wt = [], [], []
+    regions, truth, kinds = [], [], []
+    for j, i in enumerate(idx):
+        r, c = divmod(j, cols)
+        pts = z["points"][starts[i]:starts[i + 1]]
+        px.append(pts[:, 0] + c * w + 0.5)
+        py.append(pts[:, 1] + r * h + 0.5)
+        wt.append(np.full(len(pts), float(z["weight"][i])))
+        regions.append(Region(f"image {z['name'][i]}", "box", box(c * w, r * h, (c + 1) * w, (r + 1) * h)))
+        truth.append(float(z["true"][i]))
+        kinds.append("image box")
+    px, py, wt = np.concatenate(px), np.concatenate(py), np.concatenate(wt)
+
+    def add(name: str, kind: str, geom) -> None:
+        regions.append(Region(name, kind, geom))
+        truth.append(float(wt[shapely.contains_xy(geom, px, py)].sum()))
+        kinds.append(kind)
+
+    for r in range(0, rows - 1, 2):
+        for c in range(0, cols - 1, 2):
+            if (r + 1) * cols + c + 1 < len(idx):
+                add(f"block {r},{c}", "2x2 image block", box(c * w, r * h, (c + 2) * w, (r + 2) * h))
+    rng = np.random.default_rng(seed)
+    for k in range(n_discs):
+        rad = rng.uniform(0.3, 1.2) * w
+        cx, cy = rng.uniform(rad, cols * w - rad), rng.uniform(rad, rows * h - rad)
+        add(f"disc {k}", "disc across images", Point(cx, cy).buffer(rad, 64))
+    return regions, np.array(truth), np.array(kinds), (rows, cols)
+
+
+def score_regions(z: dict[str, np.ndarray], held: str, method: str, cal, cols: int, n_discs: int) -> dict:
+    """Region-level coverage and width on the mosaic of the held-out images."""
+    from wsicount.regions import region_counts
+
+    idx = np.flatnonzero(z["role"] == held)
+    regions, truth, kinds, (rows, cols) = mosaic_regions(z, idx, cols, n_discs)
+    h, w = z["tta"].shape[-2:]
+    maps = np.zeros((8, rows * h, cols * w), np.float32)
+    for j, i in enumerate(idx):
+        r, c = divmod(j, cols)
+        maps[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = z["tta"][i]
+    per = np.array([[row["count"] for row in region_counts(regions, maps[t], None, 1.0)] for t in range(8)])
+    n_px = np.array([row["n_px"] for row in region_counts(regions, maps[0], None, 1.0)], dtype=np.float64)
+    count = per.mean(axis=0) if method == "tta" else per[0]
+    terms = {"pred": np.maximum(count, 0.0), "area": n_px, "tta_var": per.var(axis=0)}
+    flags = intervals(cal, truth, count, terms)
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        sel = kinds == kind
+        out[kind] = {k: float(np.mean(v[sel])) for k, v in flags.items()}
+        out[kind]["n"] = int(sel.sum())
+        out[kind]["mean_true"] = float(truth[sel].mean())
+    return out
+
+
+def table(rows: list[dict], key: str) -> str:
+    """Markdown table of coverage and width at 80/90/95 %."""
+    head = (f"| {key} | method | n cal units | n | cov 80 | cov 90 | cov 95 | width 80 | width 90 | width 95 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    body = "".join(
+        f"| {r[key]} | {r['method']} | {r.get('n_units', '')} | {r['n']} | {r['in0.8']:.2f} | {r['in0.9']:.2f} | "
+        f"{r['in0.95']:.2f} | {r['w0.8']:.1f} | {r['w0.9']:.1f} | {r['w0.95']:.1f} |\n" for r in rows)
+    return head + body
+
+
+def main() -> None:
+    """Predict (cached), calibrate, score images and mosaic regions; print the tables."""
+    import datetime
+    import json
+
+    from wsicount.uncertainty import METHODS
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/uq/cache"))
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--methods", nargs="*", default=list(METHODS))
+    ap.add_argument("--grid", type=int, default=2, help="calibration crops per image side")
+    ap.add_argument("--cols", type=int, default=10, help="images per mosaic row")
+    ap.add_argument("--discs", type=int, default=60, help="random disc regions per mosaic")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--predict-only", action="store_true")
+    a = ap.parse_args()
+    data = {m: predictions(m, a.cache) for m in a.models}
+    if a.predict_only:
+        return
+    img_rows, reg_rows = [], []
+    for m, z in data.items():
+        held = MODELS[m][1]
+        for meth in a.methods:
+            res = score_images(z, held, meth, a.grid)
+            img_rows.append({"model": m, "method": meth, "n": res["scores"]["n_test"], **res["scores"]})
+            if held == "test":
+                for kind, s in score_regions(z, held, meth, res["cals"][0], a.cols, a.discs).items():
+                    reg_rows.append({"model": f"{m}: {kind}", "method": meth, **s})
+    print(f"{datetime.date.today()}; {machine()}; fp32; calibration grid {a.grid}x{a.grid}")
+    print(table(img_rows, "model"))
+    print(table(reg_rows, "model"))
+    if a.json:
+        a.json.write_text(json.dumps({"images": img_rows, "regions": reg_rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
