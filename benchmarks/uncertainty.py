@@ -101,31 +101,36 @@ def intervals(cal, true: np.ndarray, count: np.ndarray, terms: dict) -> dict[str
     return out
 
 
-def folds(z: dict[str, np.ndarray], held: str, k: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(calibration, test) index pairs: val -> test, or k-fold cross-fitting over val when held == 'val'."""
-    val = np.flatnonzero(z["role"] == "val")
-    if held == "test":
-        return [(val, np.flatnonzero(z["role"] == "test"))]
+def folds(z: dict[str, np.ndarray], held: str, cal_on: str = "val", k: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(calibration, test) index pairs: val -> test, or k-fold cross-fitting over the ``cal_on`` images
+    when they are also the held-out ones (TRP1's val; or the test split itself, to show what a
+    calibration set of 50 images gives)."""
+    val = np.flatnonzero(z["role"] == cal_on)
+    if held != cal_on:
+        return [(val, np.flatnonzero(z["role"] == held))]
     perm = np.random.default_rng(0).permutation(val)
     parts = np.array_split(perm, k)
     return [(np.concatenate(parts[:j] + parts[j + 1:]), parts[j]) for j in range(k)]
 
 
-def score_images(z: dict[str, np.ndarray], held: str, method: str, grid: int) -> dict:
+def score_images(z: dict[str, np.ndarray], held: str, method: str, grids: list[int], cal_on: str = "val",
+                 k: int = 4) -> dict:
     """Image-level coverage and width of ``method`` on held-out images; the calibrations used."""
     from wsicount.uncertainty import fit_calibration
 
     flags: dict[str, list] = {}
     cals = []
-    for cal_idx, test_idx in folds(z, held):
-        u = image_units(z, cal_idx, method, grid)
+    splits = folds(z, held, cal_on, k)
+    for cal_idx, test_idx in splits:
+        us = [image_units(z, cal_idx, method, g) for g in grids]
+        u = {key: np.concatenate([x[key] for x in us]) for key in us[0] if key != "tta_sums"}
         cal = fit_calibration(u["true"], u["count"], u, method)
         cals.append(cal)
         for k, v in intervals(cal, *image_level(z, test_idx, method)).items():
             flags.setdefault(k, []).append(v)
     res = {k: float(np.mean(np.concatenate(v))) for k, v in flags.items()}
     res["n_units"] = int(len(cals[0].scores))
-    res["n_test"] = int(sum(len(t) for _, t in folds(z, held)))
+    res["n_test"] = int(sum(len(t) for _, t in splits))
     return {"scores": res, "cals": cals}
 
 
@@ -165,12 +170,12 @@ def mosaic_regions(z: dict[str, np.ndarray], idx: np.ndarray, cols: int, n_discs
     for k in range(n_discs):
         rad = rng.uniform(0.3, 1.2) * w
         cx, cy = rng.uniform(rad, cols * w - rad), rng.uniform(rad, rows * h - rad)
-        add(f"disc {k}", "disc across images", Point(cx, cy).buffer(rad, 64))
+        add(f"disc {k}", "disc across images", Point(cx, cy).buffer(rad, 16))
     return regions, np.array(truth), np.array(kinds), (rows, cols)
 
 
-def score_regions(z: dict[str, np.ndarray], held: str, method: str, cal, cols: int, n_discs: int) -> dict:
-    """Region-level coverage and width on the mosaic of the held-out images."""
+def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) -> dict[str, np.ndarray]:
+    """Per-transform region counts (8, R), pixel counts, truths and kinds on the held-out mosaic."""
     from wsicount.regions import region_counts
 
     idx = np.flatnonzero(z["role"] == held)
@@ -180,8 +185,14 @@ def score_regions(z: dict[str, np.ndarray], held: str, method: str, cal, cols: i
     for j, i in enumerate(idx):
         r, c = divmod(j, cols)
         maps[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = z["tta"][i]
-    per = np.array([[row["count"] for row in region_counts(regions, maps[t], None, 1.0)] for t in range(8)])
-    n_px = np.array([row["n_px"] for row in region_counts(regions, maps[0], None, 1.0)], dtype=np.float64)
+    per = [region_counts(regions, maps[t], None, 1.0) for t in range(8)]
+    return {"per": np.array([[row["count"] for row in rows_t] for rows_t in per]), "truth": truth, "kinds": kinds,
+            "n_px": np.array([row["n_px"] for row in per[0]], dtype=np.float64)}
+
+
+def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
+    """Region-level coverage and width of ``method`` from :func:`mosaic_counts`."""
+    per, truth, kinds, n_px = mc["per"], mc["truth"], mc["kinds"], mc["n_px"]
     count = per.mean(axis=0) if method == "tta" else per[0]
     terms = {"pred": np.maximum(count, 0.0), "area": n_px, "tta_var": per.var(axis=0)}
     flags = intervals(cal, truth, count, terms)
@@ -215,7 +226,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("/tmp/uq/cache"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--grid", type=int, default=2, help="calibration crops per image side")
+    ap.add_argument("--grids", type=int, nargs="+", default=[2, 1], help="calibration units: crops per image side")
     ap.add_argument("--cols", type=int, default=10, help="images per mosaic row")
     ap.add_argument("--discs", type=int, default=60, help="random disc regions per mosaic")
     ap.add_argument("--json", type=Path, default=None)
@@ -224,16 +235,22 @@ def main() -> None:
     data = {m: predictions(m, a.cache) for m in a.models}
     if a.predict_only:
         return
-    img_rows, reg_rows = [], []
+    img_rows, reg_rows, mosaic = [], [], {}
     for m, z in data.items():
         held = MODELS[m][1]
         for meth in a.methods:
-            res = score_images(z, held, meth, a.grid)
+            res = score_images(z, held, meth, a.grids)
             img_rows.append({"model": m, "method": meth, "n": res["scores"]["n_test"], **res["scores"]})
+            if held == "test":  # what a larger calibration set gives: 2-fold cross-fitting over the test images
+                big = score_images(z, held, meth, a.grids, cal_on="test", k=2)["scores"]
+                img_rows.append({"model": f"{m} (calibrated on 50 test images)", "method": meth, "n": big["n_test"],
+                                 **big})
             if held == "test":
-                for kind, s in score_regions(z, held, meth, res["cals"][0], a.cols, a.discs).items():
+                if m not in mosaic:
+                    mosaic[m] = mosaic_counts(z, held, a.cols, a.discs)
+                for kind, s in score_regions(mosaic[m], meth, res["cals"][0]).items():
                     reg_rows.append({"model": f"{m}: {kind}", "method": meth, **s})
-    print(f"{datetime.date.today()}; {machine()}; fp32; calibration grid {a.grid}x{a.grid}")
+    print(f"{datetime.date.today()}; {machine()}; fp32; calibration units: images and crops {a.grids}")
     print(table(img_rows, "model"))
     print(table(reg_rows, "model"))
     if a.json:

@@ -224,9 +224,9 @@ def test_evaluate_writes_calibrated_intervals(tiny_dataset, tiny_model, tmp_path
     from wsicount.models import read_card
     from wsicount.training.calibrate import calibrate, save_calibration
 
-    rec = calibrate(tiny_model, tiny_dataset, split="train", grid=5)  # 25 units: a finite 95 % quantile
+    rec = calibrate(tiny_model, tiny_dataset, split="train", grids=(5,))  # 25 units: a finite 95 % quantile
     assert (rec["method"], rec["data"], rec["split"], rec["n_images"], rec["n_units"]) == (
-        "poisson", "blobs", "train", 1, 25)
+        "shared", "blobs", "train", 1, 25)
     assert rec["coverage"]["units"]["0.9"] >= 0.9  # in-sample: the conformal rank guarantees it
     save_calibration(tiny_model, rec)
     assert read_card(tiny_model)[0].calibration["scores"] == rec["scores"]
@@ -251,8 +251,9 @@ def test_calibrate_uses_the_cards_held_out_names(tiny_dataset, tiny_model):
     card, path = read_card(tiny_model)
     card.training = {"val_names": ["a", "c"]}
     path.write_text(card.to_json())
-    rec = calibrate(tiny_model, tiny_dataset, split="val", grid=3)
-    assert rec["n_images"] == 2 and rec["n_units"] == 18 and "val_names" in rec["split"]
+    rec = calibrate(tiny_model, tiny_dataset, split="val", grids=(3, 1))
+    assert rec["n_images"] == 2 and rec["n_units"] == 2 * (9 + 1) and "val_names" in rec["split"]
+    assert rec["units"] == "each image and its 3x3 crops"
     card.training = {}
     path.write_text(card.to_json())
     with pytest.raises(InputError, match="val"):

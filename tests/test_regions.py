@@ -163,8 +163,11 @@ def test_calibrated_rows_have_intervals(density: np.ndarray) -> None:
     pred = rng.uniform(5, 50, 200)
     cal = fit_calibration(pred + rng.normal(0, np.sqrt(pred)), pred, {"pred": pred, "area": np.full(200, 100.0)})
     geom = Polygon([(0, 0), (100, 0), (100, 100), (0, 100)])
-    row = region_counts([Region("r", None, geom)], density * 10, 2.0, 1.0, calibration=cal, level=0.9)[0]
-    assert row["count_lo"] < row["count"] < row["count_hi"]
+    row = region_counts([Region("r", None, geom)], density * 0.003, 2.0, 1.0, calibration=cal, level=0.9)[0]
+    centre = row["count"] * (1 + cal.bias)  # intervals are centred on the bias-corrected count
+    assert row["count_lo"] < centre < row["count_hi"]
+    lo, hi = cal.interval(row["count"], {"pred": row["count"], "area": row["tissue_px"]}, 0.9)
+    assert (row["count_lo"], row["count_hi"]) == (lo, hi)
     assert row["cells_per_mm2_lo"] == pytest.approx(row["count_lo"] / row["tissue_mm2"])
 
 

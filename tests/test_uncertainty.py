@@ -131,3 +131,14 @@ def test_tta_spread_is_wider_out_of_domain() -> None:
     inside = [rel_sd(s.image) for s in load_dataset(DATA / "vgg_cells", split="test")[:2]]
     outside = [rel_sd(load_dataset(DATA / ds, split="test")[0].image[:256, :256]) for ds in ("adipocyte", "nuclei_fluo")]
     assert min(outside) > max(inside)
+
+
+def test_relative_bias_is_corrected_in_the_interval() -> None:
+    """A model that undercounts by 10 % gets intervals centred on the corrected count, and still covers."""
+    rng = np.random.default_rng(5)
+    t_cal, p_cal, terms_cal = synthetic(400, rng)
+    cal = fit_calibration(t_cal, p_cal / 1.1, {**terms_cal, "pred": p_cal / 1.1}, method="shared")
+    assert cal.bias == pytest.approx(0.1, abs=0.02)
+    t, p, terms = synthetic(4000, rng)
+    rep = coverage_report(cal, t, p / 1.1, {**terms, "pred": p / 1.1}, levels=(0.9,))
+    assert abs(rep["coverage"]["0.9"] - 0.9) < 3 * math.sqrt(0.09 * (1 / 4000 + 1 / 400)) + 1 / 400

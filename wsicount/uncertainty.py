@@ -1,27 +1,32 @@
 """Calibrated count intervals: a variance model of the count error and a split-conformal quantile.
 
-The interval of a predicted count ``ĉ`` is ``ĉ ± q · sqrt(v)``, clipped at 0, where
+The interval of a predicted count ``ĉ`` is ``ĉ·(1 + β) ± q · sqrt(v)``, clipped at 0, where
 
+* ``β`` is the model's relative bias on the calibration units (``Σ(c - ĉ) / Σĉ``): the
+  interval is centred on the bias-corrected count, the reported count stays the model's;
 * ``v = Σ_f w_f · t_f`` is a variance model over **terms** ``t_f`` of the counted area, fitted
-  by non-negative least squares of the squared errors on calibration units:
+  by non-negative least squares of the squared residuals on calibration units:
   ``pred`` (the predicted count, clipped at 0: Poisson-like noise), ``area`` (model-grid pixels
-  counted: background noise) and, for the ``tta`` method, ``tta_var`` (the variance of the
-  counts predicted on the 8 dihedral transforms of the input);
-* ``q`` is the conformal quantile of the normalised calibration scores ``|c - ĉ| / sqrt(v)``:
+  counted: background noise), ``pred2`` (the square of the area's own count: a relative error
+  shared by the whole area, e.g. stain or focus) and, for ``tta``, ``tta_var`` (the variance
+  of the counts predicted on the 8 dihedral transforms of the input);
+* ``q`` is the conformal quantile of the normalised calibration scores ``|residual| / sqrt(v)``:
   the ``ceil((n + 1) · level)``-th smallest of ``n`` scores, so that a fresh unit exchangeable
   with the calibration units is covered with probability >= ``level`` (infinite when
-  ``n < 1/(1 - level) - 1``: too few units for that level).
+  ``n < 1/(1 - level) - 1``: too few units for that level). ``β`` and the 2-4 weights are
+  fitted on the same units as the scores, a small optimism the held-out benchmark measures.
 
-Aggregation: ``pred`` and ``area`` add over disjoint tiles, so the interval of any union of
-tiles (a region, the slide) uses the summed terms. This **assumes the tiles' count errors are
-independent**; errors that share a cause across tiles (stain, focus) make union intervals too
-narrow, which the region-level coverage of ``benchmarks/uncertainty.py`` measures.
-``tta_var`` of a union is the variance of the union's 8 per-transform sums (no independence
-needed for that term), so a tile record carries its 8 sums.
+Aggregation over a union of tiles (a region, the slide): ``pred`` and ``area`` are summed over
+the tiles, which **assumes the tiles' independent error parts are independent between tiles**;
+``pred2`` is the square of the union's summed count, i.e. the relative error is **assumed
+fully shared within the union** (conservative for a union of unrelated areas; the
+region-level coverage of ``benchmarks/uncertainty.py`` measures both). ``tta_var`` of a union
+is the variance of its 8 per-transform sums, so a tile record carries its 8 sums.
 
-Methods: ``poisson`` (default: the terms come from the prediction itself, no extra compute)
-and ``tta`` (8 forward passes: 8x the compute of a run). MC dropout and ensembles are not
-offered: the bundled architectures have no dropout and ship one set of weights each.
+Methods: ``poisson`` (pred, area), ``shared`` (the default: adds pred2) -- both computed from
+the prediction itself, no extra compute -- and ``tta`` (adds tta_var and counts the mean of
+the 8 transforms: 8x the compute of a run). MC dropout and ensembles are not offered: the
+bundled architectures have no dropout and ship one set of weights each.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from scipy.optimize import nnls
 
 from .errors import ModelError
 
-__all__ = ["METHODS", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile", "crop_terms",
+__all__ = ["METHODS", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile", "crop_terms",
            "predict_tta", "image_terms", "union_terms", "coverage_report"]
 
 #: variance-model terms of each method
@@ -44,6 +49,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "shared": ("pred", "area", "pred2"),
     "tta": ("pred", "area", "pred2", "tta_var"),
 }
+#: the method of a new calibration: free at run time, and covers a bias shared within an area
+DEFAULT_METHOD = "shared"
 #: nominal levels reported by evaluation and benchmarks
 LEVELS = (0.8, 0.9, 0.95)
 
@@ -73,6 +80,8 @@ class Calibration:
     #: variance floor: keeps scores finite where every term is ~0 (an empty unit)
     floor: float
     scores: tuple[float, ...]
+    #: relative bias β of the model's counts on the calibration units
+    bias: float = 0.0
 
     def variance(self, terms: Mapping[str, Any]) -> np.ndarray:
         """Modelled error variance ``max(Σ w_f t_f, floor)`` of counts with the given (summed) terms."""
@@ -91,6 +100,7 @@ class Calibration:
         """``(lo, hi)`` = ``pred ∓ q·sqrt(variance)`` clipped at 0; scalars or arrays alike."""
         half = self.quantile(level) * np.sqrt(self.variance(terms))
         p = np.asarray(pred, dtype=np.float64)
+        p = p + self.bias * np.maximum(p, 0.0)
         lo, hi = np.maximum(p - half, 0.0), np.maximum(p + half, 0.0)  # counts are never negative
         return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
 
@@ -105,13 +115,14 @@ class Calibration:
             raise ModelError(f"unknown calibration method {d.get('method')!r}; choose from {sorted(METHODS)}")
         try:
             return cls(d["method"], {k: float(v) for k, v in d["weights"].items()}, float(d["floor"]),
-                       tuple(float(s) for s in d["scores"]))
+                       tuple(float(s) for s in d["scores"]), float(d.get("bias", 0.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"calibration record is incomplete or malformed: {e}") from None
 
 
 def fit_calibration(true: Any, pred: Any, terms: Mapping[str, Any], method: str = "poisson") -> Calibration:
-    """Fit the variance weights (NNLS of squared errors on the method's terms) and the conformal scores."""
+    """Fit the relative bias, the variance weights (NNLS of squared residuals on the method's terms)
+    and the conformal scores."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(METHODS)}")
     t = np.asarray(true, dtype=np.float64).ravel()
@@ -121,14 +132,16 @@ def fit_calibration(true: Any, pred: Any, terms: Mapping[str, Any], method: str 
     feats = METHODS[method]
     terms = _with_pred2(terms)
     x = np.column_stack([np.asarray(terms[f], dtype=np.float64).ravel() for f in feats])
-    y = (t - p) ** 2
+    pos = np.maximum(p, 0.0)
+    bias = float((t - p).sum() / pos.sum()) if pos.sum() > 0 else 0.0
+    y = (t - p - bias * pos) ** 2
     norm = np.where(x.max(axis=0) > 0, x.max(axis=0), 1.0)  # scaled columns keep NNLS well conditioned
     w, _ = nnls(x / norm, y)
     w = w / norm
     floor = 1e-3 * float(y.mean()) + 1e-12
-    cal = Calibration(method, {f: float(v) for f, v in zip(feats, w)}, floor, ())
-    scores = np.abs(t - p) / np.sqrt(cal.variance({f: x[:, i] for i, f in enumerate(feats)}))
-    return Calibration(method, cal.weights, floor, tuple(float(s) for s in np.sort(scores)))
+    cal = Calibration(method, {f: float(v) for f, v in zip(feats, w)}, floor, (), bias)
+    scores = np.sqrt(y / cal.variance({f: x[:, i] for i, f in enumerate(feats)}))
+    return Calibration(method, cal.weights, floor, tuple(float(s) for s in np.sort(scores)), bias)
 
 
 def _undo_dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
