@@ -29,7 +29,7 @@ from .data import Sample, load_dataset
 from .evaluate import _load, evaluate
 from ..errors import InputError
 from ..models import LoadedModel, read_card
-from ..runstate import atomic_write
+from ..store.atomic import atomic_write
 from ..uncertainty import DEFAULT_METHOD, LEVELS, METHODS, coverage_report, crop_terms, fit_calibration, predict_tta
 
 __all__ = ["calibrate", "calibration_names", "save_calibration"]
