@@ -142,3 +142,18 @@ def test_relative_bias_is_corrected_in_the_interval() -> None:
     t, p, terms = synthetic(4000, rng)
     rep = coverage_report(cal, t, p / 1.1, {**terms, "pred": p / 1.1}, levels=(0.9,))
     assert abs(rep["coverage"]["0.9"] - 0.9) < 3 * math.sqrt(0.09 * (1 / 4000 + 1 / 400)) + 1 / 400
+
+
+def test_tile_variances_sum_to_the_union_interval() -> None:
+    """Summing records' tile_var and adding the union's pred² term equals the interval from summed terms."""
+    from wsicount.uncertainty import cell_terms
+
+    cal = Calibration("shared", {"pred": 0.5, "area": 1e-4, "pred2": 0.004}, 1e-6, tuple(np.linspace(0.1, 3, 40)), 0.05)
+    counts, areas = np.array([12.0, 30.5, -0.2, 8.0]), np.array([4096.0, 4096.0, 1024.0, 2048.0])
+    var_sum = sum(cal.tile_var(c, a) for c, a in zip(counts, areas))
+    total = counts.sum()
+    direct = cal.interval(total, {"pred": np.maximum(counts, 0).sum(), "area": areas.sum()}, 0.95)
+    via_records = cal.interval(total, {"var": var_sum, "pred": max(total, 0.0)}, 0.95)
+    assert via_records == pytest.approx(direct, rel=1e-3)  # pred² of the clipped vs raw total differ by 0.2 cells
+    t = cell_terms([10.0, -1.0], [0.01, 0.02], model_mpp=0.5)
+    assert t["pred"].tolist() == [10.0, 0.0] and t["area"].tolist() == pytest.approx([40000.0, 80000.0])

@@ -40,8 +40,8 @@ from scipy.optimize import nnls
 
 from .errors import ModelError
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile", "crop_terms",
-           "predict_tta", "image_terms", "union_terms", "coverage_report"]
+__all__ = ["METHODS", "ADDITIVE", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile", "crop_terms",
+           "predict_tta", "image_terms", "union_terms", "cell_terms", "coverage_report"]
 
 #: variance-model terms of each method
 METHODS: dict[str, tuple[str, ...]] = {
@@ -49,6 +49,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "shared": ("pred", "area", "pred2"),
     "tta": ("pred", "area", "pred2", "tta_var"),
 }
+#: terms that add over disjoint tiles: a tile record's ``var`` is their weighted sum (:meth:`Calibration.tile_var`)
+ADDITIVE = ("pred", "area")
 #: the method of a new calibration: free at run time, and covers a bias shared within an area
 DEFAULT_METHOD = "shared"
 #: nominal levels reported by evaluation and benchmarks
@@ -84,13 +86,24 @@ class Calibration:
     bias: float = 0.0
 
     def variance(self, terms: Mapping[str, Any]) -> np.ndarray:
-        """Modelled error variance ``max(Σ w_f t_f, floor)`` of counts with the given (summed) terms."""
+        """Modelled error variance ``max(Σ w_f t_f, floor)`` of counts with the given (summed) terms.
+
+        ``terms["var"]``, when given, stands for the additive part (the sum of the tiles'
+        :meth:`tile_var`); ``pred`` is then needed only for ``pred2``.
+        """
         terms = _with_pred2(terms)
+        feats = METHODS[self.method]
         try:
-            v = sum(self.weights[f] * np.asarray(terms[f], dtype=np.float64) for f in METHODS[self.method])
+            v = terms["var"] if "var" in terms else sum(self.weights[f] * np.asarray(terms[f], dtype=np.float64)
+                                                        for f in feats if f in ADDITIVE)
+            v = v + sum(self.weights[f] * np.asarray(terms[f], dtype=np.float64) for f in feats if f not in ADDITIVE)
         except KeyError as e:
             raise ModelError(f"calibration method {self.method!r} needs the term {e.args[0]!r}") from None
         return np.maximum(v, self.floor)
+
+    def tile_var(self, count: float, area: float) -> float:
+        """A tile's additive variance term (what its record's ``var`` holds): from its count and tissue pixels."""
+        return self.weights.get("pred", 0.0) * max(float(count), 0.0) + self.weights.get("area", 0.0) * float(area)
 
     def quantile(self, level: float) -> float:
         """Conformal multiplier ``q`` of the normalised score at ``level``."""
@@ -233,6 +246,12 @@ def union_terms(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     if tta is not None:
         out["tta_var"] = float(np.var(tta))
     return out
+
+
+def cell_terms(counts: Any, tissue_mm2: Any, model_mpp: float) -> dict[str, np.ndarray]:
+    """Variance terms of grid cells (or any areas) from their counts and tissue areas in mm²."""
+    c = np.asarray(counts, dtype=np.float64)
+    return {"pred": np.maximum(c, 0.0), "area": np.asarray(tissue_mm2, dtype=np.float64) / (model_mpp * 1e-3) ** 2}
 
 
 def coverage_report(cal: Calibration, true: Any, pred: Any, terms: Mapping[str, Any],
