@@ -64,6 +64,18 @@ def test_polygon_counts_match_pixel_centre_reference(density: np.ndarray, scale:
         (x0 * um0, y0 * um0, x1 * um0, y1 * um0))
 
 
+@pytest.mark.parametrize("block", [8, 33])
+def test_blocks_inside_outside_and_on_the_boundary_agree(density: np.ndarray, block: int,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks make most of them wholly inside or outside; sums still equal the pixel-centre reference."""
+    monkeypatch.setattr(regions_mod, "_BLOCK", block)
+    shapes = holed_shapes()
+    rows = region_counts([Region(k, None, g) for k, g in shapes.items()], density, 1.0, 2.0)
+    for row in rows:
+        ref, n = reference_sum(shapes[row["region"]], density, 2.0)
+        assert row["n_px"] == n and row["count"] == pytest.approx(ref, rel=1e-9)
+
+
 def test_hole_removes_its_density() -> None:
     dens = np.ones((50, 50))
     outer = [(0, 0), (50, 0), (50, 50), (0, 50)]

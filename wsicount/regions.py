@@ -22,6 +22,7 @@ import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
+from scipy.ndimage import find_objects
 from skimage.draw import polygon2mask
 
 from .errors import RegionError
@@ -33,6 +34,8 @@ _UNITS = {"px": "px", "pixel": "px", "pixels": "px", "um": "um", "µm": "um", "m
           "micrometre": "um", "micron": "um", "microns": "um"}
 #: model-grid elements read per window (64 MiB of float32)
 _BAND_ELEMENTS = 1 << 24
+#: side of the blocks a region's window is classified in (inside / outside / rasterised)
+_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,35 @@ def _region_mask(geom: BaseGeometry, win: tuple[int, int, int, int], scale: floa
     return mask
 
 
+def _block_masks(geom: BaseGeometry, win: tuple[int, int, int, int], scale: float):
+    """Yield ``(block window, mask)`` for the ``_BLOCK``-px blocks of ``win`` that meet ``geom``.
+
+    ``mask`` is None when every pixel centre of the block lies in the region (shapely decides it
+    from the box of the centres); only blocks on the boundary are rasterised, each with the
+    region clipped to the block (few vertices), so the cost follows the region's perimeter.
+    """
+    r0, r1, c0, c1 = win
+    for rb in range(r0, r1, _BLOCK):
+        for cb in range(c0, c1, _BLOCK):
+            blk = (rb, min(rb + _BLOCK, r1), cb, min(cb + _BLOCK, c1))
+            centres = shapely.box((blk[2] + 0.5) * scale, (blk[0] + 0.5) * scale,
+                                  (blk[3] - 0.5) * scale, (blk[1] - 0.5) * scale)
+            if not shapely.intersects(geom, centres):
+                continue
+            if blk[1] - blk[0] > 1 and blk[3] - blk[2] > 1 and shapely.contains_properly(geom, centres):
+                yield blk, None
+                continue
+            pad = scale  # one model pixel around the block keeps every edge centre's side of the boundary
+            part = shapely.clip_by_rect(geom, blk[2] * scale - pad, blk[0] * scale - pad,
+                                        blk[3] * scale + pad, blk[1] * scale + pad)
+            polys = [g for g in getattr(part, "geoms", [part]) if isinstance(g, Polygon) and not g.is_empty]
+            if not polys:
+                continue
+            mask = _region_mask(MultiPolygon(polys) if len(polys) > 1 else polys[0], blk, scale)
+            if mask.any():
+                yield blk, mask
+
+
 def _tissue_window(tissue: np.ndarray | None, grid: tuple[int, int], win: tuple[int, int, int, int]) -> np.ndarray | None:
     """Tissue mask (any resolution covering the grid) sampled at the window's model-pixel centres."""
     if tissue is None:
@@ -213,7 +245,7 @@ def _bands(r0: int, r1: int, width: int) -> list[tuple[int, int]]:
 
 
 def _polygon_sums(region: Region, density: Any, scale: float, tissue: np.ndarray | None) -> dict[str, float]:
-    """Density sum, pixel count and tissue-pixel count of one polygonal region, band by band."""
+    """Density sum, pixel count and tissue-pixel count of one polygonal region, band by band, block by block."""
     h, w = density.shape[:2]
     x0, y0, x1, y1 = region.geometry.bounds
     if x1 <= 0 or y1 <= 0 or x0 >= w * scale or y0 >= h * scale:
@@ -225,17 +257,23 @@ def _polygon_sums(region: Region, density: Any, scale: float, tissue: np.ndarray
                       stacklevel=3)
     c0, c1 = max(0, math.floor(x0 / scale)), min(w, math.ceil(x1 / scale) + 1)
     r0, r1 = max(0, math.floor(y0 / scale)), min(h, math.ceil(y1 / scale) + 1)
+    shapely.prepare(region.geometry)  # the block predicates below reuse its index
     total, n_px, tissue_px = 0.0, 0, 0
     for a, b in _bands(r0, r1, c1 - c0):
-        win = (a, b, c0, c1)
-        mask = _region_mask(region.geometry, win, scale)
-        if not mask.any():
-            continue
-        dens = np.asarray(density[a:b, c0:c1], dtype=np.float64)
-        total += float(dens[mask].sum())
-        n_px += int(mask.sum())
-        tw = _tissue_window(tissue, (h, w), win)
-        tissue_px += int(mask.sum()) if tw is None else int((mask & tw).sum())
+        dens = tw = None
+        for win, mask in _block_masks(region.geometry, (a, b, c0, c1), scale):
+            if dens is None:  # the band is read only when some block of it is in the region
+                dens = np.asarray(density[a:b, c0:c1])
+                tw = _tissue_window(tissue, (h, w), (a, b, c0, c1))
+            sl = np.s_[win[0] - a:win[1] - a, win[2] - c0:win[3] - c0]
+            part = dens[sl] if mask is None else dens[sl][mask]
+            total += float(part.sum(dtype=np.float64))
+            n = (win[1] - win[0]) * (win[3] - win[2]) if mask is None else int(mask.sum())
+            n_px += n
+            if tw is None:
+                tissue_px += n
+            else:
+                tissue_px += int(tw[sl].sum()) if mask is None else int(tw[sl][mask].sum())
     if n_px == 0:
         raise RegionError(f"region {region.name!r} covers no pixel centre of the model grid "
                           f"({scale:g} level-0 px per pixel): it is too small")
@@ -243,7 +281,7 @@ def _polygon_sums(region: Region, density: Any, scale: float, tissue: np.ndarray
 
 
 def _label_sums(lr: LabelRegions, density: Any, scale: float, tissue: np.ndarray | None) -> dict[int, dict]:
-    """Per-label density sums, pixel counts, tissue pixels and bounds, over full-width row bands."""
+    """Per-label density sums, pixel counts and tissue pixels over full-width row bands; bounds from the labels."""
     h, w = density.shape[:2]
     lh, lw = lr.labels.shape
     if abs(lh * lr.scale - h * scale) > lr.scale + scale or abs(lw * lr.scale - w * scale) > lr.scale + scale:
@@ -251,28 +289,24 @@ def _label_sums(lr: LabelRegions, density: Any, scale: float, tissue: np.ndarray
                           f"({w * scale:.0f} x {h * scale:.0f} level-0 px)")
     n = int(lr.labels.max()) + 1
     count, n_px, tis = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
-    lo_r, hi_r = np.full(n, h), np.full(n, -1)
-    lo_c, hi_c = np.full(n, w), np.full(n, -1)
     ci = np.minimum(((np.arange(w) + 0.5) * scale / lr.scale).astype(np.int64), lw - 1)
     for a, b in _bands(0, h, w):
         ri = np.minimum(((np.arange(a, b) + 0.5) * scale / lr.scale).astype(np.int64), lh - 1)
         lab = np.asarray(lr.labels[ri[0]:ri[-1] + 1])[ri - ri[0]][:, ci].astype(np.int64)
-        dens = np.asarray(density[a:b], dtype=np.float64)
+        dens = np.asarray(density[a:b])
         count += np.bincount(lab.ravel(), weights=dens.ravel(), minlength=n)
         n_px += np.bincount(lab.ravel(), minlength=n)
         tw = _tissue_window(tissue, (h, w), (a, b, 0, w))
         tis += np.bincount(lab.ravel(), minlength=n) if tw is None else np.bincount(lab[tw], minlength=n)
-        rr, cc = np.nonzero(lab)
-        np.minimum.at(lo_r, lab[rr, cc], rr + a)
-        np.maximum.at(hi_r, lab[rr, cc], rr + a)
-        np.minimum.at(lo_c, lab[rr, cc], cc)
-        np.maximum.at(hi_c, lab[rr, cc], cc)
     out = {}
-    for k in np.unique(lr.labels[lr.labels > 0]):
+    for k, sl in enumerate(find_objects(lr.labels), start=1):
+        if sl is None:
+            continue
         if n_px[k] == 0:
-            raise RegionError(f"region {lr.names.get(int(k), str(k))!r} covers no pixel centre of the model grid")
-        out[int(k)] = {"count": float(count[k]), "n_px": int(n_px[k]), "tissue_px": int(tis[k]),
-                       "bounds": (lo_c[k] * scale, lo_r[k] * scale, (hi_c[k] + 1) * scale, (hi_r[k] + 1) * scale)}
+            raise RegionError(f"region {lr.names.get(k, str(k))!r} covers no pixel centre of the model grid")
+        (ys, xs), f = sl, lr.scale  # bounds of the label's pixels, in level-0 px
+        out[k] = {"count": float(count[k]), "n_px": int(n_px[k]), "tissue_px": int(tis[k]),
+                  "bounds": (xs.start * f, ys.start * f, xs.stop * f, ys.stop * f)}
     return out
 
 
