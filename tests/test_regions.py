@@ -14,7 +14,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 import wsicount.regions as regions_mod
 from wsicount.errors import RegionError, WsicountError
-from wsicount.regions import LabelRegions, Region, read_geojson, read_regions, region_counts
+from wsicount.regions import LabelRegions, Region, check_regions, read_geojson, read_regions, region_counts
 from wsicount.uncertainty import fit_calibration
 
 
@@ -202,6 +202,8 @@ def test_invalid_regions_are_named(tmp_path, density: np.ndarray) -> None:
     far = Region("far away", None, Polygon([(1e5, 1e5), (1e5 + 9, 1e5), (1e5, 1e5 + 9)]))
     with pytest.raises(RegionError, match="'far away' lies outside the slide"):
         region_counts([far], density, 1.0, 1.0)
+    with pytest.raises(RegionError, match="'far away' lies outside the slide"):
+        check_regions([far], (5e4, 5e4))  # before inference, from the slide's level-0 size
     tiny = Region("speck", None, Polygon([(3.6, 3.6), (3.9, 3.6), (3.9, 3.9)]))
     with pytest.raises(RegionError, match="'speck'.*no pixel centre"):
         region_counts([tiny], density, 1.0, 1.0)

@@ -27,7 +27,8 @@ from skimage.draw import polygon2mask
 
 from .errors import RegionError
 
-__all__ = ["Region", "LabelRegions", "read_geojson", "read_label_image", "read_regions", "region_counts"]
+__all__ = ["Region", "LabelRegions", "read_geojson", "read_label_image", "read_regions", "check_regions",
+           "region_counts"]
 
 #: spellings of the units a GeoJSON file or caller may state
 _UNITS = {"px": "px", "pixel": "px", "pixels": "px", "um": "um", "µm": "um", "micrometer": "um",
@@ -178,6 +179,22 @@ def read_regions(path: str | Path, units: str | None = None, mpp0: float | None 
     return read_label_image(path, scale=label_scale)
 
 
+def check_regions(regions: Sequence[Region] | LabelRegions, shape0: tuple[float, float]) -> None:
+    """Fail fast, before any inference: a region wholly outside the level-0 ``(height, width)`` is a
+    RegionError, one crossing the edge a warning (only its part on the slide counts)."""
+    if isinstance(regions, LabelRegions):
+        return  # a label image's extent is checked against the grid when counted
+    h0, w0 = shape0
+    for r in regions:
+        x0, y0, x1, y1 = r.geometry.bounds
+        if x1 <= 0 or y1 <= 0 or x0 >= w0 or y0 >= h0:
+            raise RegionError(f"region {r.name!r} lies outside the slide (bounds x {x0:.0f}-{x1:.0f}, "
+                              f"y {y0:.0f}-{y1:.0f} level-0 px; slide {w0:.0f} x {h0:.0f})")
+        if x0 < 0 or y0 < 0 or x1 > w0 or y1 > h0:
+            warnings.warn(f"region {r.name!r} extends past the slide's edge; only its part on the slide counts",
+                          stacklevel=2)
+
+
 def _ring_mask(shape_hw: tuple[int, int], coords: np.ndarray, origin: tuple[int, int], scale: float) -> np.ndarray:
     """Pixel-centre mask of one ring (level-0 (x, y) vertices) on a model-grid window at ``origin``."""
     rows = coords[:, 1] / scale - 0.5 - origin[0]  # model pixel r has its centre at r + 0.5
@@ -248,13 +265,7 @@ def _polygon_sums(region: Region, density: Any, scale: float, tissue: np.ndarray
     """Density sum, pixel count and tissue-pixel count of one polygonal region, band by band, block by block."""
     h, w = density.shape[:2]
     x0, y0, x1, y1 = region.geometry.bounds
-    if x1 <= 0 or y1 <= 0 or x0 >= w * scale or y0 >= h * scale:
-        raise RegionError(f"region {region.name!r} lies outside the slide "
-                          f"(bounds x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} level-0 px; "
-                          f"slide {w * scale:.0f} x {h * scale:.0f})")
-    if x0 < 0 or y0 < 0 or x1 > w * scale or y1 > h * scale:
-        warnings.warn(f"region {region.name!r} extends past the slide's edge; only its part on the slide counts",
-                      stacklevel=3)
+    check_regions([region], (h * scale, w * scale))
     c0, c1 = max(0, math.floor(x0 / scale)), min(w, math.ceil(x1 / scale) + 1)
     r0, r1 = max(0, math.floor(y0 / scale)), min(h, math.ceil(y1 / scale) + 1)
     shapely.prepare(region.geometry)  # the block predicates below reuse its index
