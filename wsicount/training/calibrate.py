@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save", action="store_true", help="store the record in the model's card")
     a = ap.parse_args(argv)
     rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids))
+    rec["command"] = " ".join(["python -m wsicount.training.calibrate", a.model, Path(a.data).as_posix(),
+                               "--split", a.split, "--method", a.method, "--grids", *map(str, a.grids)])
     cov = rec["coverage"]
     print(f"{a.model}: {rec['n_images']} images, {rec['n_units']} units; coverage units {cov['units']}, "
           f"images {cov['images']}")
