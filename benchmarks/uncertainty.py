@@ -1,6 +1,7 @@
 """Coverage and width of calibrated count intervals, per bundled model and method; region-level coverage.
 
-    python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--grid 2] [--mosaic 6] [--publish]
+    python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--grids 2 1] [--cols 10] [--discs 60] [--json F]
+    python benchmarks/uncertainty.py --region-speed     # time region_counts on a synthetic Zarr density
 
 Each model is calibrated on the images its training held out (card: training.val_names) and
 scored on held-out images: VGG cells and adipocytes on their test splits; TRP1, which has
@@ -205,6 +206,40 @@ def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     return out
 
 
+def region_speed(folder: Path, n: int = 8192) -> str:
+    """Seconds per region pixel of region_counts on an (n, n) Zarr density, next to a plain read + sum."""
+    import time
+
+    import zarr
+    from shapely.geometry import Point, Polygon
+
+    from wsicount.regions import LabelRegions, Region, region_counts
+
+    z = zarr.create_array(folder / "density.zarr", shape=(n, n), chunks=(1024, 1024), dtype="float32", overwrite=True)
+    for r in range(0, n, 1024):
+        z[r:r + 1024] = np.random.default_rng(r).random((1024, n), dtype=np.float32) * 0.01
+    s = 2 * n  # level-0 px across the slide: 2 level-0 px per model pixel
+    hole = Point(s / 2, s / 2).buffer(s * 0.18, 32).exterior.coords
+    big = Polygon([(s * .006, s * .006), (s * .98, s * .02), (s * .96, s * .98), (s * .01, s * .97)], [hole])
+    regs = [Region("big", None, big)] + [Region(f"disc{i}", None, Point(s * (.06 + .09 * i), s / 4).buffer(s * .04, 32))
+                                         for i in range(10)]
+    t = time.perf_counter()
+    px = sum(r["n_px"] for r in region_counts(regs, z, 0.5, 2.0))
+    poly = (time.perf_counter() - t) / px
+    t = time.perf_counter()
+    for r in range(0, n, 1024):
+        float(np.asarray(z[r:r + 1024]).sum(dtype=np.float64))
+    plain = (time.perf_counter() - t) / n / n
+    lab = np.zeros((n // 4, n // 4), np.int32)
+    lab[100:1500, 100:1000], lab[200:1800, 1200:2000] = 1, 2
+    t = time.perf_counter()
+    region_counts(LabelRegions(lab, 8.0), z, 0.5, 2.0)
+    label = (time.perf_counter() - t) / n / n
+    return (f"region_counts on a {n}x{n} float32 Zarr density (1024² chunks): 11 polygons (one with a hole) "
+            f"{poly * 1e9:.0f} ns per region pixel; label image {label * 1e9:.0f} ns per grid pixel; "
+            f"plain read + sum {plain * 1e9:.0f} ns per pixel")
+
+
 def table(rows: list[dict], key: str) -> str:
     """Markdown table of coverage and width at 80/90/95 %."""
     head = (f"| {key} | method | n cal units | n | cov 80 | cov 90 | cov 95 | width 80 | width 90 | width 95 |\n"
@@ -231,7 +266,14 @@ def main() -> None:
     ap.add_argument("--discs", type=int, default=60, help="random disc regions per mosaic")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--predict-only", action="store_true")
+    ap.add_argument("--region-speed", action="store_true", help="time region_counts on a synthetic Zarr density only")
     a = ap.parse_args()
+    if a.region_speed:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"{datetime.date.today()}; {machine()}\n{region_speed(Path(tmp))}")
+        return
     data = {m: predictions(m, a.cache) for m in a.models}
     if a.predict_only:
         return
