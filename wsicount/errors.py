@@ -17,6 +17,7 @@ __all__ = [
     "OutputError",
     "TileReadError",
     "FrameReadError",
+    "RegionError",
 ]
 
 
@@ -74,3 +75,7 @@ class FrameReadError(TileReadError):
     def __init__(self, message: str, frame: int | None = None) -> None:
         super().__init__(message)
         self.frame = frame
+
+
+class RegionError(InputError):
+    """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""
