@@ -16,6 +16,8 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "FrameReadError",
+    "RegionError",
     "DomainError",
 ]
 
@@ -66,6 +68,18 @@ class TileReadError(WsicountError):
     """A tile of the slide could not be decoded (names level and position)."""
 
     exit_code = 8
+
+
+class FrameReadError(TileReadError):
+    """A frame of a time-lapse stack could not be decoded (names the frame and its file)."""
+
+    def __init__(self, message: str, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame
+
+
+class RegionError(InputError):
+    """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""
 
 
 class DomainError(WsicountError):
