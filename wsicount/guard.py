@@ -137,7 +137,7 @@ def check_slide(card: ModelCard, slide: Slide, cfg: RunOptions) -> list[str]:
     problems = [p for p in problems if p]
     if problems and not cfg.force:
         raise DomainError("; ".join(problems) + " (--force runs anyway)")
-    return [f"{p} (run with --force)" for p in problems]
+    return [f"{p} (run anyway: --force)" for p in problems]
 
 
 def _modality_problem(card: ModelCard, slide: Slide, img: np.ndarray) -> str | None:
