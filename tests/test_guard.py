@@ -190,3 +190,11 @@ def test_an_undecodable_overview_leaves_modality_and_channel_unjudged(slides, mo
     assert check_slide(card, slides["bf"], _opts()) == []  # the brightfield look cannot be seen
     with pytest.raises(DomainError, match="--model-mpp"):
         check_slide(_card("vgg-cells"), slides["bf"], _opts())
+
+
+def test_density_beyond_cell_packing_is_flagged_whatever_the_scale():
+    """adipocyte-he states ~100 µm cells: 10219 cells/mm² cannot be adipocytes, at any µm/px."""
+    card = read_card("adipocyte-he")[0]
+    w = check_result(card, total=6387.0, tile_sums=[6387.0], regional={}, mpp=0.499, tissue_mm2=0.625)
+    assert len(w) == 1 and "10219 cells/mm² over the tissue: cells of ~100 µm cannot exceed ~115" in w[0]
+    assert check_result(card, total=60.0, tile_sums=[60.0], regional={}, mpp=5.6, tissue_mm2=0.625) == []

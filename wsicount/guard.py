@@ -190,13 +190,14 @@ def expected_density(card: ModelCard, mpp: float | None) -> tuple[float, float] 
 
 
 def check_result(card: ModelCard, *, total: float, tile_sums: Sequence[float],
-                 regional: dict[str, Any], mpp: float | None, tile_mins: Sequence[float] | None = None,
-                 density_outside_mask: float | None = None) -> list[str]:
+                 regional: dict[str, Any], mpp: float | None, tissue_mm2: float | None = None,
+                 tile_mins: Sequence[float] | None = None, density_outside_mask: float | None = None) -> list[str]:
     """Warnings (one line each) for a result no in-domain run gives; empty when it looks plausible.
 
     ``tile_sums``/``tile_mins``: each tile core's density sum and minimum pixel (cells/px);
     ``regional``: the aggregate's per-grid summary (``{"100um": {"min": {...}, "max": {...}, "pooled": ...}}``);
-    ``mpp``: µm/px the model ran at; ``density_outside_mask``: share of the density outside the tissue before masking.
+    ``mpp``: µm/px the model ran at; ``tissue_mm2``: the tissue area; ``density_outside_mask``: share of the
+    density outside the tissue before masking.
     """
     warnings: list[str] = []
     if total < 0:
@@ -211,39 +212,55 @@ def check_result(card: ModelCard, *, total: float, tile_sums: Sequence[float],
     if tile_mins is not None and len(tile_mins) and float(np.min(tile_mins)) < -peak:
         warnings.append(f"density pixels down to {float(np.min(tile_mins)):.3g} cells/px, below minus a cell's "
                         f"peak ({peak:.3g}): the model is outside its domain")
-    warnings += _regional_warnings(card, regional, mpp)
+    pooled = total / tissue_mm2 if tissue_mm2 else None
+    warnings += _regional_warnings(card, regional, mpp, pooled)
+    warnings += _packing_warning(card, pooled)
     if density_outside_mask is not None and density_outside_mask > OUTSIDE_SHARE:
         warnings.append(f"{100 * density_outside_mask:.0f} % of the density fell outside the tissue mask: "
                         "check the mask (--tissue-mode, --mask)")
     return warnings
 
 
-def _regional_warnings(card: ModelCard, regional: dict[str, Any], mpp: float | None) -> list[str]:
+def _packing_warning(card: ModelCard, pooled: float | None) -> list[str]:
+    """A density over what cells of the card's diameter can occupy (hexagonal packing: 2 / (sqrt(3) d²)) x 1.5."""
+    d = card.domain.get("cell_diameter_um")
+    if not d or pooled is None:
+        return []
+    ceiling = 2.0 / (math.sqrt(3.0) * d**2) * 1e6  # cells/mm² at hexagonal packing
+    if pooled <= 1.5 * ceiling:
+        return []
+    return [f"{pooled:.0f} cells/mm² over the tissue: cells of ~{d:g} µm cannot exceed ~{ceiling:.0f} cells/mm²"]
+
+
+def _regional_warnings(card: ModelCard, regional: dict[str, Any], mpp: float | None,
+                       pooled: float | None = None) -> list[str]:
     """Densities far above, or negative far below, the training images' range (cells/mm²).
 
-    Maxima are judged on grids at least half a training image wide (``domain.image_px`` at
-    ``mpp``; the coarsest grid when none is): a smaller grid cell can hold a denser cluster
-    than any whole training image did.
+    ``pooled`` is the slide's density (else the regional summary's). Maxima are judged on
+    grids at least half a training image wide (``domain.image_px`` at ``mpp``; the coarsest
+    grid when none is): a smaller grid cell can hold a denser cluster than any whole training
+    image did.
     """
     rng = expected_density(card, mpp)
-    rows = {k: r for k, r in regional.items() if r.get("n_cells")}
-    if rng is None or not rows:
+    if rng is None:
         return []
     lo, hi = rng
     span = f"training range {lo:.0f}-{hi:.0f}"
+    rows = {k: r for k, r in regional.items() if r.get("n_cells")}
     size = {k: float(str(k).removesuffix("um")) for k in rows}
     field = card.domain.get("image_px", 0) * (mpp or 0.0)
-    wide = [k for k in rows if size[k] >= 0.5 * field] or [max(rows, key=size.get)]
+    wide = [k for k in rows if size[k] >= 0.5 * field] or ([max(rows, key=size.get)] if rows else [])
+    if pooled is None and wide:
+        pooled = rows[wide[0]].get("pooled")
     out = []
-    pooled = rows[wide[0]].get("pooled")
     if pooled is not None and pooled > DENSITY_FACTOR * hi:
         out.append(f"{pooled:.0f} cells/mm² over the tissue, over {DENSITY_FACTOR:g}x the {span} cells/mm²")
-    for k in wide:
-        top = rows[k]["max"]["density"]
-        if top > DENSITY_FACTOR * hi and (pooled is None or pooled <= DENSITY_FACTOR * hi):
-            out.append(f"regional density up to {top:.0f} cells/mm² ({k} grid), over {DENSITY_FACTOR:g}x the {span}")
-    bottom_key = min(rows, key=lambda k: rows[k]["min"]["density"])
-    bottom = rows[bottom_key]["min"]["density"]
-    if bottom < -0.5 * hi:
-        out.append(f"regional density down to {bottom:.0f} cells/mm² ({bottom_key} grid): negative counts, {span}")
+    else:
+        out += [f"regional density up to {rows[k]['max']['density']:.0f} cells/mm² ({k} grid), over "
+                f"{DENSITY_FACTOR:g}x the {span}" for k in wide if rows[k]["max"]["density"] > DENSITY_FACTOR * hi]
+    if rows:
+        bottom_key = min(rows, key=lambda k: rows[k]["min"]["density"])
+        bottom = rows[bottom_key]["min"]["density"]
+        if bottom < -0.5 * hi:
+            out.append(f"regional density down to {bottom:.0f} cells/mm² ({bottom_key} grid): negative counts, {span}")
     return out

@@ -416,7 +416,8 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
     # results no in-domain run gives: one line each (the CLI prints them, the report shows them)
     summary["warnings"] = o.ahead.warnings + check_result(
         card, total=agg.total, tile_sums=[r.sum for r in records if not r.bad], regional=agg.regional,
-        mpp=geom.model_mpp, density_outside_mask=summary.get("density_outside_mask"))
+        mpp=geom.model_mpp, tissue_mm2=prep.tissue.area_mm2,
+        density_outside_mask=summary.get("density_outside_mask"))
     return summary
 
 
