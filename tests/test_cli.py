@@ -68,8 +68,8 @@ def _bad_inputs(tmp: Path, small: Path) -> dict[str, tuple[Path, list[str], int]
     (tmp / "trunc.tiff").write_bytes(tiff[: 2 * len(tiff) // 3])
     nompp = synth_slide(tmp / "nompp.tiff", format="tiff", size=(1024, 1024), seed=2, write_mpp=False).path
     return {
-        "nonexistent": (tmp / "nope.ndpi", [], 2),
-        "directory": (tmp / "adir", [], 2),
+        "nonexistent": (tmp / "nope.ndpi", [], 10),
+        "directory": (tmp / "adir", [], 10),
         "empty": (tmp / "empty.ndpi", [], 3),
         "text-as-ndpi": (tmp / "notes.ndpi", [], 3),
         "random-bytes-as-svs": (tmp / "random.svs", [], 3),
@@ -143,7 +143,7 @@ def test_unreadable_slide_file(small_ndpi, tmp_path):
     shutil.copy(small_ndpi, slide)
     slide.chmod(0o000)
     try:
-        msg = _assert_one_line_error(_cli("run", str(slide), "--out", str(tmp_path / "out"), "-q"), 2)
+        msg = _assert_one_line_error(_cli("run", str(slide), "--out", str(tmp_path / "out"), "-q"), 10)
     finally:
         slide.chmod(0o600)
     assert "not readable" in msg
@@ -294,6 +294,6 @@ def test_failed_command_exits_the_ordinary_way(tmp_path):
     """A failing command keeps its exit code and its message, and the interpreter tears down as usual."""
     p = subprocess.run([sys.executable, "-c", _TEARDOWN_PROBE, "run", str(tmp_path / "missing.ndpi"), "-o",
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2
+    assert p.returncode == 10
     assert "no such file" in p.stderr
     assert "module teardown ran" in p.stderr
