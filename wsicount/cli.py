@@ -129,7 +129,7 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
         checks.require_path(opts["mask"], "mask", "file")
     checks.check_tile_size(opts["tile_size"], model)
     checks.check_device(opts["device"])
-    from .pipeline import count
+    from .runner import count
 
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None
