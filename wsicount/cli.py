@@ -151,8 +151,9 @@ def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
     """Print levels, sizes, mpp and vendor of SLIDE."""
     checks.require_path(slide, "slide")
     from .io import open_slide, slide_info
+    from .store.atomic import tidy
 
-    d = slide_info(open_slide(slide, mpp=mpp, backend=backend))
+    d = tidy(slide_info(open_slide(slide, mpp=mpp, backend=backend)))  # 0.4523, not 0.45230000000000004
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
