@@ -1,6 +1,7 @@
 # wsicount — set-up, tests and demo in one command each.
 #   make demo   -> venv + install + synthesize a slide (unless SLIDE=...) + wsicount run
-#   make test   -> venv + install + pytest
+#   make test   -> venv + install + pytest without the slow tier (CI runs this)
+#   make test-all -> the whole suite, the slow and real-data tier included
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ SLIDE ?=
 DEMO_SIZE ?= 12288 12288
 DEMO_SLIDE = $(if $(SLIDE),$(SLIDE),$(DEMO_DIR)/demo.ndpi)
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-all demo clean
 
 # each step says what it does; pip lists what it collects, with a bar per download
 PIP := $(BIN)/pip install --disable-pip-version-check
@@ -30,6 +31,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(SAY) "running the tests without the slow tier (make test-all runs them all)"
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
+	$(SAY) "running every test, the slow and real-data tier included"
 	$(BIN)/python -m pytest -q
 
 demo: setup
