@@ -26,7 +26,7 @@ __all__ = ["build_summary", "write_report", "heat_caption", "OUTPUTS"]
 
 #: what summary.json lists under "outputs"
 OUTPUTS = ["summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv", "report.html",
-           "thumbnail.png", "heatmap.png", "density/ (OME-Zarr)"]
+           "thumbnail.png", "heatmap.png", ". (OME-Zarr: the density image density/, its tissue label labels/tissue)"]
 
 
 def build_summary(agg: Aggregate, tm: Any, slide: dict[str, Any], model: dict[str, Any], processing: dict[str, Any],
