@@ -19,7 +19,8 @@ code  meaning
 8     a tile could not be decoded (:class:`TileReadError`)
 9     ``batch``: at least one slide failed (the others finished)
 10    an input path (slide, mask, manifest, dataset) is missing, unreadable or a plain
-      directory (:class:`InputError`)
+      directory (:class:`InputError`); a user region file unreadable, empty, invalid or off
+      the slide (:class:`RegionError`)
 130   interrupted
 ====  =====================================================================================
 
@@ -39,6 +40,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "RegionError",
 ]
 
 
@@ -94,6 +96,10 @@ class TileReadError(WsicountError):
     """A tile of the slide could not be decoded (names level and position)."""
 
     exit_code = 8
+
+
+class RegionError(InputError):
+    """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""
 
 
 #: exit code of ``wsicount batch`` when at least one slide failed
