@@ -123,6 +123,10 @@ def test_resuming_beside_user_files_removes_nothing(tmp_path: Path) -> None:
     assert st.prepare(FINGERPRINT, overwrite=False) is True
     st.release()
     assert (tmp_path / "important.txt").read_text() == "precious"
+    other = {**FINGERPRINT, "params": {**FINGERPRINT["params"], "tile_size": 256}}
+    with pytest.raises(OutputError, match="different settings") as e:  # --overwrite would be refused: not advised
+        RunState(tmp_path).prepare(other, overwrite=False)
+    assert "--overwrite" not in str(e.value)
 
 
 def test_settings_of_a_run_that_finished_no_tile_bind_nothing(tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ class RunState:
         self.dir.mkdir(exist_ok=True)
         self._acquire()
         try:
-            return self._claim(fingerprint, overwrite)
+            return self._claim(fingerprint, overwrite, replaceable=not foreign)
         except BaseException:
             self.release()
             raise
@@ -175,9 +175,14 @@ class RunState:
         except OSError as e:
             raise OutputError(f"output folder {self.out} is not writable ({e.strerror or e})") from None
 
-    def _claim(self, fingerprint: dict[str, Any], overwrite: bool) -> bool:
-        """With the lock held: start fresh, resume, or refuse; True when resuming."""
+    def _claim(self, fingerprint: dict[str, Any], overwrite: bool, replaceable: bool = True) -> bool:
+        """With the lock held: start fresh, resume, or refuse; True when resuming.
+
+        ``replaceable``: the folder holds nothing but a run's outputs, so a refusal may advise
+        ``--overwrite`` (which would otherwise be refused in turn).
+        """
         manifest = self.layout.run_json
+        instead = "another --out or --overwrite" if replaceable else "another --out"
         if overwrite or (manifest.exists() and not self._has_results()):
             # a run that failed before finishing a tile (e.g. no tissue found) left nothing worth
             # keeping: a rerun with other settings (--mask, --mpp) must not be refused for it
@@ -187,13 +192,13 @@ class RunState:
             if old.get("slide") != fingerprint.get("slide"):
                 raise OutputError(
                     f"output folder {self.out} holds results of another slide "
-                    f"({old.get('slide', {}).get('name')}); use another --out or --overwrite"
+                    f"({old.get('slide', {}).get('name')}); use {instead}"
                 )
             if old != fingerprint:
                 raise OutputError(
                     f"output folder {self.out} holds a run with different settings "
                     f"({'; '.join(differences(old, fingerprint))}); "
-                    "use the same settings to resume, another --out, or --overwrite"
+                    f"use the same settings to resume, or {instead}"
                 )
             self.tiles_dir.mkdir(exist_ok=True)
             return True
