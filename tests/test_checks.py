@@ -4,6 +4,7 @@ input path), no traceback, nothing written, and no heavy import (torch, dask, za
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -173,8 +174,12 @@ def test_bad_values_are_caught_before_heavy_imports(tmp_path: Path) -> None:
     """In a fresh interpreter no invalid value imports torch, dask or zarr before it is refused."""
     names = _workdir(tmp_path)
     cases = {c: _args(c, names) for c in sorted(CASES) if CASES[c][1] != MODEL and "device" not in c}
+    import wsicount
+
+    here = str(Path(wsicount.__file__).resolve().parents[1])  # the child imports this checkout, not another install
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     p = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases)], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=300)
+                       cwd=tmp_path, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
     assert {c: m for c, m in json.loads(p.stdout).items() if m} == {}, p.stderr
 
