@@ -43,7 +43,7 @@ def test_console_shows_a_line_per_stage_and_tenths_of_the_tiles() -> None:
     show("report", 0, 0)
     lines = out.getvalue().splitlines()
     assert lines[:3] == ["wsicount: " + STAGES["open"], "wsicount: " + STAGES["tissue"],
-                         "wsicount: counting cells in 200 tiles"]
+                         "wsicount: counting the cells of 200 tissue tile(s)"]
     assert [ln for ln in lines if ln.startswith("wsicount: tiles:")] == \
         [f"wsicount: tiles: {20 * k}/200 ({10 * k} %)" for k in range(1, 11)]
     assert lines[-1] == "wsicount: " + STAGES["report"]

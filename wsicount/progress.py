@@ -23,7 +23,7 @@ STAGES = {
     "open": "opening the slide and loading the model",
     "tissue": "finding the tissue and the intensity range",
     "plan": "planning the tiles",
-    "tiles": "counting cells in {total} tiles",
+    "tiles": "counting the cells of {total} tissue tile(s)",
     "pyramid": "building the density pyramid and count maps",
     "report": "writing the reports",
 }
