@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Picture", "ticks", "inferno", "png", "outline", "font"]
+__all__ = ["Picture", "ticks", "inferno", "png", "outline"]
 
 #: longer side of the image box, pixels (matplotlib's 5.2 in at 110 dpi, as before)
 AXES_PX = 572
@@ -46,7 +46,7 @@ def inferno() -> np.ndarray:
 
 
 @lru_cache(maxsize=4)
-def font(size: int):
+def _font(size: int):
     """DejaVu Sans at ``size`` px: the font matplotlib ships (found without importing it), which has µ and ².
 
     Pillow's own font (Aileron) has neither, so it is only the fallback when matplotlib's
@@ -144,7 +144,7 @@ class Picture:
 
         d = ImageDraw.Draw(self.image)
         x0, y0, x1, y1 = self.box
-        small, mid = font(12), font(13)
+        small, mid = _font(12), _font(13)
         d.rectangle((x0 - 1, y0 - 1, x1, y1), outline="black")
         (h, w), (wu, hu) = self.size, self.extent_um
         for v in ticks(0.0, wu):
@@ -159,7 +159,7 @@ class Picture:
             label_w = max(label_w, round(d.textlength(_label(v), font=small)))
         d.text(((x0 + x1) // 2, y1 + TICK + PAD + 18), xlabel, fill="black", font=mid, anchor="mt")
         self._vertical_text(ylabel, x0 - 1 - TICK - PAD - label_w - 6, (y0 + y1) // 2, mid, right=True)
-        d.text(((x0 + x1) // 2, y0 - 12), title, fill="black", font=font(14), anchor="ms")
+        d.text(((x0 + x1) // 2, y0 - 12), title, fill="black", font=_font(14), anchor="ms")
 
     def colorbar(self, vmin: float, vmax: float, label: str) -> None:
         """A vertical 'inferno' bar beside the box, ``vmax`` at the top, with ticks and ``label``."""
@@ -172,14 +172,14 @@ class Picture:
         self.image.paste(Image.fromarray(np.repeat(ramp[:, None, :], CB_W, axis=1)), (bx0, y0))
         d = ImageDraw.Draw(self.image)
         d.rectangle((bx0 - 1, y0 - 1, bx1, y1), outline="black")
-        small, label_w = font(12), 0
+        small, label_w = _font(12), 0
         span = vmax - vmin
         for v in ticks(vmin, vmax, 5) if span > 0 else [vmin]:
             y = y1 - 1 - round((v - vmin) / span * (h - 1)) if span > 0 else (y0 + y1) // 2
             d.line((bx1, y, bx1 + TICK, y), fill="black")
             d.text((bx1 + TICK + PAD, y), _label(v), fill="black", font=small, anchor="lm")
             label_w = max(label_w, round(d.textlength(_label(v), font=small)))
-        self._vertical_text(label, bx1 + TICK + PAD + label_w + 6, (y0 + y1) // 2, font(13), right=False)
+        self._vertical_text(label, bx1 + TICK + PAD + label_w + 6, (y0 + y1) // 2, _font(13), right=False)
 
     def _vertical_text(self, text: str, x: int, yc: int, font, right: bool) -> None:
         """``text`` rotated to read bottom-up, centred on row ``yc``; its right (``right``) or left edge at column ``x``."""

@@ -68,10 +68,10 @@ def zoom_figure(slide: Any, model_mpp: float, peaks: np.ndarray, centre_um: tupl
 
 def _scale_bar(d: Any, px_per_um: float, um: float = 50.0) -> None:
     """A white ``um`` bar with its length written above it, in the bottom-left corner."""
-    from .pictures import font
+    from .pictures import _font
 
     length = round(um * px_per_um)
     x, y = 16, ZOOM_PX - 18
     d.rectangle((x - 4, y - 22, x + length + 4, y + 8), fill=(0, 0, 0))
     d.rectangle((x, y, x + length, y + 4), fill=(255, 255, 255))
-    d.text((x + length / 2, y - 3), f"{um:g} µm", fill=(255, 255, 255), font=font(13), anchor="ms")
+    d.text((x + length / 2, y - 3), f"{um:g} µm", fill=(255, 255, 255), font=_font(13), anchor="ms")
