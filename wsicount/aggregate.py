@@ -58,23 +58,10 @@ def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple
 
 
 def _tissue_per_cell(tm: Any, g: float, shape: tuple[int, int]) -> np.ndarray:
-    """Tissue area (mm²) of each grid cell of size g um, from the mask.
+    """Tissue area (mm²) of each grid cell of size g um, from the mask, by exact pixel overlap (:mod:`wsicount.gridarea`)."""
+    from .gridarea import tissue_area_per_cell
 
-    A mask pixel belongs to the grid cell holding its centre. The cell index grows with the
-    pixel index, so each cell's pixels are one run of rows and columns: the mask is summed
-    one band of rows at a time (no per-pixel index or cast arrays: memory ~ mask width x grid rows).
-    """
-    mh, mw = tm.mask.shape
-    py, px = tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x  # um per mask pixel
-    iy = np.minimum(((np.arange(mh) + 0.5) * py / g).astype(np.int64), shape[0] - 1)
-    ix = np.minimum(((np.arange(mw) + 0.5) * px / g).astype(np.int64), shape[1] - 1)
-    ry = np.flatnonzero(np.r_[True, iy[1:] != iy[:-1]])  # first mask row of each occupied grid row
-    rx = np.flatnonzero(np.r_[True, ix[1:] != ix[:-1]])
-    rows = np.stack([band.sum(axis=0) for band in np.split(tm.mask, ry[1:], axis=0)])
-    cells = np.add.reduceat(rows, rx, axis=1)
-    area = np.zeros(shape, dtype=np.float64)
-    area[np.ix_(iy[ry], ix[rx])] = cells * (py * px / 1e6)
-    return area
+    return tissue_area_per_cell(tm.mask, tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x, g, shape)
 
 
 def _regional(counts: np.ndarray, tissue_mm2: np.ndarray, g: float, min_fraction: float = 0.5) -> dict[str, Any]:

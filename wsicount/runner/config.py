@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["RunConfig", "with_options"]
 
@@ -29,7 +29,8 @@ class RunConfig:
     tiles_per_task: int | None = None
     overwrite: bool = False
     skip_bad_tiles: bool = False
-    progress: bool = True
+    #: False: silent (library default); True: the console display (the CLI); or fn(stage, done, total)
+    progress: bool | Callable[[str, int, int], None] = False
     geojson_units: str = "px"
 
     def result_params(self) -> dict[str, Any]:
