@@ -121,10 +121,22 @@ BACKEND_HELP = ("Slide reader: openslide (NDPI, SVS, MRXS, ...), tifffile (tiled
 @click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
 @click.option("--geojson-units", type=click.Choice(["px", "um"]), default="px", show_default=True,
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
+@click.option("--frame-interval", type=POSITIVE, default=None,
+              help="Time-lapse stacks: minutes between frames, when the stack states no times.")
+@click.option("--times", type=click.Path(path_type=Path), default=None,
+              help="Time-lapse stacks: CSV of frame times (columns frame,time_h).")
+@click.option("--focus", default="best", show_default=True,
+              help="Time-lapse stacks: focal plane per frame: best (sharpest), all (median count), or a plane index.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
-def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
-    """Count cells on SLIDE and write density map, count maps and reports to --out."""
+def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: float | None, times: Path | None,
+        focus: str, **opts) -> None:
+    """Count cells on SLIDE (a whole slide, or a time-lapse stack) and write maps, tables and reports to --out."""
     checks.require_path(slide, "slide")
+    from .timelapse.stack import is_stack
+
+    if is_stack(slide):
+        _run_stack(slide, out, model, frame_interval, times, focus, opts)
+        return
     if opts["mask"] is not None:
         checks.require_path(opts["mask"], "mask", "file")
     checks.check_tile_size(opts["tile_size"], model)
@@ -140,6 +152,25 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
+
+
+def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float | None, times: Path | None,
+               focus: str, opts: dict) -> None:
+    """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
+    if focus not in ("best", "all") and not focus.isdigit():
+        raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
+    if times is not None:
+        checks.require_path(times, "times", "file")
+    checks.check_device(opts["device"])
+    from .timelapse import count_stack
+
+    s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
+                    batch_size=opts["batch_size"] or 4, device="cpu" if opts["device"] == "auto" else opts["device"],
+                    precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
+                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"])
+    hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
+    when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
+    click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")
 
 
 @cli.command(short_help="Print levels, sizes, mpp and vendor of a slide.")
@@ -327,9 +358,18 @@ def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str
     paths = list(slides) + (read_manifest(manifest) if manifest else [])
     if not paths:
         raise UsageError(f"manifest {manifest} lists no slides")
-    rows = batch_api(paths, out, model=model, progress=not quiet, **opts)
+    from .timelapse.stack import is_stack
+
+    if all(is_stack(p) for p in paths):  # one time-lapse stack per embryo or well: a table of cleavage times
+        from .timelapse.study import count_stacks
+
+        rows = count_stacks(paths, out, model, mpp=opts["mpp"], overwrite=opts["overwrite"])
+        table = out / "study_timelapse.csv"
+    else:
+        rows = batch_api(paths, out, model=model, progress=not quiet, **opts)
+        table = out / "study.csv"
     failed = [r for r in rows if r["status"] != "ok"]
-    click.echo(f"{len(rows) - len(failed)}/{len(rows)} slides counted -> {out / 'study.csv'}")
+    click.echo(f"{len(rows) - len(failed)}/{len(rows)} inputs counted -> {table}")
     if failed:
         for r in failed:
             click.echo(f"  {r['slide']}: {r['status']}: {r.get('error', '')}", err=True)
