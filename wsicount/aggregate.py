@@ -16,7 +16,7 @@ import numpy as np
 from .store import TileRecord
 from .tiling import Geometry, Tile, mask_on_grid
 
-__all__ = ["Aggregate", "aggregate", "bad_tile_rows", "BAD_TILE_FIELDS"]
+__all__ = ["Aggregate", "aggregate", "add_intervals", "bad_tile_rows", "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
 
@@ -33,6 +33,12 @@ class Aggregate:
     bad_tiles: list[dict[str, Any]] = field(default_factory=list)
     #: sum of the tiles' count-variance terms (None when the tiles carry none)
     variance: float | None = None
+    #: the total's interval: {"lo", "hi", "level", "method"} (None: the model card has no calibration)
+    total_ci: dict[str, Any] | None = None
+    #: per grid: (lo, hi, sd) arrays of each cell's count interval and modelled error sd
+    cell_ci: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: rows of the user's regions (wsicount.regions.region_counts), [] without --regions
+    user_regions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple[float, ...],
@@ -55,6 +61,27 @@ def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple
     agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None)
     agg.regional = {f"{g:g}um": _regional(counts[g], tissue[g], g) for g in grid_um}
     return agg
+
+
+def add_intervals(agg: Aggregate, cal: Any, model_mpp: float, level: float = 0.95) -> None:
+    """Set the total's and every grid cell's count interval from a :class:`wsicount.uncertainty.Calibration`.
+
+    The total uses the tiles' summed additive terms (tile errors independent) and its own count
+    for the shared relative error; a grid cell uses its count and tissue area the same way.
+    """
+    from .uncertainty import cell_terms
+
+    if cal is None:
+        return
+    tissue_mm2 = float(next(iter(agg.tissue_mm2.values())).sum()) if agg.tissue_mm2 else 0.0
+    terms = ({"var": agg.variance, "pred": max(agg.total, 0.0)} if agg.variance is not None
+             else cell_terms(agg.total, tissue_mm2, model_mpp))
+    lo, hi = cal.interval(agg.total, terms, level)
+    agg.total_ci = {"lo": lo, "hi": hi, "level": level, "method": cal.method}
+    for g, counts in agg.counts.items():
+        t = cell_terms(counts, agg.tissue_mm2[g], model_mpp)
+        clo, chi = cal.interval(counts, t, level)
+        agg.cell_ci[g] = (np.asarray(clo), np.asarray(chi), np.sqrt(cal.variance(t)))
 
 
 def _tissue_per_cell(tm: Any, g: float, shape: tuple[int, int]) -> np.ndarray:

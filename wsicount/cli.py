@@ -121,6 +121,13 @@ BACKEND_HELP = ("Slide reader: openslide (NDPI, SVS, MRXS, ...), tifffile (tiled
 @click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
 @click.option("--geojson-units", type=click.Choice(["px", "um"]), default="px", show_default=True,
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
+@click.option("--regions", type=click.Path(path_type=Path), default=None,
+              help="User regions: a QuPath GeoJSON export (annotations) or a label image; each gets its count, "
+                   "interval and density in regions.csv.")
+@click.option("--regions-units", type=click.Choice(["px", "um"]), default=None,
+              help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
+@click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
+              help="Label image: level-0 pixels per label pixel.")
 @click.option("--frame-interval", type=POSITIVE, default=None,
               help="Time-lapse stacks: minutes between frames, when the stack states no times.")
 @click.option("--times", type=click.Path(path_type=Path), default=None,
@@ -145,9 +152,13 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
 
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None
+    if opts["regions"] is not None:
+        checks.require_path(opts["regions"], "regions", "file")
+        opts["regions"] = str(opts["regions"])
     s = count(slide, out, model=model, progress=not quiet, **opts)
-    cpm = s["cells_per_mm2"]
-    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
+    cpm, ci = s["cells_per_mm2"], s.get("total_cells_ci")
+    interval = f" ({100 * ci['level']:g} % CI {ci['lo']:.0f}–{ci['hi']:.0f})" if ci else ""
+    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells{interval} in {s['tissue_area_mm2']:.2f} mm² of tissue "
                f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "

@@ -67,11 +67,11 @@ def count_text(n: float) -> str:
 
 
 def interval_text(summary: dict[str, Any]) -> str:
-    """The count's uncertainty interval (``summary["count_interval"]``: low, high, level), or what stands in for it."""
-    iv = summary.get("count_interval")
+    """The count's uncertainty interval (``summary["total_cells_ci"]``: lo, hi, level), or what stands in for it."""
+    iv = summary.get("total_cells_ci")
     if not iv:
         return "uncertainty interval: not computed for this run"
-    return f"{100 * iv.get('level', 0.95):g} % interval {count_text(iv['low'])} – {count_text(iv['high'])}"
+    return f"{100 * iv.get('level', 0.95):g} % interval {count_text(iv['lo'])} – {count_text(iv['hi'])}"
 
 
 def _result(s: dict[str, Any]) -> str:

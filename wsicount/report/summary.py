@@ -41,8 +41,10 @@ def build_summary(agg: Aggregate, tm: Any, slide: dict[str, Any], model: dict[st
     return {
         "total_cells": agg.total, "tissue_area_mm2": tm.area_mm2,
         "cells_per_mm2": agg.total / tm.area_mm2 if tm.area_mm2 > 0 else None,
+        # {"lo", "hi", "level", "method"}: the calibrated interval of the total (None: no calibration in the card)
+        "total_cells_ci": agg.total_ci,
         "complete": True, "n_cells_detected": len(agg.peaks),
-        "regional": agg.regional, "bad_tiles": agg.bad_tiles,
+        "regional": agg.regional, "user_regions": agg.user_regions, "bad_tiles": agg.bad_tiles,
         "bad_tiles_tissue_mm2": float(sum(b["tissue_mm2"] for b in agg.bad_tiles)),
         # pixel sizes computed from the file's resolution carry float noise (0.45230000000000004)
         "slide": tidy(slide), "model": tidy(model),

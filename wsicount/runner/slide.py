@@ -177,6 +177,7 @@ class _Opened:
     resumed: bool
     client: Any
     own_client: Any
+    regions: Any = None  # the user's regions (wsicount.regions), read and checked before any tile
 
 
 @dataclass
@@ -258,6 +259,7 @@ def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, 
     from ..models import load_model
 
     lm = load_model(model)
+    regions = _user_regions(cfg, ahead.slide)
     device = pick_device(cfg.device)
     precision = resolve_precision(device, cfg.precision, lm.card)
     own_client = None
@@ -285,7 +287,19 @@ def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, 
         if own_client is not None:
             own_client.close()
         raise
-    return _Opened(ahead, lm, device, precision, placement, tile_plan, fingerprint, state, resumed, client, own_client)
+    return _Opened(ahead, lm, device, precision, placement, tile_plan, fingerprint, state, resumed, client, own_client,
+                   regions)
+
+
+def _user_regions(cfg: RunConfig, sl: Any) -> Any:
+    """The user's regions (None without ``cfg.regions``), checked against the slide: a bad region fails the run now."""
+    if not cfg.regions:
+        return None
+    from ..regions import check_regions, read_regions
+
+    regs = read_regions(cfg.regions, units=cfg.regions_units, mpp0=sl.mpp, label_scale=cfg.regions_scale)
+    check_regions(regs, tuple(sl.shapes[0][:2]))
+    return regs
 
 
 def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor, timings: dict[str, float],
@@ -366,7 +380,7 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
     """Aggregate, then three at once: the side worker draws the heat map and writes the text tables
     (Python-bound), a thread builds the density pyramid, this thread writes the count maps (both
     Zarr: numpy sums and blosc release the GIL, Zarr's I/O loop does not)."""
-    from ..aggregate import aggregate, bad_tile_rows
+    from ..aggregate import add_intervals, aggregate, bad_tile_rows
     from ..report import for_heatmap, heatmap_figure, write_count_maps, write_text_tables
     from ..store.density import build_pyramid
 
@@ -374,6 +388,9 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
     tm, geom = prep.tissue, plan.geom
     agg = aggregate(records, tm, geom, plan.grid_um, plan.grid_shape)
     agg.bad_tiles = bad_tile_rows(agg.bad_tiles, tiles, geom, tm, plan.mask_scale)
+    add_intervals(agg, plan.calibration, geom.model_mpp, cfg.interval_level)
+    if o.regions is not None:
+        agg.user_regions = _count_regions(o.regions, out, plan, tm, cfg.interval_level)
     sf = picture.result()
     drawing = side_worker.side_submit(side, heatmap_figure, sf, for_heatmap(agg))
     tables_f = side_worker.side_submit(side, write_text_tables, out, o.ahead.slide.mpp, geom, agg, cfg.geojson_units)
@@ -385,6 +402,17 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
         n_levels, timings["stitch"] = pyramid_f.result()
     timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
     return agg, (sf.png, drawing.result()), tables, n_levels
+
+
+def _count_regions(regions: Any, out: Path, plan: RunPlan, tm: Any, level: float) -> list[dict[str, Any]]:
+    """Count, interval, tissue area and density of each user region on the stitched density (read in row bands)."""
+    import zarr
+
+    from ..regions import region_counts
+    from ..store import Layout
+
+    density = zarr.open_array(str(Layout(out).density_level(0)), mode="r")
+    return region_counts(regions, density, plan.geom.model_mpp, plan.geom.scale0, tm.mask, plan.calibration, level)
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
