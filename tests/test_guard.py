@@ -60,7 +60,7 @@ def test_fluorescence_model_on_brightfield_slide_is_refused(slides):
     with pytest.raises(DomainError, match=r"trained on fluorescence images but bf.tif looks brightfield") as e:
         check_slide(card, slides["bf"], _opts())
     assert "\n" not in str(e.value) and "--force" in str(e.value)
-    assert e.value.exit_code == 10
+    assert e.value.exit_code == 11
 
 
 def test_force_turns_refusals_into_warnings(slides):
@@ -148,21 +148,21 @@ def test_density_outside_the_mask():
 
 
 @pytest.mark.usefixtures("one_torch_thread")
-def test_cli_refuses_with_exit_10_and_force_prints_warnings(slides, tmp_path):
+def test_cli_refuses_with_exit_11_and_force_prints_warnings(slides, tmp_path):
     from click.testing import CliRunner
 
     from wsicount.cli import cli
 
     path = str(slides["bf"].path)
     res = CliRunner().invoke(cli, ["run", path, "-o", str(tmp_path / "a"), "-q"])
-    assert res.exit_code == 10
+    assert res.exit_code == 11
     assert res.output.count("\n") == 1 and res.output.startswith("wsicount: error: model melanocyte-trp1 was trained")
     res = CliRunner().invoke(cli, ["run", path, "-o", str(tmp_path / "b"), "-q", "--force"])
     assert res.exit_code == 0, res.output
     assert "wsicount: warning: model melanocyte-trp1 was trained on fluorescence images" in res.output
 
 
-def test_cli_never_prints_a_negative_total_as_a_count(monkeypatch, tmp_path):
+def test_cli_never_prints_a_negative_total_as_a_count(slides, monkeypatch, tmp_path):
     from click.testing import CliRunner
 
     import wsicount.runner
@@ -171,7 +171,7 @@ def test_cli_never_prints_a_negative_total_as_a_count(monkeypatch, tmp_path):
     summary = {"total_cells": -27319.0, "tissue_area_mm2": 2.5, "cells_per_mm2": -10927.6, "bad_tiles": [],
                "timings": {"total": 1.0}, "warnings": ["the density sums to -27319: a negative total is not a count"]}
     monkeypatch.setattr(wsicount.runner, "count", lambda *a, **k: summary)
-    res = CliRunner().invoke(cli, ["run", str(tmp_path / "x.svs"), "-o", str(tmp_path / "o"), "-q"])
+    res = CliRunner().invoke(cli, ["run", str(slides["bf"].path), "-o", str(tmp_path / "o"), "-q"])
     assert res.exit_code == 0, res.output
     assert "wsicount: warning: the density sums to -27319" in res.output
     assert "no count (the density map sums to -27319" in res.output

@@ -115,7 +115,7 @@ class RegionError(InputError):
 class DomainError(WsicountError):
     """The slide is outside the model's domain (modality, pixel size, empty channel); ``--force`` runs anyway."""
 
-    exit_code = 10
+    exit_code = 11
 
 
 #: exit code of ``wsicount batch`` when at least one slide failed
