@@ -23,7 +23,7 @@ Figures, per tile-thread count (``--threads``; the machine has ``CORES`` cores):
 * decoding alone: one thread reading every window of the run back to back (no cache), Mpx/s.
 
 ``--zarr-writes`` alternates runs whose tiles write their chunks through zarr's own pipeline
-(``stitch.ChunkFiles`` disabled, as before session 9) with runs that write them as files, and
+(``store.density.ChunkFiles`` disabled, as before session 9) with runs that write them as files, and
 adds a row per way: the comparison behind that change, rerunnable.
 
 Bound by decoding means: the feed rate with N threads is close to N × the decode-alone rate
@@ -81,9 +81,11 @@ class Replay:
 
 def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: bool = False) -> dict:
     """One ``count`` with the replay (tile chunks through zarr if ``zarr_writes``); the tile stage's seconds, CPU and summary."""
-    from wsicount import infer, pipeline, stitch
+    from wsicount import infer
+    from wsicount.run import count, slide as run_slide, task
+    from wsicount.store import density
 
-    orig_infer, orig_execute, orig_predict = pipeline._infer_batch, pipeline._execute, infer.predict_batch
+    orig_infer, orig_execute, orig_predict = task.infer_batch, run_slide.run_tasks, infer.predict_batch
     cpu: dict[str, float] = {}
 
     def infer_batch(job, model, device, mask, state, items):
@@ -98,20 +100,20 @@ def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: 
             cpu["tiles"] = time.process_time() - c
             cpu["steal"] = steal_seconds() - st if st is not None else float("nan")
 
-    orig_files = stitch.ChunkFiles.of
-    pipeline._infer_batch, pipeline._execute, infer.predict_batch = infer_batch, execute, replay.predict_batch
+    orig_files = density.ChunkFiles.of
+    task.infer_batch, run_slide.run_tasks, infer.predict_batch = infer_batch, execute, replay.predict_batch
     if zarr_writes:
-        stitch.ChunkFiles.of = classmethod(lambda cls, arr: None)
+        density.ChunkFiles.of = classmethod(lambda cls, arr: None)
     try:
         shutil.rmtree(out, ignore_errors=True)
         # a fresh process's caches, as a run has: the decoded-segment cache (io.SegmentCache) of the
         # previous run would serve this one's reads, and the density store is reopened with or
         # without chunk files
-        pipeline._cache.clear()
-        s = pipeline.count(slide, out, threads=threads, progress=False)
+        task.clear_caches()
+        s = count(slide, out, threads=threads, progress=False)
     finally:
-        pipeline._infer_batch, pipeline._execute, infer.predict_batch = orig_infer, orig_execute, orig_predict
-        stitch.ChunkFiles.of = orig_files
+        task.infer_batch, run_slide.run_tasks, infer.predict_batch = orig_infer, orig_execute, orig_predict
+        density.ChunkFiles.of = orig_files
     stage = s["timings"]["stage_seconds_summed_over_tiles"]
     return {"threads": threads, "zarr_writes": zarr_writes, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"],
             "steal": cpu["steal"],

@@ -26,9 +26,9 @@ def __getattr__(name: str):
     lazy = {
         "open_slide": ("io", "open_slide"),
         "Slide": ("io", "Slide"),
-        "run": ("pipeline", "run"),
-        "count": ("pipeline", "count"),
-        "RunConfig": ("pipeline", "RunConfig"),
+        "run": ("run", "run"),
+        "count": ("run", "count"),
+        "RunConfig": ("run", "RunConfig"),
         "synth_slide": ("synth", "synth_slide"),
         "load_model": ("models", "load_model"),
         "train": ("training.train", "train"),

@@ -80,8 +80,14 @@ class Tile:
 
     @property
     def key(self) -> str:
-        """Stable identifier used for completion records."""
+        """Stable identifier used for completion records: ``"{ty}_{tx}"``."""
         return f"{self.ty}_{self.tx}"
+
+    @staticmethod
+    def index_of(key: str) -> tuple[int, int]:
+        """(ty, tx) of a :attr:`key`."""
+        ty, tx = key.split("_")
+        return int(ty), int(tx)
 
     @property
     def window_shape(self) -> tuple[int, int]:
