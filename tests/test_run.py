@@ -24,7 +24,7 @@ import wsicount
 from wsicount.infer import pad_to_stride, pick_device, predict_batch
 from wsicount.io import open_slide
 from wsicount.models import load_model
-from wsicount.preprocess import apply_normalization, select_channels
+from wsicount.preprocess import select_channels
 from wsicount.synth import synth_slide
 from wsicount.tiling import mask_on_grid
 
@@ -57,15 +57,19 @@ def tiled_runs(grid_slide, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole_density(grid_slide, tiled_runs, model):
-    """Whole-image inference on the full level-0 image, normalised, masked and in the precision of the runs."""
-    s = tiled_runs[(512, 2)].attrs["summary"]
-    norm = s["processing"]["normalization"]
+    """Whole-image inference on the full level-0 image, normalised by the run's field, masked and in the precision of the runs."""
+    # imported here: importing wsicount.run's submodules before wsicount.run() is first called
+    # would bind the name to the package instead of the function
+    from wsicount.run.config import RunConfig
+    from wsicount.run.plan import prepare
+
     precisions = {ds.attrs["summary"]["processing"]["precision"] for ds in tiled_runs.values()}
     assert len(precisions) == 1, precisions
     slide = open_slide(grid_slide.path)
     h, w = (int(v) for v in slide.levels[0].shape[:2])
     img = slide.read_region(0, 0, 0, h, w)
-    x = apply_normalization(select_channels(img.astype(np.float32), model.card.channels), norm["offset"], norm["span"])
+    field = prepare(slide, RunConfig(), model.card).field  # what the runs computed: a pure function of the slide
+    x = field.apply(select_channels(img.astype(np.float32), model.card.channels), (0, h, 0, w), h, w)
     d = predict_batch(model, pad_to_stride(x, model.card.stride)[None], pick_device("cpu"), precisions.pop())[0, :h, :w]
     ds = tiled_runs[(512, 2)]
     mask = ds["tissue"].values

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InputError, NoTissueError, TileReadError
 
 __all__ = ["TissueMask", "detect_tissue", "mask_from_image", "grow_mask", "Background", "background_threshold", "tissue_masks",
-           "signal_image", "everything_mask", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
+           "signal_image", "everything_mask", "mask_density", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
 
 
 @dataclass
@@ -109,26 +109,30 @@ def _block_factor(level_mpp: float, target_mpp: float) -> int:
 def signal_image(img: np.ndarray, mode: str) -> np.ndarray:
     """(H, W[, C]) uint8 image -> float32 signal in which the slide background is the darkest level.
 
-    Fluorescence: the channel mean (dark mount and black padding are dark in every channel).
-    Brightfield: half the darkness plus the saturation, since stain separates from white
-    glass better by its colour than by its brightness alone.
+    Fluorescence: the brightest channel (a dye scanned into one channel of an RGB file, as
+    DAPI into blue, is not diluted by the two dark ones; mount and padding are dark in all).
+    Brightfield: half the darkness (255 - channel mean) plus the saturation, since stain
+    separates from white glass better by its colour than by its brightness alone.
     """
-    if img.ndim == 3:
-        # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
-        # channel axis, and exactly equal (sums of uint8 are exact in float32)
-        g = img[..., 0].astype(np.float32)
-        for c in range(1, img.shape[-1]):
-            g += img[..., c]
-        g /= img.shape[-1]
-    else:
+    if img.ndim == 2:
         g = img.astype(np.float32)
-    if mode == "fluorescence":
-        return g
+        if mode == "brightfield":
+            return 255.0 - g
+        if mode == "fluorescence":
+            return g
+    elif mode == "fluorescence":
+        return img.max(axis=-1).astype(np.float32)
     if mode != "brightfield":
         raise ValueError(f"unknown tissue mode {mode!r} (fluorescence|brightfield|none)")
-    if img.ndim == 3 and img.shape[-1] >= 3:
-        rgb = img[..., :3].astype(np.float32)
-        return 0.5 * (255.0 - g) + (rgb.max(-1) - rgb.min(-1))
+    # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
+    # channel axis, and exactly equal (sums of uint8 are exact in float32)
+    g = img[..., 0].astype(np.float32)
+    for c in range(1, img.shape[-1]):
+        g += img[..., c]
+    g /= img.shape[-1]
+    if img.shape[-1] >= 3:
+        rgb = img[..., :3]
+        return 0.5 * (255.0 - g) + (rgb.max(-1).astype(np.float32) - rgb.min(-1))
     return 255.0 - g
 
 
@@ -176,7 +180,8 @@ def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float =
 
     The signal is smoothed by ``SMOOTH_UM`` (cells blur into their tissue, noise averages
     out, so dim tissue stands clear of the background) and cut just above the slide
-    background (:func:`background_threshold`): that region, grown by ``margin_um``, is
+    background (:func:`background_threshold`; first levelled by a plane fitted to the pixels
+    below a first cut, for glass lit unevenly): that region, grown by ``margin_um``, is
     counted. Its cut lies at the foot of each tissue edge, widened by the smoothing and by
     the glow of cells at the edge; the tissue itself, whose area the counts are divided by,
     is cut at half height: halfway between the background and the local tissue level (the
@@ -187,6 +192,9 @@ def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float =
     if float(s.max() - s.min()) < 1e-3:  # a flat image: nothing stands out of the background
         return np.zeros(s.shape, bool), np.zeros(s.shape, bool)
     bg = background_threshold(s)
+    if bg.found:  # the background may vary slowly (uneven illumination): level it, then cut again
+        s = s - _plane(s, s <= bg.threshold)
+        bg = background_threshold(s)
     wide = _clean(s > bg.threshold, mpp, min_object_um2)
     if not bg.found:  # no background but black padding: all the rest is tissue
         return wide, grow_mask(wide, mpp, margin_um)
@@ -200,6 +208,19 @@ def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float =
 def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0) -> np.ndarray:
     """The tissue of an (H, W, C) uint8 image at ``mpp`` um/px: everything that is not slide background (see :func:`tissue_masks`)."""
     return tissue_masks(img, mode, mpp, min_object_um2)[0]
+
+
+def _plane(s: np.ndarray, where: np.ndarray, n: int = 20000) -> np.ndarray:
+    """The least-squares plane a + b·y + c·x through ``s`` at (up to ``n`` evenly picked) pixels ``where``."""
+    iy, ix = np.nonzero(where)
+    if len(iy) < 3:
+        return np.zeros_like(s)
+    pick = np.linspace(0, len(iy) - 1, min(n, len(iy))).astype(np.int64)
+    iy, ix = iy[pick], ix[pick]
+    a = np.column_stack([np.ones(len(iy)), iy, ix]).astype(np.float64)
+    coef = np.linalg.lstsq(a, s[iy, ix].astype(np.float64), rcond=None)[0]
+    yy, xx = np.ogrid[: s.shape[0], : s.shape[1]]
+    return (coef[0] + coef[1] * yy + coef[2] * xx).astype(np.float32)
 
 
 def _clean(m: np.ndarray, mpp: float, min_object_um2: float) -> np.ndarray:
@@ -375,3 +396,23 @@ def load_user_mask(path: str | Path, level0_shape: tuple[int, int], mpp0: float)
         raise NoTissueError(f"mask {p} is empty: no tissue to count")
     h0, w0 = level0_shape
     return TissueMask(m, h0 / m.shape[0], w0 / m.shape[1], mpp0, str(p))
+
+
+def mask_density(d: np.ndarray, mask: np.ndarray, scale: tuple[float, float], box: tuple[int, int, int, int],
+                 count_box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float]:
+    """Density ``d`` of model-grid ``box`` restricted to the counted region, and the sum that fell outside it.
+
+    ``scale``: model-grid px per mask px (y, x). The outside sum (float64, before masking) is
+    taken over ``count_box`` only (default ``box``; a tile passes its core, so that no pixel is
+    summed by two tiles): summed over a slide's tiles it is the density the mask removed.
+    """
+    from .tiling import mask_covers, mask_on_grid
+
+    if mask_covers(mask, *scale, box):  # inside the counted region x 1 changes nothing
+        return d, 0.0
+    inside = mask_on_grid(mask, *scale, box)
+    y0, y1, x0, x1 = box
+    cy0, cy1, cx0, cx1 = count_box or box
+    ry, rx = slice(max(cy0, y0) - y0, min(cy1, y1) - y0), slice(max(cx0, x0) - x0, min(cx1, x1) - x0)
+    outside = float(d[ry, rx].sum(dtype=np.float64, where=~inside[ry, rx]))
+    return d * inside, outside
