@@ -8,8 +8,8 @@ and the default model. Three kinds of figures, each the median of ``--repeat`` m
 
 * imports -- CPU seconds of importing a module in a fresh interpreter (numpy already imported,
   as it is everywhere it matters): torch and zarr (the run's main process, before the first
-  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (what the pictures
-  were drawn with until session 8: a reference) and Pillow's drawing modules;
+  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (a reference: the
+  usual library for such pictures) and Pillow's drawing modules;
 * pieces -- each function of the run that is not the network, called alone in this process on
   this slide (warm: its imports done): the tissue mask and the normalisation sample
   (``run.plan.prepare``), the two pictures, loading the model, creating the density store,
@@ -48,7 +48,7 @@ from throughput import CORES, ensure_slide, measure_process  # noqa: E402
 PAPER = (26624, 30000)
 IMPORTS = [("torch", "main, before the first tile"), ("zarr", "main, before the first tile"),
            ("scipy.ndimage", "side worker (tissue mask)"), ("PIL.ImageDraw, PIL.ImageFont", "side worker (pictures)"),
-           ("matplotlib.figure", "reference: the pictures' library until session 8")]
+           ("matplotlib.figure", "reference: not imported by a run")]
 
 
 def import_cpu(module: str) -> float:
@@ -78,9 +78,9 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
     from wsicount.aggregate import aggregate
     from wsicount.io import open_slide
     from wsicount.models import load_model, read_card
-    from wsicount.run import plan as run_plan
-    from wsicount.run.config import RunConfig
-    from wsicount.run.execute import Placement
+    from wsicount.runner import plan as run_plan
+    from wsicount.runner.config import RunConfig
+    from wsicount.runner.execute import Placement
     from wsicount.store import RunState
     from wsicount.store.density import build_pyramid, create_density, write_label
     from wsicount.tiling import TileGrid, tissue_tiles

@@ -76,7 +76,7 @@ def test_count_each_prepares_the_next_slide_while_tiles_run(slides, tmp_path):
     """Slide n+1 is opened and its preparation queued before slide n's tiles start; a bad slide
     is yielded as its error; the counts are those of count() slide by slide."""
     from wsicount.errors import WsicountError
-    from wsicount.run import count, count_each
+    from wsicount.runner import count, count_each
 
     log = []
     broken = tmp_path / "broken.ndpi"

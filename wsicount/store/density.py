@@ -71,9 +71,8 @@ class ChunkFiles:
 
     zarr-python 3 writes every chunk through its asyncio codec pipeline (an event loop, worker
     threads, a check of whether the chunk is complete, a temporary name), on threads that
-    compete with the network: ``benchmarks/feed.py --zarr-writes`` measured the tile stage's
-    CPU besides reading and each tile's own work at 1.54-1.60 s through zarr against 0.74-0.88 s with these
-    files (paper slide, 51 tiles). A tile writes each of its chunks exactly once
+    compete with the network (``benchmarks/feed.py --zarr-writes`` compares the two). A tile
+    writes each of its chunks exactly once
     and whole, so none of that is needed. The bytes are what the Zarr v2 spec prescribes and
     zarr itself writes: the full chunk in C order (an edge chunk padded with the fill value),
     encoded by the array's compressor, under the key ``"{row}{separator}{col}"``. Reading
@@ -152,8 +151,7 @@ def open_density(out: Path) -> DensityStore:
     """Open the arrays the tiles write, for writing.
 
     With ``write_empty_chunks``: zarr's check of every chunk against the fill value costs
-    more than it saves here (a tile core is tissue, so hardly ever all zero); measured on
-    the paper slide's chunks, 14 -> 9 ms CPU per chunk written. An all-zero core (tissue only
+    more than it saves here (a tile core is tissue, so hardly ever all zero). An all-zero core (tissue only
     in its halo) is then a small file instead of none; it reads the same.
     """
     g = zarr.open_group(str(Layout(out).density), mode="r+", zarr_format=2)
@@ -193,7 +191,7 @@ def put_block(arr: zarr.Array, files: ChunkFiles | None, y0: int, x0: int, block
 
 
 def _sum2x2(a: np.ndarray) -> np.ndarray:
-    """2x2 block sums of an even-sided array (strided pair sums: ~5x faster than reshape(...).sum(axis=(1, 3)))."""
+    """2x2 block sums of an even-sided array (strided pair sums, cheaper than reshape(...).sum(axis=(1, 3)))."""
     rows = a[0::2] + a[1::2]
     return rows[:, 0::2] + rows[:, 1::2]
 

@@ -8,7 +8,7 @@ Data flow (one direction)::
       -> aggregate -> [side] heat map + text tables, [thread] density pyramid, count maps
       -> report.write_report (summary.json last)
 
-Fixed costs stay off the critical path: the side worker (:mod:`wsicount.run.side`) prepares
+Fixed costs stay off the critical path: the side worker (:mod:`wsicount.runner.side`) prepares
 the slide while this thread imports torch and loads the weights; the density store and the
 tissue label are created on a thread while the first tiles run; the heat map and the tables
 are written by the side worker while the pyramid is built. ``summary.json``'s ``timings``
@@ -144,7 +144,7 @@ def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | o
 
 
 def _prepare_in_side(sl: Any, cfg: RunConfig, card: Any, token: str | None) -> SlidePrep:
-    """:func:`~wsicount.run.plan.prepare` on the side worker; a process keeps the mask for the picture."""
+    """:func:`~wsicount.runner.plan.prepare` on the side worker; a process keeps the mask for the picture."""
     return prepare(sl, cfg, card, keep=(lambda tm: side_worker.keep_mask(token, tm)) if token else None)
 
 

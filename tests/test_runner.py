@@ -153,7 +153,7 @@ def test_outputs_written(ndpi_run):
 
 @pytest.mark.parametrize("origin,cell", [((0, 0), 55.29), ((912, 1824), 55.29), ((3, 5), 7.0), ((40, 0), 552.9)])
 def test_grid_sums_equal_a_scatter_by_pixel_centre(origin, cell):
-    from wsicount.run.task import grid_sums
+    from wsicount.runner.task import grid_sums
 
     rng = np.random.default_rng(0)
     core = rng.normal(size=(300, 250)).astype(np.float32)

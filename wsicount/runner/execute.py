@@ -2,8 +2,8 @@
 
 The choice is made once per run (:class:`Placement`) and everything that depends on it reads
 it from there: how many tasks share a device, how many torch threads each takes, and which
-memory the tile size is planned for (:func:`wsicount.run.plan.plan_tile`). Results do not depend
-on the placement: each tile's record is a pure function of the tile (see :mod:`wsicount.run.task`).
+memory the tile size is planned for (:func:`wsicount.runner.plan.plan_tile`). Results do not depend
+on the placement: each tile's record is a pure function of the tile (see :mod:`wsicount.runner.task`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def run_threads(fn: TaskFn, job: Any, batches: list[list], threads: int,
     """A pool of ``threads`` threads taking the tasks strictly in the given order; the tasks' results.
 
     Not Dask's threaded scheduler: that one orders independent tasks by its own heuristics,
-    and the order matters (largest tiles first, see :func:`wsicount.run.task.task_order`).
+    and the order matters (largest tiles first, see :func:`wsicount.runner.task.task_order`).
     The first failure cancels the tasks not yet started.
     """
     results = []

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from wsicount.run.execute import run_threads
-from wsicount.run.task import task_order
+from wsicount.runner.execute import run_threads
+from wsicount.runner.task import task_order
 from wsicount.tiling import Tile
 
 

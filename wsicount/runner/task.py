@@ -121,7 +121,7 @@ class PendingStores:
             fut.result()
 
 
-#: this process's pending stores (one owner: the run in this process, see wsicount.run.slide)
+#: this process's pending stores (one owner: the run in this process, see wsicount.runner.slide)
 pending_stores = PendingStores()
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wsicount.run.side import SideStopped, init_side_process, side_submit, stop_side
+from wsicount.runner.side import SideStopped, init_side_process, side_submit, stop_side
 
 
 def _mark_and_sleep(marker: str, seconds: float) -> str:
@@ -55,7 +55,7 @@ def test_tiles_wait_for_the_density_store_created_beside_them(tmp_path):
     before it is done); the tile gets the store once it exists, and a failure to create it is the tile's failure."""
     from concurrent.futures import Future
 
-    from wsicount.run.task import pending_stores, worker_density
+    from wsicount.runner.task import pending_stores, worker_density
     from wsicount.store.density import create_density
 
     out = tmp_path / "out"
