@@ -25,6 +25,8 @@ from wsicount.infer import pad_to_stride, pick_device, predict_batch
 from wsicount.io import open_slide
 from wsicount.models import load_model
 from wsicount.preprocess import select_channels
+from wsicount.runner.config import RunConfig
+from wsicount.runner.plan import prepare
 from wsicount.synth import synth_slide
 from wsicount.tiling import mask_on_grid
 
@@ -58,11 +60,6 @@ def tiled_runs(grid_slide, tmp_path_factory):
 @pytest.fixture(scope="module")
 def whole_density(grid_slide, tiled_runs, model):
     """Whole-image inference on the full level-0 image, normalised by the run's field, masked and in the precision of the runs."""
-    # imported here: importing wsicount.run's submodules before wsicount.run() is first called
-    # would bind the name to the package instead of the function
-    from wsicount.run.config import RunConfig
-    from wsicount.run.plan import prepare
-
     precisions = {ds.attrs["summary"]["processing"]["precision"] for ds in tiled_runs.values()}
     assert len(precisions) == 1, precisions
     slide = open_slide(grid_slide.path)

@@ -22,7 +22,7 @@ from .errors import TileReadError
 from .preprocess import percentile_stats, select_channels
 from .tiling import Geometry, read_model_window
 
-__all__ = ["NormField", "Part", "build_norm_field", "field_px", "percentiles_from_hist", "training_field"]
+__all__ = ["NormField", "Part", "build_norm_field", "stats_region", "field_px", "percentiles_from_hist", "training_field"]
 
 #: histogram bins per grey level: lattice percentiles are exact to 1/BINS_PER_LEVEL of a level
 BINS_PER_LEVEL = 4
@@ -156,17 +156,12 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
                      channels: list[int], skip_bad: bool = False) -> NormField:
     """The slide's normalisation field for a card's ``normalization`` (see the module docstring).
 
-    A ``fixed`` card, or a card stating no training field, gets one slide-wide scaling over the
-    tissue. Statistics are taken over the tissue (``tm.tissue``, else ``tm.mask``) shrunk by
-    one mask pixel, so that no background at its edge enters them.
+    A ``fixed`` card keeps its fixed scaling; a card stating no training field gets one
+    field, the whole slide. Statistics are taken over :func:`stats_region`.
     """
-    from scipy import ndimage
-
     if normalization.get("kind") == "fixed":
         return NormField.constant(*percentile_stats(np.zeros(1), normalization))
-    tissue = tm.mask if getattr(tm, "tissue", None) is None else tm.tissue
-    core = ndimage.binary_erosion(tissue, border_value=1) if tissue.shape[0] > 2 and tissue.shape[1] > 2 else tissue
-    core = core if core.any() else tissue
+    core = stats_region(tm)
     f = field_px(normalization, geom.model_mpp)
     if f is None:
         f = float(max(geom.height, geom.width))  # one field: the whole slide
@@ -175,6 +170,26 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
     offset, span = _lattice_stats(hists, step, normalization)
     parts = _small_parts(slide, geom, tm.mask, core, scale, f, normalization, channels, skip_bad)
     return NormField(step, offset, span, parts, scale)
+
+
+def stats_region(tm: Any) -> np.ndarray:
+    """Mask pixels whose intensities enter the statistics: tissue, and no background at its edge.
+
+    The detected tissue shrunk by one mask pixel, together with the counted region shrunk by
+    its margin and the foot of the detection's smoothing (where dim tissue that the tissue's
+    half-height outline leaves out still counts). A user's mask, or mode ``none``: the counted
+    region shrunk by one pixel.
+    """
+    from .tissue import MARGIN_UM, SMOOTH_UM, _dilate_disk
+
+    def shrink(m: np.ndarray, r: int) -> np.ndarray:
+        return ~_dilate_disk(np.pad(~m, r), r)[r:-r, r:-r]  # outside the mask counts as inside
+
+    if getattr(tm, "tissue", None) is None:
+        out = shrink(tm.mask, 1)
+        return out if out.any() else tm.mask
+    out = shrink(tm.tissue, 1) | shrink(tm.mask, int(math.ceil((MARGIN_UM + 2 * SMOOTH_UM) / tm.mpp)))
+    return out if out.any() else tm.tissue
 
 
 def _block_histograms(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int,

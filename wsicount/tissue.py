@@ -211,16 +211,26 @@ def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: floa
 
 
 def _plane(s: np.ndarray, where: np.ndarray, n: int = 20000) -> np.ndarray:
-    """The least-squares plane a + b·y + c·x through ``s`` at (up to ``n`` evenly picked) pixels ``where``."""
+    """The least-squares plane a + b·y + c·x through ``s`` at (up to ``n`` evenly picked) pixels ``where``.
+
+    Solved from its 3x3 normal equations with numpy's own sums, not a multithreaded BLAS, so
+    that the result is bit-identical in every process (a forked side worker included).
+    """
     iy, ix = np.nonzero(where)
     if len(iy) < 3:
         return np.zeros_like(s)
     pick = np.linspace(0, len(iy) - 1, min(n, len(iy))).astype(np.int64)
-    iy, ix = iy[pick], ix[pick]
-    a = np.column_stack([np.ones(len(iy)), iy, ix]).astype(np.float64)
-    coef = np.linalg.lstsq(a, s[iy, ix].astype(np.float64), rcond=None)[0]
+    y, x = iy[pick].astype(np.float64), ix[pick].astype(np.float64)
+    v = s[iy[pick], ix[pick]].astype(np.float64)
+    cy, cx = y.mean(), x.mean()
+    y, x = y - cy, x - cx
+    m = np.array([[len(y), 0.0, 0.0], [0.0, (y * y).sum(), (x * y).sum()], [0.0, (x * y).sum(), (x * x).sum()]])
+    try:
+        a, b, c = np.linalg.solve(m, np.array([v.sum(), (v * y).sum(), (v * x).sum()]))
+    except np.linalg.LinAlgError:  # the pixels lie on a line: no slope across it
+        a, b, c = v.mean(), 0.0, 0.0
     yy, xx = np.ogrid[: s.shape[0], : s.shape[1]]
-    return (coef[0] + coef[1] * yy + coef[2] * xx).astype(np.float32)
+    return (a + b * (yy - cy) + c * (xx - cx)).astype(np.float32)
 
 
 def _clean(m: np.ndarray, mpp: float, min_object_um2: float) -> np.ndarray:
