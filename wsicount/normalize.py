@@ -188,7 +188,8 @@ def stats_region(tm: Any) -> np.ndarray:
     if getattr(tm, "tissue", None) is None:
         out = shrink(tm.mask, 1)
         return out if out.any() else tm.mask
-    out = shrink(tm.tissue, 1) | shrink(tm.mask, int(math.ceil((MARGIN_UM + 2 * SMOOTH_UM) / tm.mpp)))
+    # the counted region's edge lies up to ~3 smoothing sd past the tissue (bright tissue's foot)
+    out = shrink(tm.tissue, 1) | shrink(tm.mask, int(math.ceil((MARGIN_UM + 3 * SMOOTH_UM) / tm.mpp)) + 1)
     return out if out.any() else tm.tissue
 
 
