@@ -17,7 +17,7 @@ from wsicount.normalize import NormField, Part, build_norm_field, percentiles_fr
 from wsicount.preprocess import percentile_stats
 from wsicount.synth.write import write_pyramid
 from wsicount.tiling import plan_geometry
-from wsicount.tissue import TissueMask
+from wsicount.tissue import SMOOTH_UM, TissueMask
 
 NORM = {"kind": "percentile", "low": 1.0, "high": 99.5, "field_px": 128}
 
@@ -103,7 +103,7 @@ def test_a_small_tissue_piece_is_normalised_by_its_own_pixels(tmp_path):
     """A piece no larger than a field, apart from other tissue, gets exactly its own percentiles (as evaluate does)."""
     rng = np.random.default_rng(3)
     img = np.zeros((512, 512), np.uint8)
-    piece = np.clip(_cells(rng, (96, 112), 20.0), 1, 255).astype(np.uint8)
+    piece = np.clip(_cells(rng, (96, 112), 20.0) + np.linspace(0, 60, 112), 1, 255).astype(np.uint8)  # a ramp: its border matters
     img[200:296, 100:212] = piece
     img[:, 400:] = np.clip(_cells(rng, (512, 112), 80.0), 0, 255).astype(np.uint8)
     sl, geom = _slide(tmp_path, img)
@@ -114,8 +114,10 @@ def test_a_small_tissue_piece_is_normalised_by_its_own_pixels(tmp_path):
     counted[48:76, 23:55] = True  # the counted region reaches a little beyond it
     tm = TissueMask(counted, 4.0, 4.0, 1.0, "test", tissue=tissue)
     f = build_norm_field(sl, geom, tm, (4.0, 4.0), NORM, [0])
-    # statistics over the piece shrunk by one mask pixel: its border may hold background
-    ref = percentile_stats(piece[4:-4, 4:-4].astype(np.float32), NORM)
+    # statistics over the piece shrunk by a smoothing sd (here 2 mask px = 8 px): its border may hold background
+    e = 4 * int(np.ceil(SMOOTH_UM / 4.0))
+    ref = percentile_stats(piece[e:-e, e:-e].astype(np.float32), NORM)
+    assert ref != percentile_stats(piece.astype(np.float32), NORM)
     o, s = f.window(192, 304, 92, 220)
     assert np.allclose(o, ref[0]) and np.allclose(s, ref[1])
 

@@ -175,9 +175,9 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
 def stats_region(tm: Any) -> np.ndarray:
     """Mask pixels whose intensities enter the statistics: tissue, and no background at its edge.
 
-    The detected tissue shrunk by one mask pixel, together with the counted region shrunk by
-    its margin and the foot of the detection's smoothing (where dim tissue that the tissue's
-    half-height outline leaves out still counts). A user's mask, or mode ``none``: the counted
+    The detected tissue and the counted region (where dim tissue that the tissue's half-height
+    outline leaves out still counts), each shrunk past how far its outline may reach beyond
+    the tissue. A user's mask, or mode ``none``: the counted
     region shrunk by one pixel.
     """
     from .tissue import MARGIN_UM, SMOOTH_UM, _dilate_disk
@@ -188,8 +188,10 @@ def stats_region(tm: Any) -> np.ndarray:
     if getattr(tm, "tissue", None) is None:
         out = shrink(tm.mask, 1)
         return out if out.any() else tm.mask
-    # the counted region's edge lies up to ~3 smoothing sd past the tissue (bright tissue's foot)
-    out = shrink(tm.tissue, 1) | shrink(tm.mask, int(math.ceil((MARGIN_UM + 3 * SMOOTH_UM) / tm.mpp)) + 1)
+    # the tissue's half-height outline may lie up to a smoothing sd out (bright cells at the
+    # edge blur outwards), the counted region's edge up to ~3 sd out (the foot of a bright edge)
+    sd = SMOOTH_UM / tm.mpp
+    out = shrink(tm.tissue, int(math.ceil(sd))) | shrink(tm.mask, int(math.ceil(MARGIN_UM / tm.mpp + 3 * sd)) + 1)
     return out if out.any() else tm.tissue
 
 
