@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -48,13 +50,14 @@ def _cells(rng, shape, level: float) -> np.ndarray:
 def test_a_pixel_gets_the_same_statistics_in_every_window():
     rng = np.random.default_rng(0)
     off, span = rng.uniform(0, 30, (7, 9)).astype(np.float32), rng.uniform(50, 200, (7, 9)).astype(np.float32)
-    part = Part(5, 6, rng.random((4, 5)) > 0.3, 3.0, 77.0)
+    part = Part.of(5, 6, rng.random((4, 5)) > 0.3, 3.0, 77.0)
     f = NormField(32, off, span, (part,), (4.0, 4.0))
     whole_o, whole_s = f.window(0, 200, 0, 260)
     for y0, y1, x0, x1 in [(0, 64, 0, 64), (17, 139, 33, 250), (100, 200, 5, 6), (31, 33, 30, 34)]:
         o, s = f.window(y0, y1, x0, x1)
         assert np.array_equal(o, whole_o[y0:y1, x0:x1]) and np.array_equal(s, whole_s[y0:y1, x0:x1])
     assert (whole_s[20:36, 24:44][part.mask.repeat(4, 0).repeat(4, 1)] == 77.0).all()
+    assert np.array_equal(pickle.loads(pickle.dumps(f)).window(0, 200, 0, 260)[1], whole_s)
     # past the grid end, a window's reflected pixels get the statistics of the pixels they reflect
     x = rng.random((1, 40, 30)).astype(np.float32)
     y = f.apply(x, (180, 220, 240, 270), 200, 260)

@@ -1,7 +1,8 @@
-"""Tissue-mask resolution: about 4 µm/px, coarser for huge slides so its memory stays bounded."""
+"""Tissue detection: background (glass, dark mount, black padding) vs everything else, however dim; the counted region; mask resolution; masking density."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from wsicount.tissue import MASK_MAX_PX, MASK_MPP, choose_mask_level, mask_target_mpp

@@ -12,6 +12,7 @@ the tile that reads it, so tiled inference stays seam-free and tile-size invaria
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +35,31 @@ SMALL_FIELDS = 1.5
 
 @dataclass(frozen=True, eq=False)
 class Part:
-    """A small tissue piece normalised as a whole: its mask (mask px, origin ``y0, x0``) and statistics."""
+    """A small tissue piece normalised as a whole: its mask (bit-packed; mask px, origin ``y0, x0``) and statistics.
+
+    Packed, a piece costs an eighth of a boolean mask in every pickled tile job.
+    """
 
     y0: int
     x0: int
-    mask: np.ndarray
+    shape: tuple[int, int]
+    bits: bytes
     offset: float
     span: float
+
+    @classmethod
+    def of(cls, y0: int, x0: int, mask: np.ndarray, offset: float, span: float) -> "Part":
+        """The part of boolean ``mask`` at mask pixel (y0, x0)."""
+        return cls(y0, x0, tuple(mask.shape), np.packbits(mask).tobytes(), float(offset), float(span))
+
+    @functools.cached_property
+    def mask(self) -> np.ndarray:
+        """The boolean mask (unpacked once per process)."""
+        n = self.shape[0] * self.shape[1]
+        return np.unpackbits(np.frombuffer(self.bits, np.uint8), count=n).astype(bool).reshape(self.shape)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "mask"}  # never ship the unpacked copy
 
 
 @dataclass(frozen=True, eq=False)
@@ -285,5 +304,5 @@ def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: np.ndarr
                 raise
             continue
         off, span = percentile_stats(select_channels(img, channels)[:, m], normalization)
-        parts.append(Part(my0, mx0, own, off, span))
+        parts.append(Part.of(my0, mx0, own, off, span))
     return tuple(parts)
