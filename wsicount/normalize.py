@@ -185,8 +185,7 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
     if f is None:
         f = float(max(geom.height, geom.width))  # one field: the whole slide
     step = max(8, int(round(f / 2)))
-    hists = _block_histograms(slide, geom, core, scale, step, channels, skip_bad)
-    offset, span = _lattice_stats(hists, step, normalization)
+    offset, span = _lattice_stats(slide, geom, core, scale, step, channels, normalization, skip_bad)
     parts = _small_parts(slide, geom, tm.mask, core, scale, f, normalization, channels, skip_bad)
     return NormField(step, offset, span, parts, scale)
 
@@ -214,60 +213,63 @@ def stats_region(tm: Any) -> np.ndarray:
     return out if out.any() else tm.tissue
 
 
-def _block_histograms(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int,
-                      channels: list[int], skip_bad: bool) -> np.ndarray:
-    """(nby, nbx, bins) histograms of the tissue pixels of each ``step``-px block of the model grid (each pixel read once).
+def _row_histograms(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int, by: int,
+                    channels: list[int], skip_bad: bool) -> np.ndarray:
+    """(nbx, bins) histograms of the tissue pixels of each ``step``-px block of block row ``by`` (each pixel read once).
 
     With ``skip_bad`` an undecodable block is left out (its tiles are recorded bad later).
     """
     from .tiling import mask_on_grid
 
-    nby, nbx = -(-geom.height // step), -(-geom.width // step)
-    nbins = 256 * BINS_PER_LEVEL
-    hists = np.zeros((nby, nbx, nbins), np.int64)
-    for by in range(nby):
-        for bx in range(nbx):
-            box = (by * step, min((by + 1) * step, geom.height), bx * step, min((bx + 1) * step, geom.width))
-            m = mask_on_grid(core, *scale, box)
-            if not m.any():
-                continue
-            try:
-                img = read_model_window(slide, geom, box)
-            except TileReadError:
-                if not skip_bad:
-                    raise
-                continue
-            v = select_channels(img, channels)[:, m].ravel() * BINS_PER_LEVEL
-            hists[by, bx] = np.bincount(np.clip(v, 0, nbins - 1).astype(np.int64), minlength=nbins)
+    nbx, nbins = -(-geom.width // step), 256 * BINS_PER_LEVEL
+    hists = np.zeros((nbx, nbins), np.int64)
+    y0, y1 = by * step, min((by + 1) * step, geom.height)
+    for bx in range(nbx):
+        box = (y0, y1, bx * step, min((bx + 1) * step, geom.width))
+        m = mask_on_grid(core, *scale, box)
+        if not m.any():
+            continue
+        try:
+            img = read_model_window(slide, geom, box)
+        except TileReadError:
+            if not skip_bad:
+                raise
+            continue
+        v = select_channels(img, channels)[:, m].ravel() * BINS_PER_LEVEL
+        hists[bx] = np.bincount(np.clip(v, 0, nbins - 1).astype(np.int64), minlength=nbins)
     return hists
 
 
-def _lattice_stats(hists: np.ndarray, step: int, normalization: dict) -> tuple[np.ndarray, np.ndarray]:
+def _lattice_stats(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int,
+                   channels: list[int], normalization: dict, skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
     """(offset, span) at lattice centres ``k * step``; centre k's field is blocks k-1 and k on each axis.
 
-    A field with too little tissue takes the statistics of the nearest field that has enough.
+    Block rows are read one at a time (memory: two rows of histograms). A field with too
+    little tissue takes the statistics of the nearest field that has enough.
     """
     from scipy import ndimage
 
-    nby, nbx, nbins = hists.shape
-    cum = np.zeros((nby + 2, nbx + 2, nbins), np.int64)  # cum[i, j] = sum of blocks < i, < j
-    cum[1:-1, 1:-1] = hists.cumsum(0).cumsum(1)
-    cum[-1, 1:-1], cum[:, -1] = cum[-2, 1:-1], cum[:, -2]
+    nby, nbx = -(-geom.height // step), -(-geom.width // step)
     lo_q, hi_q = float(normalization.get("low", 1.0)), float(normalization.get("high", 99.5))
     min_span = float(normalization.get("min_span", 8.0))
     offset = np.full((nby + 1, nbx + 1), np.nan, np.float32)
     span = np.full_like(offset, np.nan)
-    need = MIN_TISSUE_SHARE * (2 * step) ** 2
-    for i in range(nby + 1):
+    need = MIN_TISSUE_SHARE * (2 * step) ** 2 * len(channels)
+    total = np.zeros(256 * BINS_PER_LEVEL, np.int64)
+    prev = None
+    for k in range(nby + 1):
+        cur = _row_histograms(slide, geom, core, scale, step, k, channels, skip_bad) if k < nby else None
+        rows = sum(r for r in (prev, cur) if r is not None)  # blocks k-1 and k of each column
+        if cur is not None:
+            total += cur.sum(0)
         for j in range(nbx + 1):
-            a, b, c, d = max(i - 1, 0), min(i + 1, nby), max(j - 1, 0), min(j + 1, nbx)
-            h = cum[b, d] - cum[a, d] - cum[b, c] + cum[a, c]
+            h = rows[max(j - 1, 0) : j + 1].sum(0)
             if h.sum() >= need:
                 lo, hi = percentiles_from_hist(h, (lo_q, hi_q), 1.0 / BINS_PER_LEVEL)
-                offset[i, j], span[i, j] = lo, max(hi - lo, min_span)
+                offset[k, j], span[k, j] = lo, max(hi - lo, min_span)
+        prev = cur
     bad = np.isnan(offset)
     if bad.all():
-        total = hists.sum((0, 1))
         if not total.any():
             return np.zeros_like(offset), np.ones_like(span)
         lo, hi = percentiles_from_hist(total, (lo_q, hi_q), 1.0 / BINS_PER_LEVEL)
