@@ -2,7 +2,8 @@
 
 The dataset's images are given different brightnesses (log-uniform in [--dim, 1]), laid out on
 a grid with black gaps, upsampled by ``--upsample`` (nearest neighbour) and written through the
-real writer (NDPI, JPEG quality --quality; or OME-TIFF, lossless). The slide is counted by the
+real writer (NDPI: JPEG of quality --quality, as scanners write; OME-TIFF: lossless deflate, so
+that the slide holds exactly the evaluated pixels). The slide is counted by the
 pipeline with the model; the same brightness-scaled images are evaluated one by one. Printed:
 the totals, and per image box (the slide's density inside the box grown by half the gap) the
 relative difference to that image's prediction, and to the same slide inferred whole with each
@@ -53,7 +54,9 @@ def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: 
     mpp = samples[0].mpp
     if channel is None and images[0].ndim == 2:
         channel = card.channels[0] if card.channels else None
-    mosaic = write_mosaic(images, names, work / "mosaic", fmt, mpp or mpp_fallback, upsample, gap, channel, quality)
+    lossless = "deflate" if fmt in ("ome-tiff", "tiff") else None  # NDPI is JPEG only
+    mosaic = write_mosaic(images, names, work / "mosaic", fmt, mpp or mpp_fallback, upsample, gap, channel, quality,
+                          lossless)
     images_dir = write_image_set(images, names, [s.count for s in samples], work / "images", mpp)
     t = time.perf_counter()
     ev = evaluate(model, images_dir, split="test", device="cpu", precision=precision)
