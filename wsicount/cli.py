@@ -134,24 +134,60 @@ def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["ndpi", "tiff", "ome-tiff", "ome-zarr", "svs"]), default="ndpi", show_default=True)
-@click.option("--size", type=int, nargs=2, default=(8192, 8192), show_default=True, metavar="H W")
+@click.option("--format", "fmt", type=click.Choice(["ndpi", "tiff", "ome-tiff", "ome-zarr", "svs", "frames"]), default="ndpi",
+              show_default=True, help="Slide format; an embryo stack: tiff, ome-tiff, ome-zarr or frames (a folder of JPEGs).")
+@click.option("--size", type=int, nargs=2, default=(8192, 8192), show_default=True, metavar="H W",
+              help="Slide size; an embryo frame is H x H [500].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--look", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
-@click.option("--mpp", type=float, default=0.4523, show_default=True)
+@click.option("--look", type=click.Choice(["fluorescence", "brightfield", "embryo"]), default="fluorescence",
+              show_default=True, help="embryo: a time-lapse stack of a dividing embryo (+ per-frame truth).")
+@click.option("--mpp", type=float, default=0.4523, show_default=True, help="µm per pixel (an embryo: 0.5 unless given).")
 @click.option("--density", "cell_density", type=float, default=300.0, show_default=True, help="Cells per mm² of tissue.")
 @click.option("--tissue", type=click.Choice(["disk", "blob"]), default="disk", show_default=True)
 @click.option("--tissue-fraction", type=float, default=0.6, show_default=True)
 @click.option("--no-mpp", is_flag=True, help="Write no pixel size (to test --mpp).")
-def synth(out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp: float, cell_density: float,
-          tissue: str, tissue_fraction: float, no_mpp: bool) -> None:
-    """Write a synthetic pyramidal slide with cells at known positions (+ ground truth)."""
+@click.option("--frames", "n_frames", type=int, default=100, show_default=True, help="Embryo: number of frames.")
+@click.option("--planes", "n_planes", type=int, default=3, show_default=True, help="Embryo: focal planes per frame.")
+@click.option("--hard", is_flag=True, help="Embryo: harder settings (more fragments, dimmer, more blur and noise).")
+@click.pass_context
+def synth(ctx: click.Context, out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp: float,
+          cell_density: float, tissue: str, tissue_fraction: float, no_mpp: bool, n_frames: int, n_planes: int,
+          hard: bool) -> None:
+    """Write a synthetic pyramidal slide, or an embryo time-lapse stack, with known ground truth."""
+    if look == "embryo":
+        _synth_embryo(ctx, out, fmt, size, seed, mpp, n_frames, n_planes, hard)
+        return
+    if fmt == "frames":
+        raise click.BadParameter("a folder of frames is written only for --look embryo", param_hint="--format")
     from .synth import synth_slide
 
     t = synth_slide(out, format=fmt, size=tuple(size), seed=seed, look=look, mpp=mpp, cell_density_per_mm2=cell_density,
                     tissue=tissue, tissue_fraction=tissue_fraction, write_mpp=not no_mpp)
     click.echo(f"{t.path}: {t.shape[0]}x{t.shape[1]} px, {t.n_cells} cells, tissue {t.tissue_area_mm2:.3f} mm² "
                f"(truth: {t.points_path})")
+
+
+def _synth_embryo(ctx: click.Context, out: Path, fmt: str, size: tuple[int, int], seed: int, mpp: float,
+                  n_frames: int, n_planes: int, hard: bool) -> None:
+    """The embryo branch of ``synth``: defaults of a time-lapse incubator where the slide defaults differ."""
+    import dataclasses
+
+    from .synth.embryo import EMBRYO_FORMATS, HARD, EmbryoParams, synth_embryo
+
+    given = {n: ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT for n in ("fmt", "size", "mpp")}
+    fmt = fmt if given["fmt"] else "ome-tiff"
+    if fmt not in EMBRYO_FORMATS:
+        raise click.BadParameter(f"an embryo stack is written as {', '.join(EMBRYO_FORMATS)}", param_hint="--format")
+    if n_frames < 1 or n_planes < 1:
+        raise click.BadParameter("--frames and --planes must be >= 1")
+    p = EmbryoParams(size=size[0] if given["size"] else 500, mpp=mpp if given["mpp"] else 0.5, n_frames=n_frames,
+                     n_planes=n_planes)
+    if hard:
+        p = dataclasses.replace(p, **HARD)
+    t = synth_embryo(out, format=fmt, params=p, seed=seed)
+    ev = ", ".join(f"{k}={'-' if v is None else v}" for k, v in t.cleavage_frames.items())
+    click.echo(f"{out}: {n_frames} frames x {n_planes} planes of {p.size}x{p.size} px, up to {int(t.counts.max())} "
+               f"cells; cleavage frames {ev} (truth: {out}.truth.json, {out}.cells.csv)")
 
 
 @cli.command()

@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "FrameReadError",
     "RegionError",
 ]
 
@@ -66,6 +67,14 @@ class TileReadError(WsicountError):
     """A tile of the slide could not be decoded (names level and position)."""
 
     exit_code = 8
+
+
+class FrameReadError(TileReadError):
+    """A frame of a time-lapse stack could not be decoded (names the frame and its file)."""
+
+    def __init__(self, message: str, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame
 
 
 class RegionError(InputError):
