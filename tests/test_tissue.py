@@ -192,10 +192,10 @@ def test_mask_density_returns_the_sum_outside_the_counting_box():
     mask = np.zeros((10, 10), bool)
     mask[:, :5] = True  # mask px = 4 model px: columns 0..19 counted
     d = np.ones((40, 40), np.float32)
-    masked, outside = mask_density(d, mask, (4.0, 4.0), (0, 40, 0, 40))
+    masked, outside, on = mask_density(d, mask, (4.0, 4.0), (0, 40, 0, 40))
     assert masked[:, :20].all() and not masked[:, 20:].any() and outside == 40 * 20
-    _, part = mask_density(d, mask, (4.0, 4.0), (0, 40, 0, 40), count_box=(0, 10, 16, 40))
+    assert on[:, :20].all() and not on[:, 20:].any()
+    _, part, _ = mask_density(d, mask, (4.0, 4.0), (0, 40, 0, 40), count_box=(0, 10, 16, 40))
     assert part == 10 * 20
-    same, none = mask_density(d[:, :20], mask, (4.0, 4.0), (0, 40, 0, 20))
-    assert same is d[:, :20].base or np.array_equal(same, d[:, :20])
-    assert none == 0.0
+    same, none, on = mask_density(d[:, :20], mask, (4.0, 4.0), (0, 40, 0, 20))
+    assert np.array_equal(same, d[:, :20]) and none == 0.0 and on is None

@@ -409,20 +409,21 @@ def load_user_mask(path: str | Path, level0_shape: tuple[int, int], mpp0: float)
 
 
 def mask_density(d: np.ndarray, mask: np.ndarray, scale: tuple[float, float], box: tuple[int, int, int, int],
-                 count_box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float]:
-    """Density ``d`` of model-grid ``box`` restricted to the counted region, and the sum that fell outside it.
+                 count_box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(density restricted to the counted region, the sum that fell outside it, the region on ``box`` or None if all of it).
 
-    ``scale``: model-grid px per mask px (y, x). The outside sum (float64, before masking) is
-    taken over ``count_box`` only (default ``box``; a tile passes its core, so that no pixel is
-    summed by two tiles): summed over a slide's tiles it is the density the mask removed.
+    ``d`` is the density of model-grid ``box``; ``scale``: model-grid px per mask px (y, x).
+    The outside sum (float64, before masking) is taken over ``count_box`` only (default
+    ``box``; a tile passes its core, so that no pixel is summed by two tiles): summed over a
+    slide's tiles it is the density the mask removed.
     """
     from .tiling import mask_covers, mask_on_grid
 
     if mask_covers(mask, *scale, box):  # inside the counted region x 1 changes nothing
-        return d, 0.0
+        return d, 0.0, None
     inside = mask_on_grid(mask, *scale, box)
     y0, y1, x0, x1 = box
     cy0, cy1, cx0, cx1 = count_box or box
     ry, rx = slice(max(cy0, y0) - y0, min(cy1, y1) - y0), slice(max(cx0, x0) - x0, min(cx1, x1) - x0)
     outside = float(d[ry, rx].sum(dtype=np.float64, where=~inside[ry, rx]))
-    return d * inside, outside
+    return d * inside, outside, inside

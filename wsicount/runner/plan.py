@@ -51,6 +51,8 @@ class RunPlan:
     peak_min_distance: int
     #: peaks are searched in the core grown by this margin, so a peak on a core's edge is seen whole
     peak_margin: int
+    #: the card's count-interval calibration (wsicount.uncertainty.Calibration), or None
+    calibration: Any = None
     #: each model-grid pixel's normalisation (wsicount.normalize.NormField)
     field: Any = None
 
@@ -116,8 +118,11 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     """The run's plan for a prepared slide, a card and a tile size."""
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
+    from ..uncertainty import Calibration
+
+    cal = Calibration.from_dict(card.calibration) if card.calibration else None
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   card.sigma_px, card.peak_min_distance_px, margin, prep.field)
+                   card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,
