@@ -290,7 +290,7 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
     vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, plan.grid.width)
     valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0]
     # the density outside the counted region is not counted; what it held is measured on the core
-    valid, _outside, on = mask_density(valid, mask, plan.mask_scale, (vy0, vy1, vx0, vx1), t.core)
+    valid, outside, on = mask_density(valid, mask, plan.mask_scale, (vy0, vy1, vx0, vx1), t.core)
     inside = on is None  # all of the window is counted
     # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
     core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
@@ -307,7 +307,7 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
                                  valid[iy, ix].astype(np.float64)]).tolist()
     grid = {str(g): grid_sums(core, (y0, x0), g / plan.geom.model_mpp, shape)
             for g, shape in zip(plan.grid_um, plan.grid_shape)}
-    rec = TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid)
+    rec = TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid, outside=outside)
     if plan.calibration is not None:  # the tile's additive count-variance term, from its count and tissue pixels
         area = (oy1 - oy0) * (ox1 - ox0) if inside else int(on[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0].sum())
         rec.var = plan.calibration.tile_var(rec.sum, area)
