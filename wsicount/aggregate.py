@@ -37,6 +37,8 @@ class Aggregate:
     total_ci: dict[str, Any] | None = None
     #: per grid: (lo, hi, sd) arrays of each cell's count interval and modelled error sd
     cell_ci: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: density the tissue mask removed from the tile cores (summed over tiles, before masking)
+    outside: float = 0.0
     #: rows of the user's regions (wsicount.regions.region_counts), [] without --regions
     user_regions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -58,7 +60,8 @@ def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple
         tissue[g] = _tissue_per_cell(tm, g, shape)
     bad = [{"tile": r.key, "error": r.error} for r in records if r.bad]
     terms = [r.var for r in records if r.var is not None]
-    agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None)
+    agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None,
+                    outside=float(sum(r.outside for r in records)))
     agg.regional = {f"{g:g}um": _regional(counts[g], tissue[g], g) for g in grid_um}
     return agg
 

@@ -122,8 +122,8 @@ def _domain_options(f):
               help="Decoded slide segments kept per process for overlapping tile windows (tifffile backend; 0 = off).")
 @click.option("--mpp", type=POSITIVE, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="User tissue mask image (non-zero = tissue).")
-@click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield"]), default=None,
-              help="Tissue detection mode [from the model card].")
+@click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield", "none"]), default=None,
+              help="Tissue detection mode [from the model card]; none counts the whole slide.")
 @click.option("--grid-um", type=POSITIVE, multiple=True, default=(100.0, 1000.0), show_default=True,
               help="Physical grid cell size(s) for count maps, µm (repeatable).")
 @click.option("--threads", type=POSITIVE_INT, default=None, help="Concurrent tile tasks on the local scheduler [min(2, cores)].")

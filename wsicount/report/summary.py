@@ -43,6 +43,8 @@ def build_summary(agg: Aggregate, tm: Any, slide: dict[str, Any], model: dict[st
         "cells_per_mm2": agg.total / tm.area_mm2 if tm.area_mm2 > 0 else None,
         # {"lo", "hi", "level", "method"}: the calibrated interval of the total (None: no calibration in the card)
         "total_cells_ci": agg.total_ci,
+        # the share of the network's density that fell outside the counted region (removed by the mask)
+        "density_outside_mask": agg.outside / (agg.total + agg.outside) if agg.total + agg.outside > 0 else 0.0,
         "complete": True, "n_cells_detected": len(agg.peaks),
         "regional": agg.regional, "user_regions": agg.user_regions, "bad_tiles": agg.bad_tiles,
         "bad_tiles_tissue_mm2": float(sum(b["tissue_mm2"] for b in agg.bad_tiles)),

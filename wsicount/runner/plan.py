@@ -1,9 +1,10 @@
 """A slide's plan, fixed before the first tile: tissue, model-grid geometry, normalisation, tile grid and size.
 
 Everything here is a pure function of the slide, the model card and the result parameters, and
-none of it depends on the tile size except the tile grid itself: the normalisation sample comes
-from a fixed lattice and the tissue mask from the slide, so the density (and so the count) is
-the same whatever tile size the memory allows.
+none of it depends on the tile size except the tile grid itself: the normalisation field
+(:mod:`wsicount.normalize`) gives each pixel statistics that depend only on its slide position,
+and the tissue mask comes from the slide, so the density (and so the count) is the same
+whatever tile size the memory allows.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from ..errors import TileReadError
 from ..guard import model_mpp, run_channels
 from ..store import RunState
-from ..tiling import Geometry, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
+from ..tiling import Geometry, TileGrid, plan_geometry
 from .config import RunConfig
 from .execute import Placement
 
 __all__ = ["SlidePrep", "RunPlan", "prepare", "make_plan", "plan_tile", "grid_shapes", "mask_scale",
-           "normalization_stats"]
+           "normalization_field"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +33,10 @@ class SlidePrep:
 
     tissue: Any  # wsicount.tissue.TissueMask
     geom: Geometry
-    norm: tuple[float, float]
+    norm: tuple[float, float]  # the field's median (offset, span), for the summary
     seconds: dict[str, float]
-    channels: tuple[int, ...]  # what the model reads: --channel resolved on the slide, else the card's
+    field: Any = None  # wsicount.normalize.NormField: each pixel's (offset, span)
+    channels: tuple[int, ...] = ()  # what the model reads: --channel resolved on the slide, else the card's
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RunPlan:
 
     geom: Geometry
     grid: TileGrid
-    norm: tuple[float, float]
+    norm: tuple[float, float]  # the field's median (offset, span), for the summary
     mask_scale: tuple[float, float]  # model-grid px per mask px (y, x)
     grid_um: tuple[float, ...]
     grid_shape: tuple[tuple[int, int], ...]
@@ -56,6 +56,8 @@ class RunPlan:
     peak_margin: int
     #: the card's count-interval calibration (wsicount.uncertainty.Calibration), or None
     calibration: Any = None
+    #: each model-grid pixel's normalisation (wsicount.normalize.NormField)
+    field: Any = None
 
 
 def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
@@ -72,9 +74,9 @@ def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
     t = time.perf_counter()
     channels = tuple(run_channels(card, sl, cfg.channel))
     geom = plan_geometry(sl, model_mpp(card, cfg.model_mpp))
-    norm = normalization_stats(sl, geom, tm, mask_scale(tm, geom), card, cfg.skip_bad_tiles, channels=channels)
+    field = normalization_field(sl, geom, tm, card, cfg.skip_bad_tiles, channels)
     seconds["normalization"] = time.perf_counter() - t
-    return SlidePrep(tm, geom, norm, seconds, channels)
+    return SlidePrep(tm, geom, _median_stats(field), seconds, field, channels)
 
 
 def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
@@ -87,36 +89,25 @@ def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
     return detect_tissue(sl, cfg.tissue_mode or modality, skip_bad_tiles=cfg.skip_bad_tiles)
 
 
-def normalization_stats(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, float], card: Any,
-                        skip_bad: bool = False, n: int = 16, block: int = 512,
-                        channels: tuple[int, ...] | None = None) -> tuple[float, float]:
-    """Slide-level intensity normalisation from up to ``n`` tissue blocks of the model grid.
+def normalization_field(slide: Any, geom: Geometry, tm: Any, card: Any, skip_bad: bool = False,
+                        channels: tuple[int, ...] | None = None) -> Any:
+    """Each model-grid pixel's intensity normalisation, as the card's training images were normalised.
 
-    The blocks come from a fixed ``block``-px lattice, not from the tile grid, so the
-    statistics (and hence the density) do not depend on the tile size. ``channels``: those the
-    model reads (default the card's). With ``skip_bad``
-    an undecodable block is left out of the sample (its tiles are recorded bad later).
+    See :func:`wsicount.normalize.build_norm_field`: statistics over a training image's field
+    around each position on a fixed lattice (never the tile grid); with ``skip_bad`` an
+    undecodable block is left out of them (its tiles are recorded bad later). ``channels``: those
+    the model reads (default the card's).
     """
-    from ..preprocess import percentile_stats, select_channels
+    from ..normalize import build_norm_field
 
-    if card.normalization.get("kind") == "fixed":
-        return percentile_stats(np.zeros(1), card.normalization)
-    lattice = TileGrid(geom.height, geom.width, block, 0, 1)
-    cands = tissue_tiles(lattice, tm.mask, *scale)
-    pick = [cands[int(i)] for i in np.linspace(0, len(cands) - 1, min(n, len(cands)))]
-    vals, error = [], None
-    for t in pick:
-        try:
-            img = read_model_window(slide, geom, t.core)
-        except TileReadError as e:
-            if not skip_bad:
-                raise
-            error = e
-            continue
-        vals.append(select_channels(img, list(channels or card.channels))[:, mask_on_grid(tm.mask, *scale, t.core)].ravel())
-    if not vals and error is not None:
-        raise error  # nothing decodable to normalise with
-    return percentile_stats(np.concatenate(vals), card.normalization)
+    return build_norm_field(slide, geom, tm, mask_scale(tm, geom), card.normalization,
+                            list(channels or card.channels), skip_bad)
+
+
+def _median_stats(field: Any) -> tuple[float, float]:
+    """The field's median (offset, span): one pair to report."""
+    s = field.summary()
+    return s["offset"][1], s["span"][1]
 
 
 def mask_scale(tm: Any, geom: Geometry) -> tuple[float, float]:
@@ -138,7 +129,7 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
 
     cal = Calibration.from_dict(card.calibration) if card.calibration else None
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal)
+                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,

@@ -442,7 +442,7 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
                   # pixels the network ran on (windows trimmed to the tissue, halos included)
                   "network_input_px": int(sum(t.window_shape[0] * t.window_shape[1] for t in tiles)),
                   "window_shapes": [[*g[0].window_shape, len(g)] for g in by_shape(task_order(tiles))],
-                  "normalization": {"offset": plan.norm[0], "span": plan.norm[1]}, "tissue_source": prep.tissue.source,
+                  "normalization": _normalization_record(plan, card), "tissue_source": prep.tissue.source,
                   "tissue_mask_mpp": prep.tissue.mpp, "density_levels": facts["n_levels"], "device": str(o.device),
                   "precision": o.precision, "n_tasks": facts["n_tasks"], "threads": o.placement.threads,
                   "side_worker": facts["side_worker"], "resumed": o.resumed}
@@ -461,6 +461,12 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
         mpp=geom.model_mpp, tissue_mm2=prep.tissue.area_mm2,
         density_outside_mask=summary.get("density_outside_mask"))
     return summary
+
+
+def _normalization_record(plan: RunPlan, card: Any) -> dict[str, Any]:
+    """How intensities were scaled: the field's offsets and spans (or the slide-wide pair) and the card's rule."""
+    stats = plan.field.summary() if plan.field is not None else {"offset": plan.norm[0], "span": plan.norm[1]}
+    return {**stats, "card": card.normalization}
 
 
 def _write_results(out: Path, o: _Opened, prep: SlidePrep, agg: Any, summary: dict[str, Any], t_start: float,

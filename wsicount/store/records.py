@@ -38,8 +38,9 @@ class TileRecord:
     ``sum`` is the tile core's masked density sum (its share of the count); ``peaks`` the
     density maxima whose pixel lies in the core, as ``[y, x, value]`` on the model grid;
     ``grid`` maps each grid size (µm, as text) to ``{"i": flat cell indices, "v": sums}``;
-    ``t`` the tile's stage seconds. ``var`` is the tile's count-variance term (intervals add
-    them over tiles) and ``frame`` its time point in a stack; both are written only when set.
+    ``t`` the tile's stage seconds. ``outside`` is the density of the core that fell outside the
+    counted region (removed by the mask); ``var`` is the tile's count-variance term (intervals
+    add them over tiles) and ``frame`` its time point in a stack; each is written only when set.
     """
 
     key: str
@@ -51,6 +52,7 @@ class TileRecord:
     error: str = ""
     var: float | None = None
     frame: int | None = None
+    outside: float = 0.0
 
     @classmethod
     def failed(cls, key: str, error: str) -> "TileRecord":
@@ -67,13 +69,16 @@ class TileRecord:
             d["var"] = self.var
         if self.frame is not None:
             d["frame"] = self.frame
+        if self.outside:
+            d["outside"] = self.outside
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TileRecord":
         """A record from its JSON form."""
         return cls(d["key"], float(d.get("sum", 0.0)), d.get("peaks", []), d.get("grid", {}), d.get("t", {}),
-                   bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"))
+                   bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"),
+                   float(d.get("outside", 0.0)))
 
 
 def slide_fingerprint(path: Path) -> dict[str, Any]:

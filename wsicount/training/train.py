@@ -25,6 +25,7 @@ from .data import Augmenter, Sample, dihedral, load_dataset
 from ..infer import pad_to_stride, set_threads
 from .losses import density_loss
 from ..models import ModelCard, build_model, save_model
+from ..normalize import training_field
 from ..preprocess import normalize_image
 from .targets import density_map
 
@@ -241,7 +242,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     vloss, vmae = _validate(module, va, stride, sigma, cfg.density_scale, cfg.loss)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **cfg.arch_kwargs},
-        channels=channels, normalization=cfg.normalization, mpp=mpp, density_scale=cfg.density_scale,
+        channels=channels, normalization={**cfg.normalization, **training_field([s.image.shape[:2] for s in train_s], mpp)},
+        mpp=mpp, density_scale=cfg.density_scale,
         sigma_px=sigma, stride=stride, receptive_radius=module.receptive_radius, modality=cfg.modality,
         peak_min_distance_px=max(2, int(round(sigma * 0.75))),
         training={"data": data.name, "command": " ".join(shlex.quote(a) for a in sys.argv),
