@@ -13,7 +13,7 @@ Two standard detectors on the channel (e.g. DAPI), both on the level nearest ``-
 Prints both counts, the tissue (foreground) area and the parameters. Saturated touching
 nuclei share one flat top, which h-maxima counts once; the LoG separates them by shape.
 ``--mask-of OUT`` also counts the detections inside the tissue mask a ``wsicount run`` wrote
-to OUT (its ``density/labels/tissue`` label), to compare with that run's count.
+to OUT (its tissue label), to compare with that run's count.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def inside_mask(points: np.ndarray, px_um: float, out: str) -> int:
     """How many points (level pixels at ``px_um``) fall in the tissue label a run wrote to ``out``."""
     import zarr
 
-    group = zarr.open_group(f"{out}/density/labels/tissue", mode="r")
+    from wsicount.store.layout import TISSUE_LABEL
+
+    group = zarr.open_group(f"{out}/{TISSUE_LABEL}", mode="r")
     mask = np.asarray(group["0"]) > 0
     mask_um = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][-1]
     iy = np.clip((points[:, 0] + 0.5) * px_um / mask_um, 0, mask.shape[0] - 1).astype(int)
