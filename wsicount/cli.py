@@ -62,6 +62,10 @@ def cli(debug: bool) -> None:
     if not any(isinstance(h, _EchoWarnings) for h in logger.handlers):
         logger.addHandler(_EchoWarnings(logging.WARNING))
         logger.propagate = False
+    if not debug:
+        # readers' own log lines (tifffile reports a damaged page before raising) would precede
+        # the one-line error; the error says what is wrong, --debug shows them
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 class _EchoWarnings(logging.Handler):
@@ -432,9 +436,8 @@ def main() -> None:
         raise
     finally:
         # The interpreter's final garbage collection walks every object of torch and dask
-        # (and, before session 8's Pillow pictures, matplotlib): ~1.1 s per run, timed by hand (throughput.py's "process start + exit"
-        # column shows the total). The outputs are written and
-        # closed by now, and atexit handlers still run; frozen objects are just not collected.
+        # (throughput.py's "process start + exit" column shows the total). The outputs are
+        # written and closed by now, and atexit handlers still run; frozen objects are just not collected.
         gc.freeze()
 
 
@@ -446,8 +449,7 @@ def _end_without_teardown() -> None:
 
     Python exits in three steps: it joins non-daemon threads, runs the atexit handlers
     (last registered first, so this one, registered before any other, comes last), then
-    tears the modules down object by object, torch's and zarr's included:
-    0.35-0.5 s on the project's 2-core VM after a run (hand probe), with both cores
+    tears the modules down object by object, torch's and zarr's included, with both cores
     otherwise idle. By the time this handler runs every output is written and closed, the
     side worker and any Dask cluster have been shut down by their own handlers, and stdout
     and stderr are flushed here; the teardown would only free memory the OS reclaims anyway.
