@@ -194,13 +194,16 @@ def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float 
     """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
     if focus not in ("best", "all") and not focus.isdigit():
         raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
+    for name in ("channel", "model_mpp", "regions", "mask", "tissue_mode", "workers", "scheduler"):
+        if opts.get(name):
+            raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
     if times is not None:
         checks.require_path(times, "times", "file")
     checks.check_device(opts["device"])
     from .timelapse import count_stack
 
     s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
-                    batch_size=opts["batch_size"] or 4, device="cpu" if opts["device"] == "auto" else opts["device"],
+                    batch_size=opts["batch_size"] or 4, device=opts["device"],
                     precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
                     frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"])
     hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}

@@ -21,6 +21,8 @@ code  meaning
 10    an input path (slide, mask, manifest, dataset) is missing, unreadable or a plain
       directory (:class:`InputError`); a user region file unreadable, empty, invalid or off
       the slide (:class:`RegionError`)
+11    the slide is outside the model's domain: modality, missing or too-fine µm/px, an empty
+      channel (:class:`DomainError`; ``--force`` runs anyway and records a warning)
 130   interrupted
 ====  =====================================================================================
 
