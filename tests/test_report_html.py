@@ -46,9 +46,9 @@ def test_the_count_is_a_whole_number_with_its_interval_slot() -> None:
     page = report_html(_summary(), b"png", b"png", [], "caption")
     assert "5\u2009430 cells" in page and "5429.9" not in page
     assert "uncertainty interval: not computed" in page
-    iv = _summary(count_interval={"low": 5210.2, "high": 5655.7, "level": 0.95})
+    iv = _summary(total_cells_ci={"lo": 5210.2, "hi": 5655.7, "level": 0.95, "method": "shared"})
     assert "95 % interval 5\u2009210 – 5\u2009656" in report_html(iv, b"png", b"png", [], "c")
-    assert interval_text({"count_interval": {"low": 1, "high": 3, "level": 0.9}}) == "90 % interval 1 – 3"
+    assert interval_text({"total_cells_ci": {"lo": 1, "hi": 3, "level": 0.9}}) == "90 % interval 1 – 3"
     assert count_text(999.5) == "1\u2009000"
 
 
