@@ -270,7 +270,7 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
     ck = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     module.load_state_dict(ck["model"])
     tr, va, sigma, channels = P["tr"], P["va"], P["sigma"], P["channels"]
-    recalibrate_bn(module, [x for x, _ in tr], module.stride, cfg.batch_size, views=2)
+    recalibrate_bn(module, [x for x, _ in tr], module.stride, cfg.batch_size, views=1)
     vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
