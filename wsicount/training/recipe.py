@@ -114,6 +114,8 @@ def data_domain(samples: list[Sample], channels: list[int], modality: str, stain
         "cell_diameter_um": cell_diameter_um if cell_diameter_um is not None else (
             round(spacing * mpp, 2) if spacing is not None and mpp else None),
         "cell_diameter_px": round(spacing, 1) if spacing is not None else None,
+        "cell_diameter_source": "given" if cell_diameter_um is not None
+        else "10th-percentile nearest-neighbour spacing of the annotations",
         "cells_per_image": [float(counts.min()), float(counts.max())],
         "intensity": [float(np.min(lo)), float(np.max(hi))],
         "channel": "gray" if channels == [0] and all(s.image.ndim == 2 for s in samples)

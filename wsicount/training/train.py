@@ -71,6 +71,7 @@ class TrainConfig:
     scale_jitter: tuple[float, float] | None = None
     val_every: int = 1
     bn_images: int = 32
+    bn_final_images: int | None = None
     threads: int | None = None
 
 
@@ -184,7 +185,8 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _bn_subset(tr: list, n: int, seed: int) -> list[np.ndarray]:
-    """A fixed, seeded subset of ``n`` full training images for per-validation BN recalibration."""
+    """A fixed, seeded subset of ``n`` full training images for BN recalibration (nested: a larger
+    ``n`` extends a smaller one)."""
     idx = np.random.default_rng(seed + 2).permutation(len(tr))[:n]
     return [tr[i][0] for i in sorted(idx)]
 
@@ -266,11 +268,12 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
 def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, out: Path, name: str,
             state: dict[str, Any], t0: float) -> Path:
-    """Reload the best weights, recalibrate BN on every full training image, score val, write the card."""
+    """Reload the best weights, recalibrate BN on full training images, score val, write the card."""
     ck = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     module.load_state_dict(ck["model"])
     tr, va, sigma, channels = P["tr"], P["va"], P["sigma"], P["channels"]
-    recalibrate_bn(module, [x for x, _ in tr], module.stride, cfg.batch_size, views=1)
+    n_bn = len(tr) if cfg.bn_final_images is None else min(cfg.bn_final_images, len(tr))
+    recalibrate_bn(module, _bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
     vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
@@ -282,7 +285,7 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
         training={"data": data.name, "command": " ".join(shlex.quote(a) for a in sys.argv),
                   "config": {k: v for k, v in cfg.__dict__.items()}, "precision": P["precision"],
                   "sigma_px": sigma, "sigma_rule": "given" if cfg.sigma_px or cfg.sigma_um else "0.4 x p10 NN spacing",
-                  "crop": list(P["crop"]), "n_train": len(tr), "n_val": len(va),
+                  "crop": list(P["crop"]), "bn_recalibration_images": n_bn, "n_train": len(tr), "n_val": len(va),
                   "val_names": [s.name for _, s in va], "best_epoch": ck["epoch"],
                   "epochs_run": len(state["history"]), "minutes": round((time.monotonic() - t0) / 60, 1),
                   "threads": torch.get_num_threads(), "torch": torch.__version__},
