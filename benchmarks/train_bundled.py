@@ -41,13 +41,13 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
     # gap between the two sources; 384^2 crops (a Coelho nucleus is ~60-80 px wide) and a
     # 16-filter U-Net (a 32-filter step costs ~6x more on one core)
     "nuclei-fluo": ("nuclei_fluo", TrainConfig(
-        name="nuclei-fluo", arch="unet", arch_kwargs={"base_filters": 16, "head": "softplus"}, channels=[2],
+        name="nuclei-fluo", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[2],
         epochs=400, batch_size=4, crop=384, lr=1e-3, loss="l1", count_weight=0.02, monitor="val_mae",
         patience=30, val_every=5, bn_images=12, bn_final_images=24, scale_jitter=(0.6, 1.25), max_minutes=45,
         modality="fluorescence", stain="DNA (DAPI/Hoechst)")),
     # H&E nuclei (MoNuSeg 40x tissue, TNBC): RGB, stain variation by intensity jitter
     "nuclei-he": ("nuclei_he", TrainConfig(
-        name="nuclei-he", arch="unet", arch_kwargs={"base_filters": 16, "head": "softplus"}, channels=[0, 1, 2],
+        name="nuclei-he", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[0, 1, 2],
         epochs=400, batch_size=4, crop=384, lr=1e-3, loss="l1", count_weight=0.02, monitor="val_mae",
         patience=30, val_every=5, bn_images=12, bn_final_images=24, scale_jitter=(0.8, 1.25), max_minutes=40,
         modality="brightfield", stain="H&E")),

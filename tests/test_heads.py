@@ -56,8 +56,9 @@ def test_linear_head_can_go_negative_so_the_check_above_can_fail():
         assert float(m(torch.randn(1, 1, 32, 32)).min()) < 0
 
 
-def test_default_head_is_softplus_and_unknown_head_is_rejected():
-    assert isinstance(build_model("fcrn", width=8).out_act, torch.nn.Softplus)
+def test_default_head_is_relu_and_unknown_head_is_rejected():
+    assert isinstance(build_model("fcrn", width=8).out_act, torch.nn.ReLU)
+    assert isinstance(build_model("unet", base_filters=8, head="softplus").out_act, torch.nn.Softplus)
     assert set(HEADS) == {"softplus", "relu", "linear"}
     with pytest.raises(ValueError, match="unknown head"):
         output_activation("exp")

@@ -126,7 +126,7 @@ class CellNet(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 134
 
-    def __init__(self, in_channels: int = 1, width: int = 32, head: str = "softplus") -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, head: str = "relu") -> None:
         super().__init__()
         w1, w2, w4 = width, 2 * width, 4 * width  # channels at stride 1, 2, 4 and 8
         self.in_channels = in_channels
@@ -153,6 +153,6 @@ class CellNet(nn.Module):
         return self.out_act(self.head(y))
 
 
-def cellnet(in_channels: int = 1, width: int = 32, head: str = "softplus") -> CellNet:
+def cellnet(in_channels: int = 1, width: int = 32, head: str = "relu") -> CellNet:
     """Construct Cell-Net (torchvision-style constructor); ``width`` = channels at full resolution."""
     return CellNet(in_channels=in_channels, width=width, head=head)

@@ -44,7 +44,7 @@ class FCRN(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 36
 
-    def __init__(self, in_channels: int = 1, batch_norm: bool = True, width: int = 32, head: str = "softplus") -> None:
+    def __init__(self, in_channels: int = 1, batch_norm: bool = True, width: int = 32, head: str = "relu") -> None:
         super().__init__()
         w1, w2, w4, w16 = width, 2 * width, 4 * width, 16 * width  # paper: 32, 64, 128, 512
         self.in_channels = in_channels
@@ -66,6 +66,6 @@ class FCRN(nn.Module):
         return self.out_act(self.head(x))
 
 
-def fcrn(in_channels: int = 1, batch_norm: bool = True, width: int = 32, head: str = "softplus") -> FCRN:
+def fcrn(in_channels: int = 1, batch_norm: bool = True, width: int = 32, head: str = "relu") -> FCRN:
     """Construct FCRN-A (torchvision-style constructor)."""
     return FCRN(in_channels=in_channels, batch_norm=batch_norm, width=width, head=head)

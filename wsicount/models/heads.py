@@ -3,9 +3,12 @@
 A density counts cells, so no pixel of it may be negative. Every architecture ends in a linear
 1x1 conv followed by one of these parameter-free activations (``head`` in ``arch_kwargs``):
 
-* ``"softplus"`` (default for new models): smooth, strictly positive, gradient everywhere;
-* ``"relu"``: exact zeros; used for weights that were trained with a linear output, since
-  clamping after the fact changes nothing where that output was already >= 0;
+* ``"relu"`` (default): exact zeros on background, gradient 1 wherever the density is positive;
+  it also clamps weights trained with a linear output, which changes nothing where that output
+  was already >= 0;
+* ``"softplus"``: smooth and strictly positive, but log(2) per pixel at a zero pre-activation, so
+  the background must first be driven far negative: in a 60-step Adam comparison on blob images
+  (U-Net, FCRN, Cell-Net, narrow) its loss stayed 15-500x above ReLU's;
 * ``"linear"``: no clamp (only for reproducing or fine-tuning old weights; may go negative).
 
 The activation holds no parameters, so weights are interchangeable between heads.

@@ -42,7 +42,7 @@ class UNet(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 50
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "softplus") -> None:
+    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> None:
         super().__init__()
         if depth != 3:
             # the declared stride / receptive radius are for depth 3
@@ -80,6 +80,6 @@ class UNet(nn.Module):
         return self.out_act(self.head(x))
 
 
-def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "softplus") -> UNet:
+def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> UNet:
     """Construct the melanocyte U-Net (torchvision-style constructor)."""
     return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth, head=head)

@@ -173,7 +173,7 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not train_s or not val_s:
         raise ValueError(f"{data}: need training and validation images (got {len(train_s)} / {len(val_s)})")
     channels = cfg.channels if cfg.channels is not None else default_channels(train_s)
-    arch_kwargs = {"head": "softplus", **cfg.arch_kwargs}
+    arch_kwargs = {"head": "relu", **cfg.arch_kwargs}
     module = build_model(cfg.arch, in_channels=len(channels), **arch_kwargs)
     return {
         "train_s": train_s, "val_s": val_s, "channels": channels, "arch_kwargs": arch_kwargs,
