@@ -40,8 +40,7 @@ ANCHORS = [
     ("FCRN (published)", "vgg_cells", {"mae": "2.9 ± 0.2"}, "100 train images"),
     ("U-Net (DGMM 2024, published)", "trp1", {"a_err": "9.28 %", "t_err": "8.72 %"}, "their test set = set2, not here"),
     ("goal for bundled nuclei models", "nuclei_*", {"a_err": "≤ 8 %"}, "per-image relative error"),
-    ("classical scikit-image (Otsu + peaks)", "nuclei_fluo", {"mae": "21.5", "a_err": "52.7 %"}, "test, untuned (NOTES)"),
-    ("classical scikit-image (rgb2hed + Otsu + peaks)", "nuclei_he", {"mae": "242", "a_err": "81.8 %"}, "test, untuned (NOTES)"),
+    ("classical scikit-image, as first measured", "nuclei_fluo", {"mae": "21.5", "a_err": "52.7 %"}, "test, untuned"),
 ]
 COLS = ["mae", "rmse", "a_err", "t_err", "f1", "loc_error_px"]
 
@@ -78,6 +77,18 @@ def evaluate_model(name: str, model_path: str, precision: str = "fp32") -> dict:
     label = "val (16 of set1)" if name == "melanocyte-trp1" else split
     return {**res.metrics, "det_precision": res.metrics["precision"], "split": label, "dataset": folder, "precision": res.precision,
             "card_sha256": res.card_sha256, "weights_sha256": res.weights_sha256}
+
+
+def classical_row(folder: str, modality: str) -> dict:
+    """The untuned scikit-image count (:mod:`wsicount.baseline`) on ``folder``'s test split."""
+    from wsicount.baseline import classical_count
+    from wsicount.training.data import load_dataset
+    from wsicount.training.evaluate import count_metrics
+
+    samples = load_dataset(DATA / folder, split="test")
+    m = count_metrics([s.count for s in samples], [classical_count(s.image, modality) for s in samples])
+    return {**m, "split": "test", "dataset": folder, "precision": "—", "card_sha256": "—",
+            "f1": math.nan, "loc_error_px": math.nan}
 
 
 def update_card(name: str, m: dict) -> None:
@@ -124,7 +135,7 @@ def table(rows: list[tuple[str, str, list[dict]]], seeds: str) -> str:
         r0 = res[0]
         cells = [_cell([r[k] for r in res], k in ("a_err", "t_err")) for k in COLS]
         lines.append(f"| {name} | {r0['dataset']} ({r0['split']}, {r0['n_images']}) | {r0['precision']} | "
-                     + " | ".join(cells) + f" | {seeds} | {r0['card_sha256'][:12]} |")
+                     + " | ".join(cells) + f" | {seeds if prec != '—' else '—'} | {r0['card_sha256'][:12]} |")
     for method, ds, vals, note in ANCHORS:
         cells = [vals.get(k, "") for k in COLS]
         lines.append(f"| {method} | {ds} ({note}) | — | " + " | ".join(cells) + " | — | — |")
@@ -141,6 +152,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))
     ap.add_argument("--update-cards", action="store_true", help="write the scores into the bundled cards")
     ap.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
+    ap.add_argument("--classical", action="store_true", help="add the classical scikit-image count on the nuclei sets")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"datasets not found at {DATA}")
@@ -159,6 +171,9 @@ def main() -> None:
                 if args.update_cards and seed is None and prec == args.precisions[0]:
                     update_card(name, m)
         rows += [(name, prec, res) for prec, res in results.items()]
+    if args.classical:
+        for folder, modality in (("nuclei_fluo", "fluorescence"), ("nuclei_he", "brightfield")):
+            rows.append(("classical scikit-image (wsicount.baseline)", "—", [classical_row(folder, modality)]))
     seeds = ",".join(map(str, args.seeds)) if args.retrain else "bundled"
     body = f"machine: {machine()}\n\ncommand: `{command()}`\n\n" + table(rows, seeds)
     out = Path(args.out)
