@@ -94,7 +94,7 @@ def classical_row(folder: str, modality: str) -> dict:
 def update_card(name: str, m: dict) -> None:
     """Write the scores (and a missing head / domain) into the bundled card ``name``."""
     from wsicount.models import read_card
-    from wsicount.runstate import atomic_write
+    from wsicount.store.atomic import atomic_write
     from wsicount.training.data import load_dataset
     from wsicount.training.recipe import data_domain
 

@@ -4,8 +4,8 @@
     python benchmarks/feed.py --threads 2 --repeat 1 --no-write
     python benchmarks/feed.py --zarr-writes --threads 2 --repeat 4   # tile chunks through zarr vs as files
 
-Issue 5 asks that on a GPU a run be bound by decoding, not by Python. A GPU computes the
-U-Net hundreds of times faster than this CPU, so what is left of a run's tile stage is
+On a GPU a run should be bound by decoding, not by Python. A GPU computes the U-Net far
+faster than a CPU, so what is left of a run's tile stage is
 everything but the network: reading and decoding the windows, normalising them, and per tile
 the mask, the peaks, the grid sums, the Zarr chunks and the completion record. This script
 measures that part alone, on this machine, through the run's own code: ``wsicount.count``
@@ -23,7 +23,7 @@ Figures, per tile-thread count (``--threads``; the machine has ``CORES`` cores):
 * decoding alone: one thread reading every window of the run back to back (no cache), Mpx/s.
 
 ``--zarr-writes`` alternates runs whose tiles write their chunks through zarr's own pipeline
-(``stitch.ChunkFiles`` disabled, as before session 9) with runs that write them as files, and
+(``store.density.ChunkFiles`` disabled) with runs that write them as files, and
 adds a row per way: the comparison behind that change, rerunnable.
 
 Bound by decoding means: the feed rate with N threads is close to N × the decode-alone rate
@@ -81,9 +81,11 @@ class Replay:
 
 def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: bool = False) -> dict:
     """One ``count`` with the replay (tile chunks through zarr if ``zarr_writes``); the tile stage's seconds, CPU and summary."""
-    from wsicount import infer, pipeline, stitch
+    from wsicount import infer
+    from wsicount.runner import count, slide as run_slide, task
+    from wsicount.store import density
 
-    orig_infer, orig_execute, orig_predict = pipeline._infer_batch, pipeline._execute, infer.predict_batch
+    orig_infer, orig_execute, orig_predict = task.infer_batch, run_slide.run_tasks, infer.predict_batch
     cpu: dict[str, float] = {}
 
     def infer_batch(job, model, device, mask, state, items):
@@ -98,20 +100,20 @@ def feed_run(slide: Path, out: Path, threads: int, replay: Replay, zarr_writes: 
             cpu["tiles"] = time.process_time() - c
             cpu["steal"] = steal_seconds() - st if st is not None else float("nan")
 
-    orig_files = stitch.ChunkFiles.of
-    pipeline._infer_batch, pipeline._execute, infer.predict_batch = infer_batch, execute, replay.predict_batch
+    orig_files = density.ChunkFiles.of
+    task.infer_batch, run_slide.run_tasks, infer.predict_batch = infer_batch, execute, replay.predict_batch
     if zarr_writes:
-        stitch.ChunkFiles.of = classmethod(lambda cls, arr: None)
+        density.ChunkFiles.of = classmethod(lambda cls, arr: None)
     try:
         shutil.rmtree(out, ignore_errors=True)
         # a fresh process's caches, as a run has: the decoded-segment cache (io.SegmentCache) of the
         # previous run would serve this one's reads, and the density store is reopened with or
         # without chunk files
-        pipeline._cache.clear()
-        s = pipeline.count(slide, out, threads=threads, progress=False)
+        task.clear_caches()
+        s = count(slide, out, threads=threads, progress=False)
     finally:
-        pipeline._infer_batch, pipeline._execute, infer.predict_batch = orig_infer, orig_execute, orig_predict
-        stitch.ChunkFiles.of = orig_files
+        task.infer_batch, run_slide.run_tasks, infer.predict_batch = orig_infer, orig_execute, orig_predict
+        density.ChunkFiles.of = orig_files
     stage = s["timings"]["stage_seconds_summed_over_tiles"]
     return {"threads": threads, "zarr_writes": zarr_writes, "tiles_s": s["timings"]["tiles"], "cpu": cpu["tiles"],
             "steal": cpu["steal"],
@@ -176,7 +178,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--slides-dir", type=Path, default=ROOT / "runs" / "bench-slides")
     ap.add_argument("--zarr-writes", action="store_true",
-                    help="alternate with runs that write the tile chunks through zarr (before session 9)")
+                    help="alternate with runs that write the tile chunks through zarr's own pipeline")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     from wsicount.allocator import tune_allocator

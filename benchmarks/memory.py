@@ -4,7 +4,7 @@ slide needs at most 1.3x the peak RSS of the smaller one), on the local schedule
 
     python benchmarks/memory.py                                  # 32768² and 65496² NDPI (~1.07 and ~4.29 Gpx)
     python benchmarks/memory.py --sizes 2048 3072 --no-write     # a quick check of the script itself
-    python benchmarks/memory.py --mask-probe --sizes 26624x30000 65496   # the README's mask term, B per mask px
+    python benchmarks/memory.py --mask-probe --sizes 26624x30000 65496   # the tissue mask's bytes per mask pixel
     python benchmarks/memory.py --activation                     # the planner's activation estimate vs measured
 
 Slides are synthesized once (NDPI, fluorescence look, 60 % tissue) and cached in
@@ -281,7 +281,7 @@ def main() -> None:
                     help="slide sizes, N (square) or HxW, px, multiples of 8, smallest first; NDPI sides <= 65496 "
                          "[32768 65496]")
     ap.add_argument("--mask-probe", action="store_true",
-                    help="measure only the tissue mask's peak memory per mask pixel (README's mask term)")
+                    help="measure only the tissue mask's peak memory per mask pixel")
     ap.add_argument("--activation", action="store_true",
                     help="measure only each architecture's activation memory against the tile planner's estimate")
     ap.add_argument("--act-size", type=int, default=1024, help="input side for --activation [1024]")
@@ -312,7 +312,7 @@ def main() -> None:
     if args.mask_probe:
         rows = [mask_probe(_slide(size, args.slides, args.seed)) for size in args.sizes]
         body = (f"{mask_table(rows)}\n\n`detect_tissue` alone in a fresh process; peak of the numpy arrays it allocates "
-                "(tracemalloc), over the mask's pixels: the README's mask term.")
+                "(tracemalloc), over the mask's pixels (README, Memory).")
         publish("Tissue-mask memory", body, not args.no_write)
         return
     results = []

@@ -8,11 +8,11 @@ and the default model. Three kinds of figures, each the median of ``--repeat`` m
 
 * imports -- CPU seconds of importing a module in a fresh interpreter (numpy already imported,
   as it is everywhere it matters): torch and zarr (the run's main process, before the first
-  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (what the pictures
-  were drawn with until session 8: a reference) and Pillow's drawing modules;
+  tile), scipy.ndimage (the side worker's tissue mask), matplotlib.figure (a reference: the
+  usual library for such pictures) and Pillow's drawing modules;
 * pieces -- each function of the run that is not the network, called alone in this process on
   this slide (warm: its imports done): the tissue mask and the normalisation sample
-  (``pipeline._prepare``), the two pictures, loading the model, creating the density store,
+  (``run.plan.prepare``), the two pictures, loading the model, creating the density store,
   the tissue label, aggregating the tile records, the text tables, the count maps, the density
   pyramid, the HTML report. Wall and CPU seconds (``time.process_time``: this process's threads, Zarr's I/O
   and codec threads included). Run alone they meet no contention: a lower bound of their
@@ -48,7 +48,7 @@ from throughput import CORES, ensure_slide, measure_process  # noqa: E402
 PAPER = (26624, 30000)
 IMPORTS = [("torch", "main, before the first tile"), ("zarr", "main, before the first tile"),
            ("scipy.ndimage", "side worker (tissue mask)"), ("PIL.ImageDraw, PIL.ImageFont", "side worker (pictures)"),
-           ("matplotlib.figure", "reference: the pictures' library until session 8")]
+           ("matplotlib.figure", "reference: not imported by a run")]
 
 
 def import_cpu(module: str) -> float:
@@ -74,22 +74,27 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
 def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str, str, float, float]]:
     """(piece, where it runs, wall s, CPU s) of the run's non-network functions, called alone on ``slide``."""
     import wsicount.infer  # noqa: F401  (torch: the model's load is timed without its import)
-    from wsicount import pipeline, report
+    from wsicount import report
+    from wsicount.aggregate import aggregate
     from wsicount.io import open_slide
     from wsicount.models import load_model, read_card
-    from wsicount.runstate import RunState
-    from wsicount.stitch import build_pyramid, create_density, write_label
+    from wsicount.runner import plan as run_plan
+    from wsicount.runner.config import RunConfig
+    from wsicount.runner.execute import Placement
+    from wsicount.store import RunState
+    from wsicount.store.density import build_pyramid, create_density, write_label
     from wsicount.tiling import TileGrid, tissue_tiles
 
     summary = json.loads((out / "summary.json").read_text())
-    cfg = pipeline.RunConfig()
+    cfg = RunConfig()
     sl = open_slide(slide)
     card, _ = read_card(None)
     rows = []
-    pipeline._prepare(sl, cfg, card)  # imports (scipy, skimage) before timing
-    w, c, (tm, geom, norm, sec) = timed(lambda: pipeline._prepare(sl, cfg, card), repeat)
-    rows.append(("tissue mask + normalisation sample (`_prepare`)", "side worker, before the first tile", w, c))
-    rows.append(("  of which the tissue mask (wall)", "", sec["tissue"], float("nan")))
+    run_plan.prepare(sl, cfg, card)  # imports (scipy, skimage) before timing
+    w, c, prep = timed(lambda: run_plan.prepare(sl, cfg, card), repeat)
+    tm, geom = prep.tissue, prep.geom
+    rows.append(("tissue mask + normalisation sample (`run.plan.prepare`)", "side worker, before the first tile", w, c))
+    rows.append(("  of which the tissue mask (wall)", "", prep.seconds["tissue"], float("nan")))
     w, c, sf = timed(lambda: report.slide_figure(sl, tm), repeat)
     rows.append(("slide picture", "side worker, beside the tiles", w, c))
     w, c, lm = timed(lambda: load_model(None), repeat)
@@ -104,13 +109,14 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
 
     def plan_tile():
         lm.__dict__.pop("_activation_bytes", None)
-        return pipeline._plan_tile(cfg, lm, device, precision, CORES, None, Path(tempfile.gettempdir()) / "no-run-here")
+        return run_plan.plan_tile(cfg, lm, device, precision, Placement.decide(cfg), None,
+                                  Path(tempfile.gettempdir()) / "no-run-here")
 
     w, c, plan = timed(plan_tile, repeat)
     rows.append(("plan the tile size (activation estimate, available memory)", "main, before the first tile", w, c))
     grid = TileGrid.for_model(geom.height, geom.width, plan.tile_size, card.receptive_radius, card.stride,
                               card.peak_min_distance_px + 1)
-    mask_scale = pipeline._mask_scale(tm, geom)
+    mask_scale = run_plan.mask_scale(tm, geom)
     w, c, tiles = timed(lambda: tissue_tiles(grid, tm.mask, *mask_scale), repeat)
     rows.append(("plan the tissue tiles", "main, before the first tile", w, c))
 
@@ -119,29 +125,26 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
         create_density(scratch, (geom.height, geom.width), grid.core, geom.model_mpp)
 
     w, c, _ = timed(fresh_store, repeat)
-    rows.append(("create the density store", "a thread beside the first tiles (before session 8: main, before them)",
-                 w, c))
+    rows.append(("create the density store", "a thread beside the first tiles", w, c))
     w, c, _ = timed(lambda: write_label(scratch, "tissue", tm.mask, tm.mpp), repeat)
-    rows.append(("write the tissue label", "a thread beside the first tiles (before session 8: main, before them)",
-                 w, c))
+    rows.append(("write the tissue label", "a thread beside the first tiles", w, c))
 
     state = RunState(out)
     records = [state.record(t.key) for t in tiles]
     grid_um = tuple(summary["parameters"]["grid_um"])
-    grid_shape = pipeline.grid_shapes(geom, grid_um)
-    w, c, agg = timed(lambda: report.aggregate(records, tm, geom, grid_um, grid_shape), repeat)
+    grid_shape = run_plan.grid_shapes(geom, grid_um)
+    w, c, agg = timed(lambda: aggregate(records, tm, geom, grid_um, grid_shape), repeat)
     rows.append(("aggregate the tile records", "main, after the last tile", w, c))
-    w, c, heat = timed(lambda: report.heatmap_figure(sf, pipeline._for_heatmap(agg)), repeat)
+    w, c, heat = timed(lambda: report.heatmap_figure(sf, report.for_heatmap(agg)), repeat)
     rows.append(("heat map", "side worker, after the last tile", w, c))
     w, c, tables = timed(lambda: report.write_text_tables(scratch, sl.mpp, geom, agg, cfg.geojson_units), repeat)
-    rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map "
-                 "(before session 8: main)", w, c))
+    rows.append(("text tables (regions.csv, cells.csv, cells.geojson)", "side worker, after the heat map", w, c))
     w, c, _ = timed(lambda: report.write_count_maps(scratch, agg), repeat)
     rows.append(("count maps (Zarr)", "main, after the last tile, beside the pyramid", w, c))
     w, c, _ = timed(lambda: build_pyramid(out, geom.model_mpp), repeat)
     rows.append(("density pyramid (levels 2..n)", "a thread, after the last tile, beside the count maps", w, c))
     w, c, _ = timed(lambda: _pyramid_one_chunk_per_call(out, geom.model_mpp), repeat)
-    rows.append(("  the same, one chunk per Zarr call (before session 8)", "", w, c))
+    rows.append(("  the same, one chunk per Zarr call", "", w, c))
     pngs = (sf.png, heat)
     w, c, _ = timed(lambda: report.write_report(scratch, sl, tm, geom, agg, summary, time.perf_counter(),
                                                 cfg.geojson_units, pngs, tables), repeat)
@@ -152,13 +155,13 @@ def pieces(slide: Path, out: Path, scratch: Path, repeat: int) -> list[tuple[str
 
 def _pyramid_one_chunk_per_call(out: Path, mpp: float) -> int:
     """``build_pyramid`` with ``PYRAMID_BLOCK = 1``: what each block of chunks per call saves."""
-    from wsicount import stitch
+    from wsicount.store import density
 
-    block, stitch.PYRAMID_BLOCK = stitch.PYRAMID_BLOCK, 1
+    block, density.PYRAMID_BLOCK = density.PYRAMID_BLOCK, 1
     try:
-        return stitch.build_pyramid(out, mpp)
+        return density.build_pyramid(out, mpp)
     finally:
-        stitch.PYRAMID_BLOCK = block
+        density.PYRAMID_BLOCK = block
 
 
 def main() -> None:

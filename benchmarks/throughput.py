@@ -29,7 +29,7 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   at level 0, PIL box resize to the model's um/px, the model one tile at a time (fp32, no halo,
   every tile, tissue or not), stitched into an in-memory numpy array; run on a centred
   ``--crop`` of the slide and scaled to the whole slide by pixel count (the table says so);
-* floor around each run -- this VM's speed drifts by up to ~25 % within minutes, so a floor
+* floor around each run -- a shared or virtual machine's speed can drift by tens of per cent within minutes, so a floor
   measured once at the start is a poor yardstick for a run made ten minutes later: the floor
   of the run's own configuration (THREADS streams x cores/THREADS intra-op threads, its
   precision) is measured again right before and right after each ``wsicount run``
@@ -39,15 +39,15 @@ Measured in one run, on one device (``--device auto``: CUDA if present):
   each non-fp32 run, the model alone makes one pass over exactly that run's input windows
   (``summary.json`` ``processing.window_shapes``), with the run's threads;
 * repetitions -- each non-fp32 run is made ``--repeat`` times (default 3; the floors around
-  it and on its windows each time) and the ratios are the medians, with their range: the
-  model alone varies by +-25 % from one minute to the next here, so one run proves little;
+  it and on its windows each time) and the ratios are the medians, with their range: on a
+  machine whose speed drifts, one run proves little;
 * CPU budget -- the run's process-tree CPU seconds (``RUSAGE_CHILDREN``) split into the
   network's (summary.json ``infer_cpu``, the tile threads' CPU inside the forward pass), the
   rest, CPU time stolen by the hypervisor (/proc/stat) and idle; the network share (network
   CPU / cores x wall, and / (cores x wall - steal)) measures the overhead without the drift
   between a run and its floors: a slower or faster CPU moves both its terms, though not
-  alike (bf16 on AMX gains more from a fast spell than Python and decoding do: session 8
-  measured 2.2x against 1.9x, and a share of 0.77 against 0.79-0.81 for the same code);
+  alike (bf16 on AMX gains more from a faster CPU than Python and decoding do, so the share
+  reads a little lower on a fast one);
 * ratios -- end-to-end network-input rate / model floor (target >= 0.8; against the start
   floor and against the floor around the run), naive time / end-to-end time (target >= 5x),
   1-thread wall / 2-thread wall, and the relative count difference of bf16 vs fp32.
@@ -136,7 +136,7 @@ class E2E:
     rep: int = 1  # repetition number (--repeat)
     cpu: float | None = None  # CPU seconds (user + sys) of the run's process tree
     shape_cpu: float | None = None  # CPU seconds of the model alone on this run's windows
-    steal: float | None = None  # CPU seconds the hypervisor took from this VM during the run
+    steal: float | None = None  # CPU seconds the hypervisor took from this machine's CPUs during the run
 
     @property
     def capacity(self) -> float:
@@ -443,7 +443,7 @@ def _rusage(children: bool = False) -> float | None:
 
 
 def steal_seconds() -> float | None:
-    """CPU seconds the hypervisor has taken from this VM since boot, all CPUs (/proc/stat 'steal'); None off Linux."""
+    """CPU seconds the hypervisor has taken from this machine since boot, all CPUs (/proc/stat 'steal'); None off Linux."""
     try:
         with open("/proc/stat") as fh:
             fields = fh.readline().split()
@@ -457,7 +457,7 @@ def measure_process(cmd: list[str], log: Path) -> tuple[float, int, int, float |
 
     CPU: user + system seconds of the child and of the descendants it waited for (its side
     worker), from this process's ``RUSAGE_CHILDREN`` before and after (None off POSIX). Steal:
-    CPU seconds the hypervisor withheld from this VM's CPUs during the run (machine-wide).
+    CPU seconds the hypervisor withheld from this machine's CPUs during the run (machine-wide).
 
     Peak RSS: the child's VmHWM (read while it runs) and psutil polling of its process tree,
     whichever is larger; not ``ru_maxrss``, which also counts this process's memory before exec.
@@ -737,7 +737,7 @@ def stages_text(runs: list[E2E]) -> str:
               "`start → first tile` is everything before the tile stage. `stitch` (the density pyramid) runs on "
               "a thread while `report` aggregates and writes the count maps and waits for the side worker's "
               "text tables, so the two overlap. Σ columns: summed over tiles, wall seconds and the reading or "
-              "tile thread's CPU seconds ('—' before session 8, which added the CPU ones).")
+              "tile thread's CPU seconds ('—' where the run did not record them).")
 
 
 def cpu_text(runs: list[E2E]) -> str:
@@ -757,10 +757,10 @@ def cpu_text(runs: list[E2E]) -> str:
                       "model alone on the run's windows, CPU-s", "network CPU in run ÷ alone"], rows)
             + "\n\nnetwork share = network CPU-s ÷ (cores × wall). Both come from the same run, so a slower or "
               "faster CPU, which moves every floor ratio, moves both terms (not quite alike: the network gains more "
-              "from a fast spell than the rest, so the share reads a little lower then): it says how much of the machine went "
+              "from a faster CPU than the rest, so the share reads a little lower then): it says how much of the machine went "
               "to anything but the network (start-up imports, tissue, reading, post-processing, pictures, "
               "tables, exit), stood idle, or was taken by the hypervisor (`steal` in /proc/stat, machine-wide: "
-              "time this VM's CPUs were ready to run but other guests ran); "
+              "time this machine's CPUs were ready to run but other guests ran); "
               "the share of the CPU the VM got leaves the stolen seconds out of the capacity, so it does not "
               "drift with the neighbours' load either. Network CPU-s "
               "are the tile threads' own CPU time in the forward pass, all of the network's only when each "

@@ -86,7 +86,7 @@ def test_local_cluster_workers_get_the_tuning_not_the_nannys_trim(monkeypatch):
     from distributed import Client
 
     from wsicount import allocator
-    from wsicount.pipeline import local_cluster
+    from wsicount.runner import local_cluster
 
     monkeypatch.setattr(allocator, "_applied", True)
     cluster = local_cluster(1)

@@ -72,36 +72,23 @@ def test_local_workflow_recipe(slides, tmp_path):
     assert (tmp_path / "wf" / "study.csv").exists()
 
 
-def test_count_each_prepares_the_next_slide_while_tiles_run(slides, tmp_path, monkeypatch):
+def test_count_each_prepares_the_next_slide_while_tiles_run(slides, tmp_path):
     """Slide n+1 is opened and its preparation queued before slide n's tiles start; a bad slide
     is yielded as its error; the counts are those of count() slide by slide."""
-    from wsicount import pipeline
     from wsicount.errors import WsicountError
+    from wsicount.runner import count, count_each
 
     log = []
-    prepare, execute = pipeline._submit_preparation, pipeline._execute
-
-    def logged_prepare(side, slide, *args):
-        log.append(("prepare", Path(slide).name))
-        return prepare(side, slide, *args)
-
-    def logged_execute(job, *args, **kwargs):
-        log.append(("tiles", Path(job.slide_path).name))
-        return execute(job, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_submit_preparation", logged_prepare)
-    monkeypatch.setattr(pipeline, "_execute", logged_execute)
     broken = tmp_path / "broken.ndpi"
     broken.write_bytes(slides[0].read_bytes()[:5000])
     jobs = [(slides[0], tmp_path / "a"), (broken, tmp_path / "b"), (slides[1], tmp_path / "c")]
-    got = list(pipeline.count_each(jobs, tile_size=256, progress=False))
+    got = list(count_each(jobs, tile_size=256, progress=False, on_stage=lambda stage, name: log.append((stage, name))))
     assert log == [("prepare", "s0.ndpi"), ("prepare", "broken.ndpi"), ("tiles", "s0.ndpi"),
                    ("prepare", "s1.ndpi"), ("tiles", "s1.ndpi")]
     assert got[1][0] is None and isinstance(got[1][1], WsicountError)
-    monkeypatch.undo()
     for (summary, error), (slide, _) in ((got[0], jobs[0]), (got[2], jobs[2])):
         assert error is None
-        alone = pipeline.count(slide, tmp_path / f"alone-{slide.name}", tile_size=256, progress=False)
+        alone = count(slide, tmp_path / f"alone-{slide.name}", tile_size=256, progress=False)
         assert summary["total_cells"] == alone["total_cells"]
         assert summary["n_cells_detected"] == alone["n_cells_detected"]
 

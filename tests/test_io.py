@@ -298,9 +298,9 @@ import sys
 from wsicount.io import open_slide
 from wsicount.tissue import detect_tissue
 from wsicount.tiling import plan_geometry, read_model_window
-from wsicount.report import _thumbnail
+from wsicount.report import thumbnail
 s = open_slide({str(path)!r})
-detect_tissue(s, "fluorescence"); _thumbnail(s)
+detect_tissue(s, "fluorescence"); thumbnail(s)
 g = plan_geometry(s, 4 * s.mpp)
 read_model_window(s, g, (0, 64, 0, 64))
 assert not any(m.split(".")[0] in ("dask", "xarray") for m in sys.modules), "imported dask or xarray"

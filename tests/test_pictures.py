@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsicount import pictures
-from wsicount.pictures import Picture, inferno, outline, ticks
-from wsicount.report import Aggregate, heatmap_figure, slide_figure
+from wsicount.report import pictures
+from wsicount.report.pictures import Picture, inferno, outline, ticks
+from wsicount.aggregate import Aggregate
+from wsicount.report import heatmap_figure, slide_figure
 from wsicount.tissue import TissueMask
 
 

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from wsicount.report import CELL_FIELDS, Aggregate, _cells, _cells_csv, _geojson
+from wsicount.aggregate import Aggregate
+from wsicount.report.tables import CELL_FIELDS, cell_table, cells_csv, cells_geojson
 
 
 def _agg(peaks: np.ndarray) -> Aggregate:
@@ -23,8 +24,8 @@ def test_cells_csv_and_geojson_match_the_peaks(n: int):
     peaks = np.column_stack([rng.uniform(0, 5000, n), rng.uniform(0, 7000, n), rng.uniform(0.01, 0.5, n)])
     geom = SimpleNamespace(model_mpp=1.8092)
     mpp0 = 0.4523
-    cells = _cells(_agg(peaks), geom, mpp0)
-    rows = list(csv.DictReader(io.StringIO(_cells_csv(cells))))
+    cells = cell_table(_agg(peaks), geom, mpp0)
+    rows = list(csv.DictReader(io.StringIO(cells_csv(cells))))
     assert len(rows) == n and (n == 0 or list(rows[0]) == CELL_FIELDS)
     x_um = (peaks[:, 1] + 0.5) * geom.model_mpp
     y_px = (peaks[:, 0] + 0.5) * geom.model_mpp / mpp0 - 0.5
@@ -32,7 +33,7 @@ def test_cells_csv_and_geojson_match_the_peaks(n: int):
     np.testing.assert_allclose([float(r["y_px"]) for r in rows], y_px, atol=5e-3)
     np.testing.assert_array_equal([float(r["peak_density"]) for r in rows], peaks[:, 2])
     for units, (kx, ky) in (("px", ("x_px", "y_px")), ("um", ("x_um", "y_um"))):
-        gj = json.loads(_geojson(cells, units, mpp0))
+        gj = json.loads(cells_geojson(cells, units, mpp0))
         assert gj["type"] == "FeatureCollection" and gj["wsicount"]["mpp"] == mpp0
         assert len(gj["features"]) == n
         if n:
@@ -43,7 +44,7 @@ def test_cells_csv_and_geojson_match_the_peaks(n: int):
 
 def test_regions_csv_is_what_the_csv_module_writes():
     """regions.csv, built column-wise, is byte-identical to csv.DictWriter over one dict per grid cell."""
-    from wsicount.report import REGION_FIELDS, _region_columns, _regions_csv, _regions_rows
+    from wsicount.report.tables import REGION_FIELDS, region_columns, region_rows, regions_csv
 
     rng = np.random.default_rng(3)
     counts, tissue = {}, {}
@@ -64,9 +65,9 @@ def test_regions_csv_is_what_the_csv_module_writes():
                         "tissue_fraction": round(float(t[r, col] / (g / 1000.0) ** 2), 6),
                         "tissue_mm2": float(t[r, col]), "count": float(c[r, col]),
                         "cells_per_mm2": float(c[r, col] / t[r, col]) if t[r, col] > 0 else ""})
-    columns = {g: _region_columns(agg, g) for g in counts}
-    assert _regions_csv(columns) == ref.getvalue()
+    columns = {g: region_columns(agg, g) for g in counts}
+    assert regions_csv(columns) == ref.getvalue()
     rows = list(csv.DictReader(io.StringIO(ref.getvalue())))
-    coarse = _regions_rows(columns[1000.0])
+    coarse = region_rows(columns[1000.0])
     assert [str(r["count"]) for r in coarse] == [r["count"] for r in rows if r["grid_um"] == "1000.0"]
     assert coarse[0]["cells_per_mm2"] == "" and coarse[0]["count"] == 1.5

@@ -2,19 +2,18 @@
 
 A forward pass allocates and frees activations of tens of MB per layer. glibc serves
 such blocks with fresh ``mmap`` pages and unmaps them on free, so every layer of every
-tile page-faults its output in and the kernel zeroes it: on the project's 2-core VM,
-0.5-0.6 s of system time per 1024² tile, about a third of the tile's CPU
-(``python benchmarks/floor_variants.py --allocator`` measures it; BENCHMARKS.md).
+tile page-faults its output in and the kernel zeroes it, a large share of the tile's CPU
+(``python benchmarks/floor_variants.py --allocator`` measures it).
 With :func:`tune_allocator` the process keeps freed memory and reuses it. The price is that
 the process does not hand memory back to the OS until it exits (its RSS stays at its peak),
 so the CLI applies it (one short-lived process per command; ``WSICOUNT_ALLOCATOR=default``
 turns it off) and library users opt in. It also raises the peak a little: blocks are reused
-from one heap instead of being returned whole (README, "Performance and memory", term A).
+from one heap instead of being returned whole (README, "Memory": the activation term A).
 
 The tuning also goes to the processes this one starts, through glibc's environment variables
-for the same settings: a ``--workers N`` LocalCluster's workers are new processes, and untuned
-they ran the network at 1.7x the CPU (``benchmarks/memory.py``, ``--workers 2``, 1.07 Gpx:
-82.7 s untuned, 59.3 s tuned; BENCHMARKS.md, session 8).
+for the same settings: a ``--workers N`` LocalCluster's workers are new processes and would
+otherwise run the network untuned (``python benchmarks/memory.py --modes workers``, with and
+without ``WSICOUNT_ALLOCATOR=default``, compares the two).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A failing slide is recorded (status ``failed`` and its one-line error) and the others
 finish. ``study.csv`` is rewritten atomically after every slide, so it always reflects
-what is done. Slides run one after another through :func:`wsicount.pipeline.count_each`:
+what is done. Slides run one after another through :func:`wsicount.runner.count_each`:
 one side worker for all, each slide's tissue mask, normalisation and picture prepared
 while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
 shared by all slides and each slide's tiles are spread over the cluster.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .runstate import atomic_write
+from .store import atomic_write
 
 __all__ = ["batch", "read_manifest"]
 
@@ -55,7 +55,7 @@ def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | 
           workers: int | None = None, scheduler: str | None = None, progress: bool = True,
           **run_opts: Any) -> list[dict[str, Any]]:
     """Run every slide into ``out/<name>/``; returns the rows of ``out/study.csv``."""
-    from .pipeline import count_each
+    from .runner import count_each
 
     out = Path(out)
     try:
@@ -105,7 +105,7 @@ def _client(workers: int | None, scheduler: str | None):
         return None, None
     from distributed import Client
 
-    from .pipeline import local_cluster
+    from .runner import local_cluster
 
     if scheduler:
         return Client(scheduler), None

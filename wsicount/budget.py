@@ -22,8 +22,8 @@ from typing import Callable
 __all__ = ["available_memory", "task_bytes", "TilePlan", "choose_tile_size",
            "AUTO_TILE_MAX", "AUTO_TILE_MIN", "AVAILABLE_FRACTION"]
 
-#: the largest tile auto picks: the measured default. Larger windows lose less to the halo but
-#: ran no faster per pixel on CPU (cache-bound activations), and multiply the memory
+#: the largest tile auto picks. Larger windows lose less to the halo but run no faster per
+#: pixel on CPU (cache-bound activations), and multiply the memory
 AUTO_TILE_MAX = 1024
 #: below this, more than half of each window would be halo for the bundled U-Net (56 px)
 AUTO_TILE_MIN = 384

@@ -98,7 +98,7 @@ class _EchoWarnings(logging.Handler):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on SLIDE and write density map, count maps and reports to --out."""
-    from .pipeline import count
+    from .runner import count
 
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None

@@ -81,9 +81,9 @@ def local_maxima(image: np.ndarray, min_distance: int, threshold: float) -> np.n
     exclude_border=False)`` (a test checks it, ties included): a peak equals the maximum of
     its (2 min_distance + 1)² window and exceeds ``threshold``; of equal peaks closer than
     ``min_distance`` (Chebyshev) the first in (descending value, row-major) order is kept;
-    a constant image has none. ~6x faster on a 1024² float32 tile: the window maximum is
-    separable and works in the image's own dtype, and the spacing step only visits the
-    few tied peaks instead of all of them.
+    a constant image has none. Cheaper than skimage's: the window maximum is separable and
+    works in the image's own dtype, and the spacing step only visits the few tied peaks
+    instead of all of them.
     """
     img = np.asarray(image)
     if not np.issubdtype(img.dtype, np.floating):
@@ -126,7 +126,8 @@ def _tie_pairs(coords: np.ndarray, values: np.ndarray, md: int, max_offset: int 
     successor is both (past that k, none can be: values and rows only grow along the order).
     Bf16 outputs tie often, in runs of a few peaks, so k stays small; a plateau holding more
     than ``max_offset`` such successors falls back to a k-d tree. Without it the tile threads
-    need no scipy, whose import (~0.5 CPU-s) sat on the run's critical path.
+    need no scipy, whose import would sit on the run's critical path
+    (``python benchmarks/overhead.py`` times it).
     """
     order = np.lexsort((coords[:, 1], coords[:, 0], values))
     v, y, x = values[order], coords[order, 0], coords[order, 1]
@@ -226,7 +227,7 @@ def match_points(pred_yx: np.ndarray, true_yx: np.ndarray, radius: float) -> Mat
     split into connected components and each is solved exactly with
     ``scipy.optimize.linear_sum_assignment``, which keeps slides with thousands of cells cheap.
     """
-    # imported here: scipy (~0.8 s of imports) serves evaluation, not counting
+    # imported here: scipy serves evaluation, not counting
     from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

@@ -3,8 +3,7 @@
 Precision: 'fp32', or 'bf16'/'fp16', which run a copy of the module whose weights and
 activations are in that dtype (convolutions still accumulate in fp32 inside oneDNN/cuDNN).
 A whole low-precision network avoids autocast's conversion of every activation around
-BatchNorm and LeakyReLU; measured (``benchmarks/floor_variants.py``) it is ~10 % faster than
-autocast as the 2 one-thread streams ``run`` uses, within the VM's noise on one stream.
+BatchNorm and LeakyReLU (``python benchmarks/floor_variants.py`` compares it with autocast).
 'auto' picks bf16 where the device computes it natively and the model card lists bf16 as
 validated on the model's accuracy benchmark (``ModelCard.low_precision``), fp32 elsewhere. Tiling stays
 bit-exact in every precision: an output pixel gets the same value from any stride-aligned
@@ -94,8 +93,8 @@ def auto_batch_size(model: LoadedModel, device: torch.device, precision: str, ti
                     tasks: int = 1) -> int:
     """Tiles per forward pass: 1 on CPU; on CUDA as many ``tile``² windows as fit in half the free memory, shared by ``tasks``.
 
-    On CPU batching did not raise throughput in our probes (not a recorded benchmark) but it
-    multiplies the activation memory, so one tile per pass. On CUDA one forward pass of a
+    On CPU a batch multiplies the activation memory without raising throughput
+    (``python benchmarks/floor_variants.py`` times batches of 1, 2 and 4), so one tile per pass. On CUDA one forward pass of a
     single tile is measured (peak allocation) and the batch is :func:`batch_for` of the free
     memory: ``tasks`` tile tasks of this process run their batches on the device at once.
     """
@@ -122,9 +121,9 @@ def batch_for(free: int, per_tile: int, tasks: int = 1, limit: int = 16) -> int:
 
 #: measured peak activation memory ÷ the tensors tracked by :func:`activation_bytes_per_px`, one
 #: 1024² forward pass in a fresh process with the CLI's allocator tuning (``python
-#: benchmarks/memory.py --activation``, BENCHMARKS.md): U-Net 1.62 (fp32) / 1.48 (bf16), FCRN
-#: 1.38 / 1.22, Cell-Net 1.91 / 1.97; a hand probe the same day gave up to 2.07 (Cell-Net, bf16).
-#: The allocator's reuse pattern moves it between runs; the factor is above all of them, so that
+#: benchmarks/memory.py --activation``): U-Net 1.62 (fp32) / 1.48 (bf16), FCRN
+#: 1.38 / 1.22, Cell-Net 1.91 / 1.97. The allocator's reuse pattern moves it between runs by
+#: up to ~0.1; the factor is above all of them with that margin, so that
 #: the estimate errs on the side of a smaller tile.
 ACTIVATION_OVERHEAD = 2.1
 

@@ -1,28 +1,23 @@
-"""Backend interface, the per-process handle cache and the lazy level arrays dask wraps.
+"""The backend interface every reader implements, and the pieces readers share.
 
-Dask graphs never carry an open file: a level is a :class:`LazyLevel` holding only a
-:class:`SlideKey` (path, backend, mpp override); each process opens the slide once on first
-use and keeps the handle in a small cache keyed by key and process id (a handle inherited
-through ``fork`` is never reused, since file offsets and decoder state would be shared).
+:class:`SlideKey` is what identifies an open slide across processes; :class:`IntensityMap`
+maps non-uint8 samples to uint8; :class:`SegmentCache` keeps decoded segments for
+overlapping reads; :func:`aligned_chunks` lays dask chunks on native tiles. The per-process
+handle cache lives in :mod:`wsicount.io._handles`, above the backends it opens.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from wsicount.errors import TileReadError, WsicountError
-
-__all__ = ["Backend", "SegmentCache", "SlideKey", "LazyLevel", "get_backend", "register_backend",
-           "drop_backend", "read_window", "aligned_chunks", "IntensityMap", "CHUNK"]
+__all__ = ["Backend", "SegmentCache", "SlideKey", "aligned_chunks", "IntensityMap", "CHUNK"]
 
 CHUNK = 2048  # target dask chunk side in pixels (a multiple of the native tile size)
-_MAX_HANDLES = 16
 
 
 @dataclass(frozen=True)
@@ -111,17 +106,14 @@ class SegmentCache:
     """Least-recently-used decoded segments (tiles, strips, JPEG restart intervals), bounded in bytes.
 
     Overlapping tile windows decode the same segments again: halos overlap, and a window
-    rarely aligns with the file's segments (an NDPI level stored as 8-row x 1072-px restart
-    intervals decodes ~2.2x the window's pixels without a cache, ~1.0x with 128 MiB: a
-    simulation of the paper-size slide's reads in the pipeline's order, not a benchmark).
-    ``nbytes`` 0 disables it.
+    rarely aligns with the file's segments (an NDPI level stored as 8-row restart intervals
+    as wide as the level). ``nbytes`` 0 disables it.
 
     The segments live in one slab of equal slots, allocated at the first ``put``: thousands
     of long-lived small arrays scattered through the heap would keep the allocator from
-    reusing the freed activation memory of the network (a hand probe with /usr/bin/time on
-    the 1.07 Gpx slide: peak RSS +170-550 MiB for a 128 MiB cache of separate arrays, about
-    +128 MiB for the slab; memory.py's runs before and after are in BENCHMARKS.md). ``get`` returns a copy, so a slot
-    reused by another thread never changes what a reader is pasting. Thread-safe.
+    reusing the freed activation memory of the network, so the cache costs its limit and no
+    more (``python benchmarks/memory.py`` measures the run's peak with it). ``get`` returns a
+    copy, so a slot reused by another thread never changes what a reader is pasting. Thread-safe.
     """
 
     def __init__(self, nbytes: int = 0) -> None:
@@ -167,7 +159,7 @@ class SegmentCache:
             slot = self._free.pop()
             flat = np.ascontiguousarray(seg).reshape(-1).view(np.uint8)
             self._slab[slot * self._slot : slot * self._slot + flat.size] = flat
-            self._items[key] = (slot, seg.shape, seg.dtype, pos, flat.size)  # size kept: np.prod per get cost ~10 µs
+            self._items[key] = (slot, seg.shape, seg.dtype, pos, flat.size)  # size kept: no np.prod per get
 
     def resize(self, nbytes: int) -> None:
         """Change the limit (dropping what is cached)."""
@@ -179,94 +171,6 @@ class SegmentCache:
     def nbytes(self) -> int:
         """Bytes held now (the slab)."""
         return 0 if self._slab is None else int(self._slab.nbytes)
-
-
-_CACHE: OrderedDict[tuple[SlideKey, int], Backend] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-
-
-def register_backend(key: SlideKey, backend: Backend) -> None:
-    """Make a Slide's open backend the cached handle of ``key`` (the Slide closes it)."""
-    backend.owned = True
-    with _CACHE_LOCK:
-        _CACHE[(key, os.getpid())] = backend
-        _evict()
-
-
-def drop_backend(key: SlideKey, backend: Backend | None = None) -> None:
-    """Forget the cached handle of ``key`` (only if it is ``backend``, when given)."""
-    with _CACHE_LOCK:
-        ck = (key, os.getpid())
-        if ck in _CACHE and (backend is None or _CACHE[ck] is backend):
-            del _CACHE[ck]
-
-
-def _evict() -> None:
-    """Close the least recently used handles beyond the cache size (lock held)."""
-    while len(_CACHE) > _MAX_HANDLES:
-        _, old = _CACHE.popitem(last=False)
-        if not old.owned:  # a live Slide may still read through its own handle
-            old.close()
-
-
-def get_backend(key: SlideKey) -> Backend:
-    """This process's handle for ``key``, opening it on first use."""
-    ck = (key, os.getpid())
-    with _CACHE_LOCK:
-        if ck in _CACHE:
-            _CACHE.move_to_end(ck)
-            return _CACHE[ck]
-    from wsicount.io._open import open_backend  # import here: _open imports this module
-
-    backend = open_backend(key)
-    with _CACHE_LOCK:
-        if ck in _CACHE:  # another thread won the race; keep one handle
-            backend.close()
-            return _CACHE[ck]
-        _CACHE[ck] = backend
-        _evict()
-        return backend
-
-
-def read_window(key: SlideKey, backend: Backend, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-    """Backend read with decode failures reported as :class:`TileReadError`."""
-    try:
-        return backend.read(level, y0, x0, h, w)
-    except WsicountError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a tile read error
-        msg = f"{key.path}: cannot decode level {level} tile at y={y0}, x={x0} ({h}x{w} px): {exc}"
-        raise TileReadError(" ".join(msg.split())) from exc
-
-
-@dataclass(eq=False)
-class LazyLevel:
-    """Array-like view of one level for ``dask.array.from_array`` (pickles as its key)."""
-
-    key: SlideKey
-    level: int
-    shape: tuple[int, int, int]
-    dtype: np.dtype = field(default_factory=lambda: np.dtype(np.uint8))
-    ndim: int = 3
-
-    def __getitem__(self, idx: tuple[slice, ...]) -> np.ndarray:
-        """Read a block; dask only asks for in-bounds slices with unit step."""
-        ys, xs, cs = (tuple(idx) + (slice(None),) * 3)[:3]
-        y0, y1, _ = ys.indices(self.shape[0])
-        x0, x1, _ = xs.indices(self.shape[1])
-        if y1 <= y0 or x1 <= x0:
-            return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0), self.shape[2]), np.uint8)[..., cs]
-        block = read_window(self.key, get_backend(self.key), self.level, y0, x0, y1 - y0, x1 - x0)
-        return block[..., cs]
-
-    def __dask_tokenize__(self) -> tuple:
-        """Deterministic token: the file identity (size, mtime) and the level."""
-        try:
-            st = os.stat(self.key.path)
-            ident = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            ident = (0, 0)
-        return ("wsicount.LazyLevel", self.key, ident, self.level, self.shape)
 
 
 def aligned_chunks(size: int, tile: int, target: int = CHUNK) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ import numpy as np
 from wsicount.io._base import CHUNK
 
 if TYPE_CHECKING:
-    from wsicount.io import Slide
+    from wsicount.io._slide import Slide
 
 __all__ = ["reduce_level"]
 

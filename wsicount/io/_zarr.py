@@ -72,7 +72,7 @@ class ZarrBackend(Backend):
 
     def __init__(self, path: str) -> None:
         """Open the multiscale image at ``path`` (a directory)."""
-        import zarr  # here: ~0.25 s of imports that only Zarr slides need
+        import zarr  # here: an import that only Zarr slides need
 
         root = zarr.open_group(path, mode="r")
         self._group, ms = _multiscales(root, path)

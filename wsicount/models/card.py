@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelError
-from ..runstate import atomic_write, atomic_write_with
+from ..store.atomic import atomic_write, atomic_write_with
 
 if TYPE_CHECKING:  # torch is imported where weights are read or written: a card alone needs none of it
     import torch

@@ -27,7 +27,7 @@ from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
 from ..infer import pick_device, predict_image, resolve_precision
 from ..models import LoadedModel, load_model
-from ..runstate import atomic_write_with
+from ..store.atomic import atomic_write_with, jsonable
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation", "file_sha256"]
 
@@ -192,21 +192,8 @@ def evaluate(
     )
 
 
-def _jsonable(v: Any) -> Any:
-    """NaN/inf -> None (strict JSON has no NaN); numpy scalars -> Python."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """:func:`~wsicount.runstate.atomic_write_with`, creating the folder; OS errors become OutputError."""
+    """:func:`~wsicount.store.atomic_write_with`, creating the folder; OS errors become OutputError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,9 +205,10 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
 def _summary(result: EvalResult) -> dict[str, Any]:
     """The JSON report: what was evaluated plus every dataset-level metric."""
     head = {"model": result.model, "model_path": result.model_path, "data": result.data,
-            "split": result.split, "match_radius_px": result.match_radius_px, "precision": result.precision,
-            "card_sha256": result.card_sha256, "weights_sha256": result.weights_sha256}
-    return _jsonable({**head, **result.metrics})
+            "split": result.split, "match_radius_px": result.match_radius_px,
+            "inference_precision": result.precision, "card_sha256": result.card_sha256,
+            "weights_sha256": result.weights_sha256}
+    return jsonable({**head, **result.metrics})
 
 
 def _csv_text(result: EvalResult) -> str:

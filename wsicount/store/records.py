@@ -1,17 +1,15 @@
 """Crash safety for an output folder: lock, run manifest, per-tile completion records.
 
-``OUT/.wsicount/`` holds:
+``OUT/.wsicount/`` (paths in :class:`~wsicount.store.layout.Layout`) holds:
 
 - ``lock``: ``{"pid", "host", "started"}`` of the run writing this folder. A second run
   refuses to start; a lock whose process is gone (same host) is stale and taken over.
 - ``run.json``: the fingerprint of the job (slide identity, model, every parameter that
   changes results). Resuming with a different fingerprint is refused unless ``--overwrite``
   or the folder holds no results yet (no summary, no finished tile).
-- ``tiles/<ty>_<tx>.json``: written atomically *after* the tile's density chunk is
-  written; its presence means the chunk is final. A rerun skips those tiles and reuses
-  their records (sums, grid partials, peaks), so resumed outputs equal uninterrupted ones.
-
-Final files are written to a temporary name and renamed (:func:`atomic_write`).
+- ``tiles/<ty>_<tx>.json``: a :class:`TileRecord`, written atomically *after* the tile's
+  density chunk is written; its presence means the chunk is final. A rerun skips those tiles
+  and reuses their records, so resumed outputs equal uninterrupted ones.
 """
 
 from __future__ import annotations
@@ -21,43 +19,61 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .errors import OutputError
+from ..errors import OutputError
+from .atomic import atomic_write
+from .layout import STATE, Layout
 
-__all__ = ["atomic_write", "atomic_write_with", "RunState", "slide_fingerprint"]
-
-STATE = ".wsicount"
+__all__ = ["TileRecord", "RunState", "slide_fingerprint"]
 
 
-def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
-    """Have ``writer(tmp)`` write a temporary file beside ``path``, then rename it over ``path``.
+@dataclass
+class TileRecord:
+    """What one finished tile contributes: everything aggregation needs, so nothing is read back from the density.
 
-    The temporary name is hidden (``.NAME.XXXX.tmpSUFFIX``) and keeps the suffix, so writers
-    that infer the format from it (matplotlib, PIL) work; readers of a folder skip dotfiles.
-    A failed write leaves ``path`` as it was and no temporary file behind.
+    ``sum`` is the tile core's masked density sum (its share of the count); ``peaks`` the
+    density maxima whose pixel lies in the core, as ``[y, x, value]`` on the model grid;
+    ``grid`` maps each grid size (µm, as text) to ``{"i": flat cell indices, "v": sums}``;
+    ``t`` the tile's stage seconds. ``var`` is the tile's count-variance term (intervals add
+    them over tiles) and ``frame`` its time point in a stack; both are written only when set.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
+    key: str
+    sum: float = 0.0
+    peaks: list[list[float]] = field(default_factory=list)
+    grid: dict[str, dict[str, list]] = field(default_factory=dict)
+    t: dict[str, float] = field(default_factory=dict)
+    bad: bool = False
+    error: str = ""
+    var: float | None = None
+    frame: int | None = None
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` (str as UTF-8) to ``path`` atomically (see :func:`atomic_write_with`)."""
-    raw = data.encode() if isinstance(data, str) else data
-    return atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(raw))
+    @classmethod
+    def failed(cls, key: str, error: str) -> "TileRecord":
+        """The record of a tile that could not be decoded (``--skip-bad-tiles``): 0 cells."""
+        return cls(key, bad=True, error=error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: optional fields only when set."""
+        d: dict[str, Any] = {"key": self.key}
+        if self.bad:
+            d.update(bad=True, error=self.error)
+        d.update({"sum": self.sum, "peaks": self.peaks, "grid": self.grid, "t": self.t})
+        if self.var is not None:
+            d["var"] = self.var
+        if self.frame is not None:
+            d["frame"] = self.frame
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TileRecord":
+        """A record from its JSON form."""
+        return cls(d["key"], float(d.get("sum", 0.0)), d.get("peaks", []), d.get("grid", {}), d.get("t", {}),
+                   bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"))
 
 
 def slide_fingerprint(path: Path) -> dict[str, Any]:
@@ -95,9 +111,10 @@ class RunState:
     """Lock + manifest + tile records of one output folder."""
 
     def __init__(self, out: Path) -> None:
-        self.out = Path(out)
-        self.dir = self.out / STATE
-        self.tiles_dir = self.dir / "tiles"
+        self.layout = Layout(out)
+        self.out = self.layout.root
+        self.dir = self.layout.state
+        self.tiles_dir = self.layout.tiles
         self._locked = False
 
     # --- lifecycle -------------------------------------------------------------------
@@ -112,7 +129,7 @@ class RunState:
             raise OutputError(f"output folder {self.out} is not writable ({e.strerror or e})") from None
         self.dir.mkdir(exist_ok=True)
         self._acquire()
-        manifest = self.dir / "run.json"
+        manifest = self.layout.run_json
         if overwrite or (manifest.exists() and not self._has_results()):
             # a run that failed before finishing a tile (e.g. no tissue found) left nothing worth
             # keeping: a rerun with other settings (--mask, --mpp) must not be refused for it
@@ -144,13 +161,13 @@ class RunState:
     def stored_params(self) -> dict[str, Any]:
         """The parameters recorded by the run that started this folder ({} if none)."""
         try:
-            return dict(json.loads((self.dir / "run.json").read_text()).get("params", {}))
+            return dict(json.loads(self.layout.run_json.read_text()).get("params", {}))
         except (OSError, ValueError, AttributeError):
             return {}
 
     def _has_results(self) -> bool:
         """Whether the folder holds a summary or at least one finished tile."""
-        return (self.out / "summary.json").exists() or bool(self.done_keys())
+        return self.layout.file("summary.json").exists() or bool(self.done_keys())
 
     def _clear(self) -> None:
         """Remove everything in the output folder except the lock."""
@@ -165,7 +182,7 @@ class RunState:
 
     def _acquire(self) -> None:
         """Take the folder lock, taking over a stale one left by a dead process."""
-        lock = self.dir / "lock"
+        lock = self.layout.lock
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         for _ in range(2):
             try:
@@ -195,7 +212,7 @@ class RunState:
     def release(self) -> None:
         """Drop the lock (idempotent)."""
         if self._locked:
-            (self.dir / "lock").unlink(missing_ok=True)
+            self.layout.lock.unlink(missing_ok=True)
             self._locked = False
 
     # --- tile records -----------------------------------------------------------------
@@ -205,10 +222,10 @@ class RunState:
             return set()
         return {p.stem for p in self.tiles_dir.glob("*.json") if not p.name.startswith(".")}
 
-    def record(self, key: str) -> dict[str, Any]:
+    def record(self, key: str) -> TileRecord:
         """Read one tile's completion record."""
-        return json.loads((self.tiles_dir / f"{key}.json").read_text())
+        return TileRecord.from_dict(json.loads(self.layout.tile_record(key).read_text()))
 
-    def write_record(self, key: str, rec: dict[str, Any]) -> None:
+    def write_record(self, rec: TileRecord) -> None:
         """Mark a tile done (call only after its chunk is written)."""
-        atomic_write(self.tiles_dir / f"{key}.json", json.dumps(rec, separators=(",", ":")))
+        atomic_write(self.layout.tile_record(rec.key), json.dumps(rec.to_dict(), separators=(",", ":")))

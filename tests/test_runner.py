@@ -149,13 +149,13 @@ def test_outputs_written(ndpi_run):
 
 @pytest.mark.parametrize("origin,cell", [((0, 0), 55.29), ((912, 1824), 55.29), ((3, 5), 7.0), ((40, 0), 552.9)])
 def test_grid_sums_equal_a_scatter_by_pixel_centre(origin, cell):
-    from wsicount.pipeline import _grid_sums
+    from wsicount.runner.task import grid_sums
 
     rng = np.random.default_rng(0)
     core = rng.normal(size=(300, 250)).astype(np.float32)
     core[:, :40] = 0  # cells with nothing in them are left out
     shape = (int(math.ceil((origin[0] + 400) / cell)), int(math.ceil((origin[1] + 300) / cell)))
-    got = _grid_sums(core, origin, cell, shape)
+    got = grid_sums(core, origin, cell, shape)
     iy = np.minimum(((np.arange(origin[0], origin[0] + 300) + 0.5) / cell).astype(int), shape[0] - 1)
     ix = np.minimum(((np.arange(origin[1], origin[1] + 250) + 0.5) / cell).astype(int), shape[1] - 1)
     ref = np.bincount((iy[:, None] * shape[1] + ix[None, :]).ravel(), weights=core.ravel().astype(np.float64))

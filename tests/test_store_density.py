@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from wsicount.stitch import build_pyramid, create_density, open_density, write_chunk
+from wsicount.store.density import build_pyramid, create_density, open_density, write_chunk
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_level1_written_per_tile_equals_level1_built_at_the_end(tmp_path):
 
 
 def test_chunk_files_are_the_chunks_zarr_writes(tmp_path):
-    """The tiles' chunk files (``stitch.ChunkFiles``) hold what zarr would write, edge chunks included, and read back exactly."""
+    """The tiles' chunk files (``store.density.ChunkFiles``) hold what zarr would write, edge chunks included, and read back exactly."""
     create_density(tmp_path / "ours", (2100, 1700), 300, 1.5)
     create_density(tmp_path / "zarr", (2100, 1700), 300, 1.5)
     ours = open_density(tmp_path / "ours")
@@ -95,9 +95,9 @@ def test_chunk_files_are_the_chunks_zarr_writes(tmp_path):
                    for k in ("ours", "zarr")]
             np.testing.assert_array_equal(raw[0], raw[1])
     # a block that is not a whole chunk goes through zarr and keeps the rest of its chunk
-    from wsicount.stitch import _put
+    from wsicount.store.density import put_block
 
     write_chunk(ours, 0, 0, np.ones((300, 300), np.float32))
-    _put(ours.level0, ours.files0, 0, 0, np.full((100, 100), 2, np.float32))
+    put_block(ours.level0, ours.files0, 0, 0, np.full((100, 100), 2, np.float32))
     chunk = zarr.open_array(str(tmp_path / "ours" / "density" / "0"), mode="r")[0:300, 0:300]
     assert (chunk[:100, :100] == 2).all() and (chunk[100:, :] == 1).all() and (chunk[:, 100:] == 1).all()

@@ -1,20 +1,15 @@
-"""The output store: an OME-Zarr (NGFF 0.4, Zarr v2) folder holding the results.
+"""The density image in the output store: created once, one chunk written per tile, then a sum pyramid.
 
-Layout of ``OUT/`` (itself the Zarr root group)::
+Layout (see :mod:`wsicount.store.layout`): ``density/0`` is float32 density at model resolution,
+cells per pixel, one chunk per tile core; ``density/1..n`` are 2x2 *sums* of the level below,
+so every level sums to the same count; ``density/labels/tissue/0`` is the tissue mask.
 
-    density/0            float32 density at model resolution, cells per pixel (sums to the count)
-    density/1..n         2x2 *sums* of the level below, so every level sums to the same count;
-                         chunks of half a tile core
-    density/labels/tissue/0   uint8 tissue mask at the mask resolution (NGFF label image)
-    counts_<G>um/0       float32 cells per grid cell of G um (count map on a physical grid)
-    tissue_<G>um/0       float32 tissue area (mm²) per grid cell
-
-Writers: each tile writes exactly one chunk of ``density/0`` (chunk = tile core) and, on
-a slide large enough for a pyramid, exactly one chunk of ``density/1`` (its 2x2 sums), so
-parallel writers never share a chunk; a tile is marked done only after its chunks are
-written (see :mod:`wsicount.runstate`). Writing level 1 with the tile, while its core is
-still in memory, spares the end of the run reading level 0 back; levels 2..n are summed
-from level 1 once all tiles are done (:func:`build_pyramid`).
+Stitching invariant: each tile writes exactly one chunk of ``density/0`` (chunk = tile core)
+and, on a slide large enough for a pyramid, exactly one chunk of ``density/1`` (its 2x2 sums),
+so parallel writers never share a chunk and the stitched map is the concatenation of the tile
+cores, free of seams by construction; a tile is marked done only after its chunks are written
+(see :mod:`wsicount.store.records`). Levels 2..n are summed from level 1 once all tiles are
+done (:func:`build_pyramid`).
 """
 
 from __future__ import annotations
@@ -26,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .runstate import atomic_write
+from .atomic import atomic_write
+from .layout import DENSITY, Layout
 
 __all__ = ["DensityStore", "ChunkFiles", "create_density", "open_density", "write_chunk", "build_pyramid", "write_label",
            "write_image", "ngff_multiscales", "PYRAMID_MIN_SIDE"]
@@ -58,7 +54,7 @@ def ngff_multiscales(name: str, scales: list[float], translations: list[float], 
                     }
                     for i, (s, t) in enumerate(zip(scales, translations))
                 ],
-                "type": "sum" if name == "density" else "nearest",
+                "type": "sum" if name == DENSITY else "nearest",
             }
         ]
     }
@@ -75,9 +71,8 @@ class ChunkFiles:
 
     zarr-python 3 writes every chunk through its asyncio codec pipeline (an event loop, worker
     threads, a check of whether the chunk is complete, a temporary name), on threads that
-    compete with the network: ``benchmarks/feed.py --zarr-writes`` measured the tile stage's
-    CPU besides reading and each tile's own work at 1.54-1.60 s through zarr against 0.74-0.88 s with these
-    files (paper slide, 51 tiles). A tile writes each of its chunks exactly once
+    compete with the network (``benchmarks/feed.py --zarr-writes`` compares the two). A tile
+    writes each of its chunks exactly once
     and whole, so none of that is needed. The bytes are what the Zarr v2 spec prescribes and
     zarr itself writes: the full chunk in C order (an edge chunk padded with the fill value),
     encoded by the array's compressor, under the key ``"{row}{separator}{col}"``. Reading
@@ -135,8 +130,8 @@ def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float,
     built all levels at the end), :func:`build_pyramid` builds level 1 from level 0.
     """
     root = _root(out)
-    g = root.require_group("density")
-    g.attrs.update(ngff_multiscales("density", [mpp], [0.5 * mpp]))
+    g = root.require_group(DENSITY)
+    g.attrs.update(ngff_multiscales(DENSITY, [mpp], [0.5 * mpp]))
     if "0" in g:
         arr = g["0"]
         if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == (chunk, chunk):
@@ -156,11 +151,10 @@ def open_density(out: Path) -> DensityStore:
     """Open the arrays the tiles write, for writing.
 
     With ``write_empty_chunks``: zarr's check of every chunk against the fill value costs
-    more than it saves here (a tile core is tissue, so hardly ever all zero); measured on
-    the paper slide's chunks, 14 -> 9 ms CPU per chunk written. An all-zero core (tissue only
+    more than it saves here (a tile core is tissue, so hardly ever all zero). An all-zero core (tissue only
     in its halo) is then a small file instead of none; it reads the same.
     """
-    g = zarr.open_group(str(Path(out) / "density"), mode="r+", zarr_format=2)
+    g = zarr.open_group(str(Layout(out).density), mode="r+", zarr_format=2)
     lv1 = g["1"] if "1" in g and g["1"].attrs.get(_PER_TILE) else None
     cfg = {"write_empty_chunks": True}
     lv0 = g["0"].with_config(cfg)
@@ -175,16 +169,16 @@ def write_chunk(store: DensityStore, y0: int, x0: int, block: np.ndarray) -> Non
     the level-1 chunk at (y0/2, x0/2); an odd last row or column of the slide is dropped, as
     level 1 has ``shape // 2``.
     """
-    _put(store.level0, store.files0, y0, x0, block)
+    put_block(store.level0, store.files0, y0, x0, block)
     lv1 = store.level1
     if lv1 is None:
         return
     h, w = min(block.shape[0] // 2, lv1.shape[0] - y0 // 2), min(block.shape[1] // 2, lv1.shape[1] - x0 // 2)
     if h > 0 and w > 0 and block.any():  # an all-zero chunk reads as the fill value: not written
-        _put(lv1, store.files1, y0 // 2, x0 // 2, _sum2x2(block[: 2 * h, : 2 * w]))
+        put_block(lv1, store.files1, y0 // 2, x0 // 2, _sum2x2(block[: 2 * h, : 2 * w]))
 
 
-def _put(arr: zarr.Array, files: ChunkFiles | None, y0: int, x0: int, block: np.ndarray) -> None:
+def put_block(arr: zarr.Array, files: ChunkFiles | None, y0: int, x0: int, block: np.ndarray) -> None:
     """Write ``block`` at the chunk corner (y0, x0) of ``arr``: as its chunk file, or through zarr."""
     (ch, cw), (h, w) = arr.chunks, block.shape
     # a whole chunk, or all of one that the array's end cuts short: nothing of the old chunk is kept
@@ -197,7 +191,7 @@ def _put(arr: zarr.Array, files: ChunkFiles | None, y0: int, x0: int, block: np.
 
 
 def _sum2x2(a: np.ndarray) -> np.ndarray:
-    """2x2 block sums of an even-sided array (strided pair sums: ~5x faster than reshape(...).sum(axis=(1, 3)))."""
+    """2x2 block sums of an even-sided array (strided pair sums, cheaper than reshape(...).sum(axis=(1, 3)))."""
     rows = a[0::2] + a[1::2]
     return rows[:, 0::2] + rows[:, 1::2]
 
@@ -214,7 +208,7 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
     chunks, and chunks with no tissue (all zero) are not written at all. Level k sums to the
     same total as level 0 (up to float32 rounding).
     """
-    g = _root(out)["density"]
+    g = _root(out)[DENSITY]
     src = g["0"]
     scales, trans = [mpp], [0.5 * mpp]
     level = 0
@@ -238,7 +232,7 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
         scales.append(s)
         trans.append(0.5 * s)
         src = dst
-    g.attrs.update(ngff_multiscales("density", scales, trans))
+    g.attrs.update(ngff_multiscales(DENSITY, scales, trans))
     return level + 1
 
 
@@ -265,7 +259,7 @@ def write_image(out: Path, name: str, data: np.ndarray, mpp: float) -> None:
 def write_label(out: Path, name: str, mask: np.ndarray, mpp: float) -> None:
     """Write ``density/labels/<name>`` as an NGFF label image (uint8, 1 = tissue)."""
     root = _root(out)
-    labels = root.require_group("density").require_group("labels")
+    labels = root.require_group(DENSITY).require_group("labels")
     labels.attrs["labels"] = [name]
     g = labels.require_group(name)
     if "0" in g:

@@ -1,4 +1,4 @@
-"""Task order of the local executor: largest windows first, run strictly in that order."""
+"""Task order (largest windows first) and the thread executor, which runs tasks strictly in that order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-import wsicount.pipeline as pipeline
+from wsicount.runner.execute import run_threads
+from wsicount.runner.task import task_order
 from wsicount.tiling import Tile
 
 
@@ -18,7 +19,7 @@ def _tile(ty: int, tx: int, h: int, w: int) -> Tile:
 def test_task_order_is_largest_window_first_with_equal_shapes_adjacent():
     tiles = [_tile(0, 0, 100, 50), _tile(0, 1, 200, 200), _tile(1, 0, 100, 50), _tile(1, 1, 50, 100),
              _tile(2, 0, 200, 200)]
-    order = pipeline._task_order(tiles)
+    order = task_order(tiles)
     areas = [t.window_shape[0] * t.window_shape[1] for t in order]
     assert areas == sorted(areas, reverse=True)
     assert [t.key for t in order] == ["0_1", "2_0", "1_1", "0_0", "1_0"]  # ties: by shape, then row and column
@@ -32,7 +33,7 @@ class _Bar:
         self.n += k
 
 
-def test_local_executor_takes_tasks_in_order(monkeypatch):
+def test_local_executor_takes_tasks_in_order():
     seen: list[int] = []
     lock = threading.Lock()
 
@@ -41,13 +42,12 @@ def test_local_executor_takes_tasks_in_order(monkeypatch):
             seen.append(tiles[0])
         return tiles
 
-    monkeypatch.setattr(pipeline, "process_tiles", fake)
     bar = _Bar()
-    pipeline._execute_local(None, [[i] for i in range(40)], 1, bar)
+    run_threads(fake, None, [[i] for i in range(40)], 1, bar.update)
     assert seen == list(range(40)) and bar.n == 40
 
 
-def test_local_executor_stops_at_the_first_failure(monkeypatch):
+def test_local_executor_stops_at_the_first_failure():
     started: list[int] = []
 
     def fake(job, tiles):
@@ -57,7 +57,6 @@ def test_local_executor_stops_at_the_first_failure(monkeypatch):
             raise RuntimeError("tile 3 failed")
         return tiles
 
-    monkeypatch.setattr(pipeline, "process_tiles", fake)
     with pytest.raises(RuntimeError, match="tile 3"):
-        pipeline._execute_local(None, [[i] for i in range(200)], 1, _Bar())
+        run_threads(fake, None, [[i] for i in range(200)], 1, _Bar().update)
     assert len(started) < 200  # the rest was cancelled, not run

@@ -1,11 +1,10 @@
 """The report's pictures, drawn with Pillow: an image in a box with axes in µm, an optional colour bar.
 
 Pillow rather than matplotlib: a run draws two fixed-layout pictures, and matplotlib's
-import alone (~0.45 CPU-s) cost more than drawing both with Pillow; the text is in DejaVu
-Sans, the font matplotlib drew it in (see BENCHMARKS.md,
-"Throughput optimisation log (issue 5, session 8)"). The layout follows what matplotlib drew
-before: a box whose longer side is ``AXES_PX`` at the slide's aspect, ticks at 1-2-2.5-5
-steps labelled in µm, a title above, and a colour bar with its label on the right.
+import alone costs more CPU than drawing both with Pillow (``python benchmarks/overhead.py``
+times both imports); the text is in DejaVu Sans. The layout: a box whose longer side is
+``AXES_PX`` at the slide's aspect, ticks at 1-2-2.5-5 steps labelled in µm, a title above,
+and a colour bar with its label on the right.
 
 Coordinates: a picture's box maps the extent [0, width_um] x [0, height_um] onto pixel
 columns/rows of the box, y downwards like the slide. Display pixel (r, c) of the box shows
@@ -207,7 +206,7 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 
 def png(picture: Picture) -> bytes:
-    """PNG bytes of the canvas (zlib level 1: files ~1.4x larger, encoding ~3x faster)."""
+    """PNG bytes of the canvas (zlib level 1: somewhat larger files for much less encoding CPU)."""
     buf = io.BytesIO()
     picture.image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

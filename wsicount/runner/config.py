@@ -1,0 +1,50 @@
+"""The parameters of a slide run, checked once and never mutated after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["RunConfig", "with_options"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Parameters of :func:`wsicount.run` (all recorded in summary.json)."""
+
+    tile_size: int = 0  # 0: auto (budget.choose_tile_size: 1024 where it fits)
+    batch_size: int = 0  # 0: auto (infer.auto_batch_size)
+    device: str = "auto"
+    precision: str = "auto"
+    prefetch: int = 2
+    decode_cache_mb: int = 128  # decoded segments kept per process (io.SegmentCache); results do not depend on it
+    mpp: float | None = None
+    mask: str | None = None
+    tissue_mode: str | None = None
+    grid_um: tuple[float, ...] = (100.0, 1000.0)
+    threads: int | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    backend: str = "auto"
+    tiles_per_task: int | None = None
+    overwrite: bool = False
+    skip_bad_tiles: bool = False
+    progress: bool = True
+    geojson_units: str = "px"
+
+    def result_params(self) -> dict[str, Any]:
+        """Parameters that change the results (resuming requires them unchanged)."""
+        return {"tile_size": self.tile_size, "precision": self.precision, "mpp": self.mpp,
+                "mask": self.mask, "tissue_mode": self.tissue_mode, "grid_um": list(self.grid_um),
+                "backend": self.backend, "skip_bad_tiles": self.skip_bad_tiles}
+
+
+def with_options(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:
+    """A new config: ``config`` (or the defaults) with ``options`` applied; the caller's config is left as it was."""
+    cfg = config or RunConfig()
+    names = {f.name for f in fields(RunConfig)}
+    for k in options:
+        if k not in names:
+            raise TypeError(f"unknown run option {k!r}")
+    cfg = replace(cfg, **options)
+    return replace(cfg, grid_um=tuple(float(g) for g in cfg.grid_um))
