@@ -42,7 +42,9 @@ def test_train_with_defaults_writes_a_complete_card_and_resumes(tmp_path):
                       max_minutes=None, bn_images=2, threads=1, stain="DAPI")
     card_path = train(tmp_path / "data", tmp_path / "out", cfg, progress=False)
     card = json.loads(card_path.read_text())
-    assert card["arch_kwargs"]["head"] == "relu" and card["channels"] == [2]
+    # trained through a linear output (every pixel keeps a gradient), clamped by ReLU when used
+    assert card["arch_kwargs"]["head"] == "relu" and card["training"]["config"]["train_head"] == "linear"
+    assert card["channels"] == [2]
     assert card["training"]["precision"] == training_precision("auto")
     assert card["sigma_px"] == card["training"]["sigma_px"] > 0
     dom = card["domain"]

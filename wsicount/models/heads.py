@@ -3,13 +3,15 @@
 A density counts cells, so no pixel of it may be negative. Every architecture ends in a linear
 1x1 conv followed by one of these parameter-free activations (``head`` in ``arch_kwargs``):
 
-* ``"relu"`` (default): exact zeros on background, gradient 1 wherever the density is positive;
-  it also clamps weights trained with a linear output, which changes nothing where that output
-  was already >= 0;
+* ``"relu"`` (default): exact zeros on background; it also clamps weights trained with a linear
+  output, which changes nothing where that output was already >= 0;
 * ``"softplus"``: smooth and strictly positive, but log(2) per pixel at a zero pre-activation, so
-  the background must first be driven far negative: in a 60-step Adam comparison on blob images
-  (U-Net, FCRN, Cell-Net, narrow) its loss stayed 15-500x above ReLU's;
-* ``"linear"``: no clamp (only for reproducing or fine-tuning old weights; may go negative).
+  the background must first be driven far negative (a 60-step Adam comparison on blob images left
+  its loss 15-500x above ReLU's, for U-Net, FCRN and Cell-Net) and any floor it keeps adds up
+  over millions of pixels;
+* ``"linear"``: no clamp; training uses it (``TrainConfig.train_head``) because a clamped pixel
+  gets no gradient — a U-Net trained with the ReLU on sparse nuclei went dead (0.2 % of pixels
+  positive after ~100 steps) — and the card's ReLU is applied for validation and inference.
 
 The activation holds no parameters, so weights are interchangeable between heads.
 """
