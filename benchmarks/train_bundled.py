@@ -43,7 +43,7 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
     "nuclei-fluo": ("nuclei_fluo", TrainConfig(
         name="nuclei-fluo", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[2],
         epochs=400, batch_size=4, crop=384, lr=1e-3, loss="l1", count_weight=0.02, monitor="val_mae",
-        patience=30, val_every=6, bn_images=12, bn_final_images=24, scale_jitter=(0.6, 1.25), max_minutes=38,
+        patience=30, val_every=6, bn_images=12, bn_final_images=24, scale_jitter=(0.6, 1.25), max_minutes=34,
         modality="fluorescence", stain="DNA (DAPI/Hoechst)")),
     # H&E nuclei (MoNuSeg 40x tissue, TNBC): RGB, stain variation by intensity jitter
     "nuclei-he": ("nuclei_he", TrainConfig(

@@ -184,6 +184,7 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     module = build_model(cfg.arch, in_channels=len(channels), **arch_kwargs)
     return {
         "train_act": output_activation(cfg.train_head or arch_kwargs["head"]), "infer_act": module.out_act,
+        "clamp": (cfg.train_head or arch_kwargs["head"]) == "linear" and arch_kwargs["head"] == "relu",
         "train_s": train_s, "val_s": val_s, "channels": channels, "arch_kwargs": arch_kwargs,
         "module": module, "sigma": _sigma_px(cfg, train_s), "precision": training_precision(cfg.precision),
         "crop": _crop_size(train_s, module.stride, cfg),
@@ -247,7 +248,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             xb, yb = _make_batch([tr[j] for j in idx], aug, crop, sigma, cfg.density_scale)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=P["precision"] == "bf16"):
                 pred = module(xb)
-            loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale)
+            loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale, clamp=P["clamp"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
