@@ -9,9 +9,10 @@ A density counts cells, so no pixel of it may be negative. Every architecture en
   the background must first be driven far negative (a 60-step Adam comparison on blob images left
   its loss 15-500x above ReLU's, for U-Net, FCRN and Cell-Net) and any floor it keeps adds up
   over millions of pixels;
-* ``"linear"``: no clamp; training uses it (``TrainConfig.train_head``) because a clamped pixel
-  gets no gradient — a U-Net trained with the ReLU on sparse nuclei went dead (0.2 % of pixels
-  positive after ~100 steps) — and the card's ReLU is applied for validation and inference.
+* ``"linear"``: no clamp. Training runs through it (``TrainConfig.train_head``) with the clamped
+  loss (``density_loss(..., clamp=True)``: relu(output) is scored, and cell pixels below zero are
+  pulled back up), because under a plain ReLU a pixel below zero gets no gradient — a U-Net
+  trained that way on sparse nuclei went dead (0.2 % of pixels positive after ~100 steps).
 
 The activation holds no parameters, so weights are interchangeable between heads.
 """
