@@ -225,3 +225,47 @@ def test_evaluate_detection_is_perfect_for_a_perfect_density(tiny_dataset, tiny_
 def test_evaluate_empty_split_is_an_input_error(tiny_dataset, tiny_model):
     with pytest.raises(InputError, match="val"):
         evaluate(tiny_model, tiny_dataset, split="val")
+
+
+def test_evaluate_writes_calibrated_intervals(tiny_dataset, tiny_model, tmp_path):
+    """A card calibrated with calibrate() makes evaluate() report lo/hi, coverage and mean width."""
+    from wsicount.models import read_card
+    from wsicount.training.calibrate import calibrate, save_calibration
+
+    rec = calibrate(tiny_model, tiny_dataset, split="train", grids=(5,))  # 25 units: a finite 95 % quantile
+    assert (rec["method"], rec["data"], rec["split"], rec["n_images"], rec["n_units"]) == (
+        "shared", "blobs", "train", 1, 25)
+    assert rec["coverage"]["units"]["0.9"] >= 0.9  # in-sample: the conformal rank guarantees it
+    save_calibration(tiny_model, rec)
+    assert read_card(tiny_model)[0].calibration["scores"] == rec["scores"]
+    res = evaluate(tiny_model, tiny_dataset, split="test")
+    for r in res.images:
+        assert 0 <= r.lo <= r.hi < math.inf and (r.lo <= r.pred <= r.hi or r.pred < 0)  # a random net may be < 0
+    m = res.metrics
+    assert set(m["coverage"]) == set(m["mean_width"]) == {"0.8", "0.9", "0.95"}
+    inside = np.mean([r.lo <= r.true <= r.hi for r in res.images])
+    assert m["coverage"]["0.95"] == pytest.approx(inside)
+    paths = write_evaluation(res, tmp_path / "e.json", tmp_path / "e.csv")
+    assert json.loads(paths[0].read_text())["interval_level"] == 0.95
+    with open(paths[1], newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["lo"]) == pytest.approx(res.images[0].lo)
+
+
+def test_calibrate_uses_the_cards_held_out_names(tiny_dataset, tiny_model):
+    from wsicount.models import read_card
+    from wsicount.training.calibrate import calibrate, save_calibration
+
+    card, path = read_card(tiny_model)
+    card.training = {"val_names": ["a", "c"]}
+    path.write_text(card.to_json())
+    rec = calibrate(tiny_model, tiny_dataset, split="val", grids=(3, 1))
+    assert rec["n_images"] == 2 and rec["n_units"] == 2 * (9 + 1) and "val_names" in rec["split"]
+    assert rec["units"] == "each image and its 3x3 crops"
+    card.training = {}
+    path.write_text(card.to_json())
+    with pytest.raises(InputError, match="val"):
+        calibrate(tiny_model, tiny_dataset, split="val")
+    save_calibration(tiny_model, {**rec, "method": "magic"})
+    with pytest.raises(Exception, match="unknown calibration method"):
+        evaluate(tiny_model, tiny_dataset, split="test")

@@ -251,6 +251,9 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
     m = res.metrics
     click.echo(f"{m['n_images']} images: MAE {m['mae']:.2f}, RMSE {m['rmse']:.2f}, "
                f"A_err {100 * m['a_err']:.2f} %, T_err {100 * m['t_err']:.2f} %")
+    if "coverage" in m:
+        click.echo(f"95 % intervals ({m['interval_method']}): cover {100 * m['coverage']['0.95']:.0f} % of images, "
+                   f"mean width {m['mean_width']['0.95']:.1f} cells")
 
 
 @cli.command()

@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "RegionError",
 ]
 
 
@@ -65,3 +66,7 @@ class TileReadError(WsicountError):
     """A tile of the slide could not be decoded (names level and position)."""
 
     exit_code = 8
+
+
+class RegionError(InputError):
+    """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""

@@ -18,20 +18,24 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 
-from .data import load_dataset
+from .data import Sample, load_dataset
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
 from ..infer import pick_device, predict_image, resolve_precision
 from ..models import LoadedModel, load_model
 from ..store.atomic import atomic_write_with, jsonable
+from ..uncertainty import LEVELS, Calibration, coverage_report, image_terms
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation", "file_sha256"]
 
-CSV_FIELDS = ["name", "true", "pred", "abs_err", "rel_err", "n_points", "n_peaks", "tp", "fp", "fn", "mean_dist_px"]
+CSV_FIELDS = ["name", "true", "pred", "abs_err", "rel_err", "n_points", "n_peaks", "tp", "fp", "fn", "mean_dist_px",
+              "lo", "hi"]
+#: level of the per-image ``lo``/``hi`` columns
+INTERVAL_LEVEL = 0.95
 
 
 def count_metrics(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -81,6 +85,9 @@ class ImageResult:
     fn: int
     #: mean distance of matched pairs in px; NaN without matches
     mean_dist_px: float
+    #: the calibrated INTERVAL_LEVEL interval of the count; NaN when the model is uncalibrated
+    lo: float = math.nan
+    hi: float = math.nan
 
 
 @dataclass
@@ -147,11 +154,16 @@ def evaluate(
     precision: str = "auto",
     match_radius_px: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    names: Collection[str] | None = None,
+    on_image: Callable[[Sample, np.ndarray], None] | None = None,
 ) -> EvalResult:
     """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
 
     ``model`` is a bundled name, a card/weights path, a model folder or a :class:`LoadedModel`.
-    ``progress(i, n)`` is called after each image when given.
+    ``split=None`` takes every split; ``names`` keeps only those images. ``progress(i, n)`` is
+    called after each image and ``on_image(sample, density)`` with each density when given.
+    A calibrated model (``card.calibration``) adds each image's interval and the ``coverage``
+    and ``mean_width`` of its method at the nominal levels.
     """
     lm = _load(model, device)
     root = Path(data)
@@ -161,16 +173,25 @@ def evaluate(
         samples = load_dataset(root, split=split)
     except FileNotFoundError as e:
         raise InputError(str(e)) from None
+    if names is not None:
+        keep = set(names)
+        samples = [s for s in samples if s.name in keep]
     if not samples:
-        raise InputError(f"dataset {root} has no images in split {split!r}")
+        raise InputError(f"dataset {root} has no images in split {split!r}" + (" with those names" if names else ""))
     card = lm.card
     radius = float(match_radius_px) if match_radius_px is not None else 1.5 * card.sigma_px
     dev = pick_device(device)
     precision = resolve_precision(dev, precision, card)
-    rows, matches = [], []
+    cal = Calibration.from_dict(card.calibration) if card.calibration else None
+    rows, matches, terms = [], [], []
     for i, s in enumerate(samples):
         dens = predict_image(lm, s.image, device=dev, precision=precision)
+        if on_image is not None:
+            on_image(s, dens)
         pred = float(dens.sum(dtype=np.float64))
+        if cal is not None:
+            pred, t = image_terms(lm, s.image, dens, cal.method, dev, precision)
+            terms.append(t)
         peaks = density_peaks(dens, card.sigma_px, min_distance=card.peak_min_distance_px)
         m = match_points(peaks, s.points[:, ::-1], radius)  # points are (x, y); peaks (y, x)
         matches.append(m)
@@ -185,11 +206,24 @@ def evaluate(
             progress(i + 1, len(samples))
     metrics = count_metrics([r.true for r in rows], [r.pred for r in rows])
     metrics.update(_detection_metrics(matches, [s.mpp for s in samples]))
+    if cal is not None:
+        metrics.update(_intervals(cal, rows, terms))
     return EvalResult(
         model=card.name, model_path=str(lm.path), data=str(root), split=split,
         match_radius_px=radius, metrics=metrics, images=rows, precision=precision,
         card_sha256=file_sha256(lm.path), weights_sha256=file_sha256(Path(lm.path).with_suffix(".safetensors")),
     )
+
+
+def _intervals(cal: Calibration, rows: list[ImageResult], terms: list[dict[str, float]]) -> dict[str, Any]:
+    """Fill each row's lo/hi at INTERVAL_LEVEL; the coverage and mean width at each nominal level."""
+    stacked = {k: np.array([t[k] for t in terms]) for k in terms[0]}
+    pred = np.array([r.pred for r in rows])
+    lo, hi = cal.interval(pred, stacked, INTERVAL_LEVEL)
+    for r, a, b in zip(rows, lo, hi):
+        r.lo, r.hi = float(a), float(b)
+    rep = coverage_report(cal, [r.true for r in rows], pred, stacked, LEVELS)
+    return {"interval_method": cal.method, "interval_level": INTERVAL_LEVEL, **rep}
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
