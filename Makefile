@@ -1,6 +1,7 @@
 # wsicount — set-up, tests and demo in one command each.
 #   make demo   -> venv + install + synthesize a slide (unless SLIDE=...) + wsicount run
-#   make test   -> venv + install + pytest
+#   make test   -> venv + install + pytest without the slow tier (CI runs this)
+#   make test-all -> the whole suite, the slow and real-data tier included
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,30 +11,44 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-out
 SLIDE ?=
 DEMO_SIZE ?= 12288 12288
+DEMO_SLIDE = $(if $(SLIDE),$(SLIDE),$(DEMO_DIR)/demo.ndpi)
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-all demo clean
+
+# each step says what it does; pip lists what it collects, with a bar per download
+PIP := $(BIN)/pip install --disable-pip-version-check
+SAY := @printf '\n==> %s\n'
 
 $(STAMP): pyproject.toml
+	$(SAY) "[setup 1/3] creating the virtual environment $(VENV)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(SAY) "[setup 2/3] installing $(TORCH_SPEC) (a download of up to a few hundred MB the first time)"
+	$(PIP) "$(TORCH_SPEC)"
+	$(SAY) "[setup 3/3] installing wsicount and its dependencies (dask, zarr, openslide, ...)"
+	$(PIP) -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 test: setup
+	$(SAY) "running the tests without the slow tier (make test-all runs them all)"
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup
+	$(SAY) "running every test, the slow and real-data tier included"
 	$(BIN)/python -m pytest -q
 
 demo: setup
 	@mkdir -p $(DEMO_DIR)
-	@if [ -z "$(SLIDE)" ]; then \
-	  if [ ! -f $(DEMO_DIR)/demo.ndpi ]; then \
-	    $(BIN)/wsicount synth $(DEMO_DIR)/demo.ndpi --format ndpi --size $(DEMO_SIZE) --seed 1 --look fluorescence; \
-	  fi; \
+	@if [ -z "$(SLIDE)" ] && [ ! -f $(DEMO_DIR)/demo.ndpi ]; then \
+	  printf '\n==> %s\n' "[demo 1/3] synthesizing a $(DEMO_SIZE) px fluorescence slide: $(DEMO_DIR)/demo.ndpi"; \
+	  $(BIN)/wsicount synth $(DEMO_DIR)/demo.ndpi --format ndpi --size $(DEMO_SIZE) --seed 1 --look fluorescence; \
 	fi
-	$(BIN)/wsicount info $(if $(SLIDE),$(SLIDE),$(DEMO_DIR)/demo.ndpi)
-	$(BIN)/wsicount run $(if $(SLIDE),$(SLIDE),$(DEMO_DIR)/demo.ndpi) --out $(DEMO_DIR)/result --overwrite
-	@echo "report: $(DEMO_DIR)/result/report.html"
+	$(SAY) "[demo 2/3] wsicount info $(DEMO_SLIDE)"
+	$(BIN)/wsicount info $(DEMO_SLIDE)
+	$(SAY) "[demo 3/3] wsicount run $(DEMO_SLIDE) --out $(DEMO_DIR)/result"
+	$(BIN)/wsicount run $(DEMO_SLIDE) --out $(DEMO_DIR)/result --overwrite
+	@echo "report: $(DEMO_DIR)/result/report.html (open it in a web browser)"
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

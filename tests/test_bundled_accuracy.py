@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "trp1"
 
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"real datasets not found at {DATA} (see README: Data)")
+pytestmark = [pytest.mark.slow,  # the real-data tier: make test-all
+              pytest.mark.skipif(not DATA.exists(), reason=f"real datasets not found at {DATA} (see README: Data)")]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -68,8 +68,8 @@ def _bad_inputs(tmp: Path, small: Path) -> dict[str, tuple[Path, list[str], int]
     (tmp / "trunc.tiff").write_bytes(tiff[: 2 * len(tiff) // 3])
     nompp = synth_slide(tmp / "nompp.tiff", format="tiff", size=(1024, 1024), seed=2, write_mpp=False).path
     return {
-        "nonexistent": (tmp / "nope.ndpi", [], 2),
-        "directory": (tmp / "adir", [], 2),
+        "nonexistent": (tmp / "nope.ndpi", [], 10),
+        "directory": (tmp / "adir", [], 10),
         "empty": (tmp / "empty.ndpi", [], 3),
         "text-as-ndpi": (tmp / "notes.ndpi", [], 3),
         "random-bytes-as-svs": (tmp / "random.svs", [], 3),
@@ -143,7 +143,7 @@ def test_unreadable_slide_file(small_ndpi, tmp_path):
     shutil.copy(small_ndpi, slide)
     slide.chmod(0o000)
     try:
-        msg = _assert_one_line_error(_cli("run", str(slide), "--out", str(tmp_path / "out"), "-q"), 2)
+        msg = _assert_one_line_error(_cli("run", str(slide), "--out", str(tmp_path / "out"), "-q"), 10)
     finally:
         slide.chmod(0o600)
     assert "not readable" in msg
@@ -199,9 +199,11 @@ def test_foreign_nonempty_output_folder_is_refused(small_ndpi, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
-    with pytest.raises(OutputError, match="not empty"):
-        wsicount.run(small_ndpi, out, progress=False)
-    assert (out / "thesis.docx").read_text() == "precious" and not (out / "summary.json").exists()
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match="did not write") as e:
+            wsicount.run(small_ndpi, out, overwrite=overwrite, progress=False)
+        assert "--overwrite" not in str(e.value)
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.docx"] and (out / "thesis.docx").read_text() == "precious"
 
 
 def test_no_tissue_then_rerun_with_mask(cases, full_mask, tmp_path):
@@ -235,11 +237,13 @@ def test_rerun_of_complete_run_rewrites_identical_reports(complete_run, small_nd
 def test_overwrite_starts_fresh(complete_run, small_ndpi, full_mask, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(complete_run, out)
-    (out / "stale.txt").write_text("left over")
+    stale = out / "counts_50um" / "0"  # a count map of another grid, from an earlier run
+    stale.mkdir(parents=True)
+    (stale / ".zarray").write_text("{}")
     wsicount.run(small_ndpi, out, mask=str(full_mask), tile_size=256, overwrite=True, progress=False)
     s = json.loads((out / "summary.json").read_text())
     assert s["processing"]["n_tiles_resumed"] == 0 and not s["processing"]["resumed"]
-    assert s["parameters"]["tile_size"] == 256 and not (out / "stale.txt").exists()
+    assert s["parameters"]["tile_size"] == 256 and not (out / "counts_50um").exists()
     ref = json.loads((complete_run / "summary.json").read_text())
     assert s["total_cells"] == pytest.approx(ref["total_cells"], rel=1e-4)  # tile size does not change counts
 
@@ -294,6 +298,6 @@ def test_failed_command_exits_the_ordinary_way(tmp_path):
     """A failing command keeps its exit code and its message, and the interpreter tears down as usual."""
     p = subprocess.run([sys.executable, "-c", _TEARDOWN_PROBE, "run", str(tmp_path / "missing.ndpi"), "-o",
                         str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2
+    assert p.returncode == 10
     assert "no such file" in p.stderr
     assert "module teardown ran" in p.stderr

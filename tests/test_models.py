@@ -77,6 +77,7 @@ def measure_receptive_radius(model: torch.nn.Module) -> int:
     return radius
 
 
+@pytest.mark.slow  # ~20 s per architecture; changes only with the architectures (make test-all)
 @pytest.mark.parametrize("arch", sorted(NARROW))
 def test_declared_receptive_radius_is_measured_one(arch):
     # the output head is pointwise; a linear one lets every dependency show (a ReLU hides changes

@@ -24,7 +24,7 @@ from wsicount.synth import synth_slide
 @pytest.fixture(scope="module")
 def slide(tmp_path_factory):
     d = tmp_path_factory.mktemp("resume")
-    return synth_slide(d / "r.ndpi", format="ndpi", size=(4096, 4096), seed=31).path
+    return synth_slide(d / "r.ndpi", format="ndpi", size=(3072, 3072), seed=31).path
 
 
 def _density(out: Path) -> np.ndarray:

@@ -86,3 +86,20 @@ def test_sigma_um_to_px():
     assert sigma_um_to_px(10.0, 2.0) == 5.0
     with pytest.raises(ValueError):
         sigma_um_to_px(10.0, 0.0)
+
+
+def test_ellipse_targets_keep_mass_and_follow_the_cell_shape():
+    from wsicount.training.targets import ellipse_covariances, ellipse_density_map
+
+    pts = np.array([[30.0, 40.0], [70.0, 60.0]])
+    axes = np.array([[20.0, 8.0], [10.0, 10.0]])
+    ang = np.array([np.pi / 2, 0.0])  # the first cell is elongated along y
+    d = ellipse_density_map(pts, axes, ang, (100, 100), fraction=0.3)
+    assert d.sum() == pytest.approx(2.0, rel=1e-5)
+    cov = ellipse_covariances(axes, ang, 0.3)
+    assert np.allclose(cov[0], np.diag([2.4**2, 6.0**2])) and np.allclose(cov[1], np.diag([3.0**2, 3.0**2]))
+    win = d[20:61, 15:46]  # around the first cell: spread along rows (y) more than along columns (x)
+    yy, xx = np.mgrid[20:61, 15:46]
+    var_y = (win * (yy - 40) ** 2).sum() / win.sum()
+    var_x = (win * (xx - 30) ** 2).sum() / win.sum()
+    assert var_y == pytest.approx(36.0, rel=0.1) and var_x == pytest.approx(5.76, rel=0.15)

@@ -16,7 +16,7 @@ import numpy as np
 from .store import TileRecord
 from .tiling import Geometry, Tile, mask_on_grid
 
-__all__ = ["Aggregate", "aggregate", "bad_tile_rows", "BAD_TILE_FIELDS"]
+__all__ = ["Aggregate", "aggregate", "add_intervals", "bad_tile_rows", "BAD_TILE_FIELDS"]
 
 BAD_TILE_FIELDS = ["tile", "row", "col", "y0_um", "x0_um", "y1_um", "x1_um", "tissue_mm2", "error"]
 
@@ -33,6 +33,14 @@ class Aggregate:
     bad_tiles: list[dict[str, Any]] = field(default_factory=list)
     #: sum of the tiles' count-variance terms (None when the tiles carry none)
     variance: float | None = None
+    #: the total's interval: {"lo", "hi", "level", "method"} (None: the model card has no calibration)
+    total_ci: dict[str, Any] | None = None
+    #: per grid: (lo, hi, sd) arrays of each cell's count interval and modelled error sd
+    cell_ci: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: density the tissue mask removed from the tile cores (summed over tiles, before masking)
+    outside: float = 0.0
+    #: rows of the user's regions (wsicount.regions.region_counts), [] without --regions
+    user_regions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple[float, ...],
@@ -52,29 +60,38 @@ def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple
         tissue[g] = _tissue_per_cell(tm, g, shape)
     bad = [{"tile": r.key, "error": r.error} for r in records if r.bad]
     terms = [r.var for r in records if r.var is not None]
-    agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None)
+    agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None,
+                    outside=float(sum(r.outside for r in records)))
     agg.regional = {f"{g:g}um": _regional(counts[g], tissue[g], g) for g in grid_um}
     return agg
 
 
-def _tissue_per_cell(tm: Any, g: float, shape: tuple[int, int]) -> np.ndarray:
-    """Tissue area (mm²) of each grid cell of size g um, from the mask.
+def add_intervals(agg: Aggregate, cal: Any, model_mpp: float, level: float = 0.95) -> None:
+    """Set the total's and every grid cell's count interval from a :class:`wsicount.uncertainty.Calibration`.
 
-    A mask pixel belongs to the grid cell holding its centre. The cell index grows with the
-    pixel index, so each cell's pixels are one run of rows and columns: the mask is summed
-    one band of rows at a time (no per-pixel index or cast arrays: memory ~ mask width x grid rows).
+    The total uses the tiles' summed additive terms (tile errors independent) and its own count
+    for the shared relative error; a grid cell uses its count and tissue area the same way.
     """
-    mh, mw = tm.mask.shape
-    py, px = tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x  # um per mask pixel
-    iy = np.minimum(((np.arange(mh) + 0.5) * py / g).astype(np.int64), shape[0] - 1)
-    ix = np.minimum(((np.arange(mw) + 0.5) * px / g).astype(np.int64), shape[1] - 1)
-    ry = np.flatnonzero(np.r_[True, iy[1:] != iy[:-1]])  # first mask row of each occupied grid row
-    rx = np.flatnonzero(np.r_[True, ix[1:] != ix[:-1]])
-    rows = np.stack([band.sum(axis=0) for band in np.split(tm.mask, ry[1:], axis=0)])
-    cells = np.add.reduceat(rows, rx, axis=1)
-    area = np.zeros(shape, dtype=np.float64)
-    area[np.ix_(iy[ry], ix[rx])] = cells * (py * px / 1e6)
-    return area
+    from .uncertainty import cell_terms
+
+    if cal is None:
+        return
+    tissue_mm2 = float(next(iter(agg.tissue_mm2.values())).sum()) if agg.tissue_mm2 else 0.0
+    terms = ({"var": agg.variance, "pred": max(agg.total, 0.0)} if agg.variance is not None
+             else cell_terms(agg.total, tissue_mm2, model_mpp))
+    lo, hi = cal.interval(agg.total, terms, level)
+    agg.total_ci = {"lo": lo, "hi": hi, "level": level, "method": cal.method}
+    for g, counts in agg.counts.items():
+        t = cell_terms(counts, agg.tissue_mm2[g], model_mpp)
+        clo, chi = cal.interval(counts, t, level)
+        agg.cell_ci[g] = (np.asarray(clo), np.asarray(chi), np.sqrt(cal.variance(t)))
+
+
+def _tissue_per_cell(tm: Any, g: float, shape: tuple[int, int]) -> np.ndarray:
+    """Tissue area (mm²) of each grid cell of size g um, from the mask, by exact pixel overlap (:mod:`wsicount.gridarea`)."""
+    from .gridarea import tissue_area_per_cell
+
+    return tissue_area_per_cell(tm.mask, tm.mpp0 * tm.scale_y, tm.mpp0 * tm.scale_x, g, shape)
 
 
 def _regional(counts: np.ndarray, tissue_mm2: np.ndarray, g: float, min_fraction: float = 0.5) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def _out_name(slide: Path, used: set[str]) -> str:
 
 
 def batch(slides: list[str | os.PathLike], out: str | os.PathLike, model: str | None = None,
-          workers: int | None = None, scheduler: str | None = None, progress: bool = True,
+          workers: int | None = None, scheduler: str | None = None, progress: Any = False,
           **run_opts: Any) -> list[dict[str, Any]]:
     """Run every slide into ``out/<name>/``; returns the rows of ``out/study.csv``."""
     from .runner import count_each

@@ -1,7 +1,8 @@
 """Command-line interface: a thin layer over the Python API.
 
 Every user-caused failure is reported as one line on stderr with a documented exit code
-(see README, "Exit codes"); ``--debug`` shows the traceback instead.
+(the table in :mod:`wsicount.errors`); ``--debug`` shows the traceback instead. Option values
+are checked before any heavy import (torch, dask, zarr) and before anything is written.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import WsicountError
+from . import __version__, checks
+from .errors import EXIT_BATCH_FAILED, EXIT_INTERRUPTED, UsageError, WsicountError
 
 EXIT_INTERNAL = 1
 
@@ -30,13 +32,18 @@ class _Group(click.Group):
         except WsicountError as e:
             if debug:
                 raise
-            click.echo(f"wsicount: error: {e}", err=True)
+            hint = f" (see '{ctx.command_path} {ctx.invoked_subcommand} --help')" if isinstance(e, UsageError) else ""
+            click.echo(f"wsicount: error: {e}{hint}", err=True)
             ctx.exit(e.exit_code)
+        except click.UsageError as e:  # click's parse errors: one line too, with the usage exit code
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.echo(f"wsicount: error: {e.format_message()} (see '{where} --help')", err=True)
+            ctx.exit(UsageError.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("wsicount: interrupted (rerun the same command to resume)", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as e:  # noqa: BLE001 - last line of defence for users
             if debug:
                 raise
@@ -64,63 +71,131 @@ class _EchoWarnings(logging.Handler):
         click.echo(f"wsicount: warning: {record.getMessage()}", err=True)
 
 
-@cli.command()
+class _Finite(click.FloatRange):
+    """A float range that also refuses nan and infinity."""
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+POSITIVE = _Finite(min=0, min_open=True)
+NON_NEGATIVE_FLOAT = _Finite(min=0)
+POSITIVE_INT = click.IntRange(min=1)
+NON_NEGATIVE_INT = click.IntRange(min=0)
+BACKENDS = click.Choice(["auto", "openslide", "tifffile", "zarr"])
+BACKEND_HELP = ("Slide reader: openslide (NDPI, SVS, MRXS, ...), tifffile (tiled TIFF, OME-TIFF, NDPI, SVS), "
+                "zarr (OME-Zarr folders); auto picks one from the file.")
+
+
+@cli.command(short_help="Count cells on a slide: density map, count maps and reports.")
 @click.argument("slide", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder (OME-Zarr + reports).")
 @click.option("--model", "-m", default=None, help="Bundled model name or path to NAME.json/.safetensors [melanocyte-trp1].")
-@click.option("--tile-size", type=int, default=0, show_default=True,
+@click.option("--tile-size", type=NON_NEGATIVE_INT, default=0, show_default=True,
               help="Network-input pixels per tile side (halo included); 0 = auto: 1024, or the largest size "
                    "that fits in the available memory (summary.json: processing.tile_plan).")
-@click.option("--batch-size", type=int, default=0, show_default=True,
+@click.option("--batch-size", type=NON_NEGATIVE_INT, default=0, show_default=True,
               help="Tiles per forward pass; 0 = auto (1 on CPU, from free memory on CUDA).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="Inference precision; auto = bf16 where the CPU/GPU computes it natively (AMX, AVX512-BF16, "
                    "Ampere+) and the model card validated it (low_precision), else fp32. See BENCHMARKS.md.")
-@click.option("--prefetch", type=int, default=2, show_default=True,
+@click.option("--prefetch", type=POSITIVE_INT, default=2, show_default=True,
               help="Batches decoded ahead of the network per task (memory: prefetch x batch x tile²).")
-@click.option("--decode-cache-mb", type=int, default=128, show_default=True,
+@click.option("--decode-cache-mb", type=NON_NEGATIVE_INT, default=128, show_default=True,
               help="Decoded slide segments kept per process for overlapping tile windows (tifffile backend; 0 = off).")
-@click.option("--mpp", type=float, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
+@click.option("--mpp", type=POSITIVE, default=None, help="Level-0 µm per pixel, for slides that lack it (overrides the file).")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="User tissue mask image (non-zero = tissue).")
-@click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield"]), default=None,
-              help="Tissue detection mode [from the model card].")
-@click.option("--grid-um", type=float, multiple=True, default=(100.0, 1000.0), show_default=True,
+@click.option("--tissue-mode", type=click.Choice(["fluorescence", "brightfield", "none"]), default=None,
+              help="Tissue detection mode [from the model card]; none counts the whole slide.")
+@click.option("--grid-um", type=POSITIVE, multiple=True, default=(100.0, 1000.0), show_default=True,
               help="Physical grid cell size(s) for count maps, µm (repeatable).")
-@click.option("--threads", type=int, default=None, help="Concurrent tile tasks on the local scheduler [min(2, cores)].")
-@click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
+@click.option("--threads", type=POSITIVE_INT, default=None, help="Concurrent tile tasks on the local scheduler [min(2, cores)].")
+@click.option("--workers", type=POSITIVE_INT, default=None, help="Start a LocalCluster with N worker processes.")
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
-@click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "zarr"]), default="auto", show_default=True)
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--overwrite", is_flag=True, help="Discard results already in --out and start fresh.")
 @click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
 @click.option("--geojson-units", type=click.Choice(["px", "um"]), default="px", show_default=True,
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def run(slide: Path, out: Path, model: str | None, quiet: bool, **opts) -> None:
-    """Count cells on SLIDE and write density map, count maps and reports to --out."""
+@click.option("--regions", type=click.Path(path_type=Path), default=None,
+              help="User regions: a QuPath GeoJSON export (annotations) or a label image; each gets its count, "
+                   "interval and density in regions.csv.")
+@click.option("--regions-units", type=click.Choice(["px", "um"]), default=None,
+              help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
+@click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
+              help="Label image: level-0 pixels per label pixel.")
+@click.option("--frame-interval", type=POSITIVE, default=None,
+              help="Time-lapse stacks: minutes between frames, when the stack states no times.")
+@click.option("--times", type=click.Path(path_type=Path), default=None,
+              help="Time-lapse stacks: CSV of frame times (columns frame,time_h).")
+@click.option("--focus", default="best", show_default=True,
+              help="Time-lapse stacks: focal plane per frame: best (sharpest), all (median count), or a plane index.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: float | None, times: Path | None,
+        focus: str, **opts) -> None:
+    """Count cells on SLIDE (a whole slide, or a time-lapse stack) and write maps, tables and reports to --out."""
+    checks.require_path(slide, "slide")
+    from .timelapse.stack import is_stack
+
+    if is_stack(slide):
+        _run_stack(slide, out, model, frame_interval, times, focus, opts)
+        return
+    if opts["mask"] is not None:
+        checks.require_path(opts["mask"], "mask", "file")
+    checks.check_tile_size(opts["tile_size"], model)
+    checks.check_device(opts["device"])
     from .runner import count
 
     opts["grid_um"] = tuple(opts["grid_um"])
     opts["mask"] = str(opts["mask"]) if opts["mask"] else None
+    if opts["regions"] is not None:
+        checks.require_path(opts["regions"], "regions", "file")
+        opts["regions"] = str(opts["regions"])
     s = count(slide, out, model=model, progress=not quiet, **opts)
-    cpm = s["cells_per_mm2"]
-    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells in {s['tissue_area_mm2']:.2f} mm² of tissue "
+    cpm, ci = s["cells_per_mm2"], s.get("total_cells_ci")
+    interval = f" ({100 * ci['level']:g} % CI {ci['lo']:.0f}–{ci['hi']:.0f})" if ci else ""
+    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells{interval} in {s['tissue_area_mm2']:.2f} mm² of tissue "
                f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
 
 
-@cli.command()
+def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float | None, times: Path | None,
+               focus: str, opts: dict) -> None:
+    """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
+    if focus not in ("best", "all") and not focus.isdigit():
+        raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
+    if times is not None:
+        checks.require_path(times, "times", "file")
+    checks.check_device(opts["device"])
+    from .timelapse import count_stack
+
+    s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
+                    batch_size=opts["batch_size"] or 4, device="cpu" if opts["device"] == "auto" else opts["device"],
+                    precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
+                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"])
+    hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
+    when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
+    click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")
+
+
+@cli.command(short_help="Print levels, sizes, mpp and vendor of a slide.")
 @click.argument("slide", type=click.Path(path_type=Path))
-@click.option("--mpp", type=float, default=None, help="Override the level-0 µm per pixel.")
-@click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "zarr"]), default="auto")
+@click.option("--mpp", type=POSITIVE, default=None, help="Override the level-0 µm per pixel.")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
     """Print levels, sizes, mpp and vendor of SLIDE."""
+    checks.require_path(slide, "slide")
     from .io import open_slide, slide_info
+    from .store.atomic import tidy
 
-    d = slide_info(open_slide(slide, mpp=mpp, backend=backend))
+    d = tidy(slide_info(open_slide(slide, mpp=mpp, backend=backend)))  # 0.4523, not 0.45230000000000004
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
@@ -132,20 +207,35 @@ def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
         click.echo("                  " + "  ".join(f"{k}={v}" for k, v in lv.items()))
 
 
-@cli.command()
+@cli.command(short_help="Write a synthetic pyramidal slide with cells at known positions.")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["ndpi", "tiff", "ome-tiff", "ome-zarr", "svs"]), default="ndpi", show_default=True)
-@click.option("--size", type=int, nargs=2, default=(8192, 8192), show_default=True, metavar="H W")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--look", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
-@click.option("--mpp", type=float, default=0.4523, show_default=True)
-@click.option("--density", "cell_density", type=float, default=300.0, show_default=True, help="Cells per mm² of tissue.")
+@click.option("--format", "fmt", type=click.Choice(["ndpi", "tiff", "ome-tiff", "ome-zarr", "svs", "frames"]), default="ndpi",
+              show_default=True, help="Slide format; an embryo stack: tiff, ome-tiff, ome-zarr or frames (a folder of JPEGs).")
+@click.option("--size", type=click.IntRange(min=checks.SYNTH_MIN_SIDE), nargs=2, default=(8192, 8192), show_default=True,
+              metavar="H W", help="Slide size (NDPI: multiples of 8, at most 65535); an embryo frame is H x H [500].")
+@click.option("--seed", type=NON_NEGATIVE_INT, default=0, show_default=True)
+@click.option("--look", type=click.Choice(["fluorescence", "brightfield", "embryo"]), default="fluorescence",
+              show_default=True, help="embryo: a time-lapse stack of a dividing embryo (+ per-frame truth).")
+@click.option("--mpp", type=POSITIVE, default=0.4523, show_default=True, help="µm per pixel (an embryo: 0.5 unless given).")
+@click.option("--density", "cell_density", type=NON_NEGATIVE_FLOAT, default=300.0, show_default=True,
+              help="Cells per mm² of tissue.")
 @click.option("--tissue", type=click.Choice(["disk", "blob"]), default="disk", show_default=True)
-@click.option("--tissue-fraction", type=float, default=0.6, show_default=True)
+@click.option("--tissue-fraction", type=_Finite(min=0, min_open=True, max=1), default=0.6, show_default=True)
 @click.option("--no-mpp", is_flag=True, help="Write no pixel size (to test --mpp).")
-def synth(out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp: float, cell_density: float,
-          tissue: str, tissue_fraction: float, no_mpp: bool) -> None:
-    """Write a synthetic pyramidal slide with cells at known positions (+ ground truth)."""
+@click.option("--frames", "n_frames", type=POSITIVE_INT, default=100, show_default=True, help="Embryo: number of frames.")
+@click.option("--planes", "n_planes", type=POSITIVE_INT, default=3, show_default=True, help="Embryo: focal planes per frame.")
+@click.option("--hard", is_flag=True, help="Embryo: harder settings (more fragments, dimmer, more blur and noise).")
+@click.pass_context
+def synth(ctx: click.Context, out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp: float,
+          cell_density: float, tissue: str, tissue_fraction: float, no_mpp: bool, n_frames: int, n_planes: int,
+          hard: bool) -> None:
+    """Write a synthetic pyramidal slide, or an embryo time-lapse stack, with known ground truth."""
+    if look == "embryo":
+        _synth_embryo(ctx, out, fmt, size, seed, mpp, n_frames, n_planes, hard)
+        return
+    if fmt == "frames":
+        raise click.BadParameter("a folder of frames is written only for --look embryo", param_hint="--format")
+    checks.check_synth_size(fmt, size)
     from .synth import synth_slide
 
     t = synth_slide(out, format=fmt, size=tuple(size), seed=seed, look=look, mpp=mpp, cell_density_per_mm2=cell_density,
@@ -154,51 +244,52 @@ def synth(out: Path, fmt: str, size: tuple[int, int], seed: int, look: str, mpp:
                f"(truth: {t.points_path})")
 
 
-@cli.command()
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def _synth_embryo(ctx: click.Context, out: Path, fmt: str, size: tuple[int, int], seed: int, mpp: float,
+                  n_frames: int, n_planes: int, hard: bool) -> None:
+    """The embryo branch of ``synth``: defaults of a time-lapse incubator where the slide defaults differ."""
+    import dataclasses
+
+    from .synth.embryo import EMBRYO_FORMATS, HARD, EmbryoParams, synth_embryo
+
+    given = {n: ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT for n in ("fmt", "size", "mpp")}
+    fmt = fmt if given["fmt"] else "ome-tiff"
+    if fmt not in EMBRYO_FORMATS:
+        raise click.BadParameter(f"an embryo stack is written as {', '.join(EMBRYO_FORMATS)}", param_hint="--format")
+    p = EmbryoParams(size=size[0] if given["size"] else 500, mpp=mpp if given["mpp"] else 0.5, n_frames=n_frames,
+                     n_planes=n_planes)
+    if hard:
+        p = dataclasses.replace(p, **HARD)
+    t = synth_embryo(out, format=fmt, params=p, seed=seed)
+    ev = ", ".join(f"{k}={'-' if v is None else v}" for k, v in t.cleavage_frames.items())
+    click.echo(f"{out}: {n_frames} frames x {n_planes} planes of {p.size}x{p.size} px, up to {int(t.counts.max())} "
+               f"cells; cleavage frames {ev} (truth: {out}.truth.json, {out}.cells.csv)")
+
+
+@cli.command(short_help="Train a density model on a dataset folder.")
+@click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Model folder to write.")
-@click.option("--arch", default="unet", show_default=True, help="unet | fcrn | cellnet")
-@click.option("--width", type=int, default=None, help="Filters at full resolution [the architecture's: 32].")
-@click.option("--head", type=click.Choice(["relu", "softplus", "linear"]), default="relu", show_default=True,
-              help="Output activation; relu and softplus never give a negative density.")
-@click.option("--name", default=None, help="Model name [DATA-ARCH].")
-@click.option("--epochs", type=int, default=200, show_default=True, help="At most this many epochs (see --max-minutes).")
-@click.option("--max-minutes", type=float, default=40.0, show_default=True,
-              help="Time budget of the training loop; the learning-rate schedule anneals within it. 0 = none.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--crop", type=int, default=None, help="Training crop side in px [256, or the smallest image].")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--loss", type=click.Choice(["l1", "mse", "content_mse"]), default="l1", show_default=True)
-@click.option("--count-weight", type=float, default=0.0, show_default=True, help="Weight of the count-error term.")
-@click.option("--sigma-um", type=float, default=None, help="Target Gaussian sigma in µm (needs um_per_px).")
-@click.option("--sigma-px", type=float, default=None,
-              help="Target sigma in pixels [0.4 x the 10th-percentile nearest-neighbour spacing of the points].")
-@click.option("--channels", default=None, help="Comma-separated RGB channel indices, e.g. 1 for green [auto].")
-@click.option("--modality", type=click.Choice(["fluorescence", "brightfield"]), default="fluorescence", show_default=True)
-@click.option("--stain", default=None, help="Stain or marker, recorded in the card's domain (e.g. DAPI, H&E).")
-@click.option("--cell-diameter-um", type=float, default=None, help="Cell diameter for the card [from the points].")
-@click.option("--scale-jitter", type=float, nargs=2, default=None, help="Random rescale range, e.g. 0.8 1.25 [off].")
-@click.option("--n-val", type=int, default=None, help="Validation images held out of 'train' [20%].")
-@click.option("--val-every", type=int, default=2, show_default=True, help="Validate every N epochs.")
-@click.option("--patience", type=int, default=20, show_default=True, help="Early stopping patience (epochs).")
-@click.option("--monitor", type=click.Choice(["val_loss", "val_mae"]), default="val_mae", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="Autocast precision of training; auto = bf16 only on CUDA or an AMX CPU (emulated bf16 "
-                   "training was ~30x slower than fp32 on an AVX2 CPU), else fp32.")
-@click.option("--threads", type=int, default=None, help="Torch threads [all cores].")
-@click.option("--seed", type=int, default=0, show_default=True)
+    arch_kwargs: dict = {"head": head}
+    if width is not None:
+        arch_kwargs["base_filters" if opts["arch"] == "unet" else "width"] = width
+    cfg = TrainConfig(**opts, arch_kwargs=arch_kwargs, max_minutes=max_minutes or None, channels=picked)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
 @click.option("--quiet", "-q", is_flag=True)
 def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool, width: int | None, head: str,
           max_minutes: float, **opts) -> None:
     """Train a density model on DATA (wsicount dataset layout or VGG dot PNGs)."""
+    checks.require_path(data, "dataset", "dir")
+    picked = checks.parse_channels(channels)
     from .training.train import TrainConfig, train as train_api
 
+<<<<<<< HEAD
     arch_kwargs: dict = {"head": head}
     if width is not None:
         arch_kwargs["base_filters" if opts["arch"] == "unet" else "width"] = width
     cfg = TrainConfig(**opts, arch_kwargs=arch_kwargs, max_minutes=max_minutes or None,
                       channels=[int(c) for c in channels.split(",")] if channels else None)
+=======
+    cfg = TrainConfig(**opts, channels=picked)
+>>>>>>> main
     card = train_api(data, out, cfg, resume=resume, progress=not quiet)
     c = json.loads(card.read_text())
     click.echo(f"model written to {card} (validation MAE {c['metrics']['val_mae']:.2f}; "
@@ -228,19 +319,34 @@ def models_cmd(as_json: bool) -> None:
                    f"{mpp}; {score}")
 
 
-@cli.command()
+def _file_name(param: click.Parameter, value: str | None) -> str | None:
+    """``value`` if it can name a file in the model folder (no separators, not empty)."""
+    if value is not None and (not value.strip(". ") or "/" in value or "\\" in value or "\0" in value):
+        raise click.BadParameter(f"{value!r} is not a file name (no '/', not empty).", param=param)
+    return value
+
+
+@cli.command(short_help="Score a model on a dataset split: count errors and detection.")
 @click.argument("model")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
 @click.option("--split", default="test", show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write metrics JSON here.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None, help="Per-image CSV [next to --json].")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Scatter PNG [next to --json].")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="As for 'wsicount run'.")
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
              plot_path: Path | None, device: str, precision: str) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
+    checks.require_path(data, "dataset", "dir")
+    checks.check_split(data, split)
+    checks.check_device(device)
+    for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot_path)):
+        checks.require_parent(path, option)
+    from .models.card import read_card
+
+    read_card(model)  # a missing or broken model fails here, before the dataset is read
     from .training.evaluate import evaluate as eval_api, write_evaluation
 
     res = eval_api(model, data, split=split, device=device, precision=precision)
@@ -256,35 +362,48 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
                    f"mean width {m['mean_width']['0.95']:.1f} cells")
 
 
-@cli.command()
+@cli.command(short_help="Count cells on many slides; failures are recorded, the rest finish.")
 @click.argument("slides", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--manifest", type=click.Path(path_type=Path), default=None, help="CSV with a 'slide' column.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Study folder: one subfolder per slide + study.csv.")
 @click.option("--model", "-m", default=None, help="Bundled model name or path.")
-@click.option("--workers", type=int, default=None, help="Start a LocalCluster with N worker processes.")
+@click.option("--workers", type=POSITIVE_INT, default=None, help="Start a LocalCluster with N worker processes.")
 @click.option("--scheduler", envvar="DASK_SCHEDULER_ADDRESS", default=None, help="Address of an existing Dask scheduler.")
-@click.option("--tile-size", type=int, default=0, show_default=True, help="As for run; 0 = auto.")
-@click.option("--batch-size", type=int, default=0, show_default=True, help="0 = auto, as for 'wsicount run'.")
+@click.option("--tile-size", type=NON_NEGATIVE_INT, default=0, show_default=True, help="As for run; 0 = auto.")
+@click.option("--batch-size", type=NON_NEGATIVE_INT, default=0, show_default=True, help="0 = auto, as for 'wsicount run'.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
-@click.option("--mpp", type=float, default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--skip-bad-tiles", is_flag=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--mpp", type=POSITIVE, default=None, help="Level-0 µm per pixel for slides that lack it.")
+@click.option("--overwrite", is_flag=True, help="Discard results already in each slide's folder and start fresh.")
+@click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on many SLIDES (or --manifest); failures are recorded, the rest finish."""
+    if manifest is not None:
+        checks.require_path(manifest, "manifest", "file")
+    elif not slides:
+        raise UsageError("no slides given (pass SLIDES... or --manifest)")
+    checks.check_tile_size(opts["tile_size"], model)
     from .batch import batch as batch_api, read_manifest
-    from .errors import InputError
 
     paths = list(slides) + (read_manifest(manifest) if manifest else [])
     if not paths:
-        raise InputError("no slides given (pass SLIDES... or --manifest)")
-    rows = batch_api(paths, out, model=model, progress=not quiet, **opts)
+        raise UsageError(f"manifest {manifest} lists no slides")
+    from .timelapse.stack import is_stack
+
+    if all(is_stack(p) for p in paths):  # one time-lapse stack per embryo or well: a table of cleavage times
+        from .timelapse.study import count_stacks
+
+        rows = count_stacks(paths, out, model, mpp=opts["mpp"], overwrite=opts["overwrite"])
+        table = out / "study_timelapse.csv"
+    else:
+        rows = batch_api(paths, out, model=model, progress=not quiet, **opts)
+        table = out / "study.csv"
     failed = [r for r in rows if r["status"] != "ok"]
-    click.echo(f"{len(rows) - len(failed)}/{len(rows)} slides counted -> {out / 'study.csv'}")
+    click.echo(f"{len(rows) - len(failed)}/{len(rows)} inputs counted -> {table}")
     if failed:
         for r in failed:
             click.echo(f"  {r['slide']}: {r['status']}: {r.get('error', '')}", err=True)
-        sys.exit(9)
+        sys.exit(EXIT_BATCH_FAILED)
 
 
 def main() -> None:

@@ -1,14 +1,38 @@
 """Error types with the CLI exit code each maps to.
 
-Every failure a user can cause (bad path, corrupt slide, missing mpp, mismatched model,
-unwritable output) raises a subclass of :class:`WsicountError`; the CLI prints its message
-as one line on stderr and exits with ``exit_code`` (a traceback only with ``--debug``).
+Every failure a user can cause (bad option, bad path, corrupt slide, missing mpp, mismatched
+model, unwritable output) raises a subclass of :class:`WsicountError`; the CLI prints its
+message as one line on stderr and exits with ``exit_code`` (a traceback only with ``--debug``).
+
+====  =====================================================================================
+code  meaning
+====  =====================================================================================
+0     success
+1     internal error: a bug (rerun with ``--debug`` and report it)
+2     usage: an option value outside its range, an unknown option or command, a missing
+      argument, contradicting options (:class:`UsageError`; click's own usage errors too)
+3     not a supported slide (:class:`SlideFormatError`)
+4     the slide has no pixel size (:class:`MissingMppError`)
+5     no tissue found (:class:`NoTissueError`)
+6     model missing, corrupt or not matching its card (:class:`ModelError`)
+7     output folder unusable (:class:`OutputError`)
+8     a tile could not be decoded (:class:`TileReadError`)
+9     ``batch``: at least one slide failed (the others finished)
+10    an input path (slide, mask, manifest, dataset) is missing, unreadable or a plain
+      directory (:class:`InputError`); a user region file unreadable, empty, invalid or off
+      the slide (:class:`RegionError`)
+130   interrupted
+====  =====================================================================================
+
+Usage errors keep 2, the code click and argparse give them, so a missing input path has
+its own code: a script can tell "fix the command line" from "fix the file system".
 """
 
 from __future__ import annotations
 
 __all__ = [
     "WsicountError",
+    "UsageError",
     "InputError",
     "SlideFormatError",
     "MissingMppError",
@@ -16,6 +40,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "TileReadError",
+    "FrameReadError",
     "RegionError",
 ]
 
@@ -26,10 +51,16 @@ class WsicountError(Exception):
     exit_code = 1
 
 
-class InputError(WsicountError):
-    """The input path does not exist, is a directory, or is empty."""
+class UsageError(WsicountError):
+    """An option value is outside its allowed range, or options contradict each other."""
 
     exit_code = 2
+
+
+class InputError(WsicountError):
+    """An input path does not exist, is not readable, or is a directory that is not a slide."""
+
+    exit_code = 10
 
 
 class SlideFormatError(WsicountError):
@@ -68,5 +99,19 @@ class TileReadError(WsicountError):
     exit_code = 8
 
 
+class FrameReadError(TileReadError):
+    """A frame of a time-lapse stack could not be decoded (names the frame and its file)."""
+
+    def __init__(self, message: str, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.frame = frame
+
+
 class RegionError(InputError):
     """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""
+
+
+#: exit code of ``wsicount batch`` when at least one slide failed
+EXIT_BATCH_FAILED = 9
+#: exit code of an interrupted command (128 + SIGINT)
+EXIT_INTERRUPTED = 130

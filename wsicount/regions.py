@@ -3,9 +3,9 @@
 Regions are held in level-0 pixel coordinates (x = column, y = row, the pixel ``(r, c)``
 spanning ``[c, c+1) x [r, r+1)``). The density lives on the model grid, whose pixel is ``scale``
 level-0 pixels wide; a model pixel belongs to a region when its centre does (level-0
-``((c + 0.5) * scale, (r + 0.5) * scale)``). Polygons are rasterised per ring with
-:func:`skimage.draw.polygon2mask` (holes subtracted); label images are sampled at the pixel
-centres. The density is read in row bands, one region window at a time, so a slide-sized Zarr
+``((c + 0.5) * scale, (r + 0.5) * scale)``). Polygons are rasterised by testing those centres
+with ``shapely.contains_xy`` (holes included), only in blocks on the boundary: blocks inside are
+taken whole. Label images are sampled at the pixel centres. The density is read in row bands, one region window at a time, so a slide-sized Zarr
 array is never loaded whole.
 """
 
@@ -23,7 +23,6 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 from scipy.ndimage import find_objects
-from skimage.draw import polygon2mask
 
 from .errors import RegionError
 
@@ -195,24 +194,15 @@ def check_regions(regions: Sequence[Region] | LabelRegions, shape0: tuple[float,
                           stacklevel=2)
 
 
-def _ring_mask(shape_hw: tuple[int, int], coords: np.ndarray, origin: tuple[int, int], scale: float) -> np.ndarray:
-    """Pixel-centre mask of one ring (level-0 (x, y) vertices) on a model-grid window at ``origin``."""
-    rows = coords[:, 1] / scale - 0.5 - origin[0]  # model pixel r has its centre at r + 0.5
-    cols = coords[:, 0] / scale - 0.5 - origin[1]
-    return polygon2mask(shape_hw, np.column_stack([rows, cols]))
-
-
 def _region_mask(geom: BaseGeometry, win: tuple[int, int, int, int], scale: float) -> np.ndarray:
-    """Boolean mask of a (Multi)Polygon on the model-grid window (r0, r1, c0, c1): exteriors minus holes."""
+    """Boolean mask of a (Multi)Polygon on the model-grid window (r0, r1, c0, c1): the pixels whose centre it contains.
+
+    ``shapely.contains_xy`` decides each centre exactly (holes included), so a region's pixels
+    do not depend on the polygon's orientation or on how an edge crosses the pixel grid.
+    """
     r0, r1, c0, c1 = win
-    shp = (r1 - r0, c1 - c0)
-    mask = np.zeros(shp, dtype=bool)
-    for poly in getattr(geom, "geoms", [geom]):
-        part = _ring_mask(shp, np.asarray(poly.exterior.coords), (r0, c0), scale)
-        for hole in poly.interiors:
-            part &= ~_ring_mask(shp, np.asarray(hole.coords), (r0, c0), scale)
-        mask |= part
-    return mask
+    rows, cols = np.mgrid[r0:r1, c0:c1]
+    return shapely.contains_xy(geom, (cols + 0.5) * scale, (rows + 0.5) * scale)
 
 
 def _block_masks(geom: BaseGeometry, win: tuple[int, int, int, int], scale: float):

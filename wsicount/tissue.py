@@ -1,11 +1,14 @@
-"""Tissue detection on a low-resolution pyramid level.
+"""Tissue detection on a low-resolution pyramid level: everything that is not slide background.
 
 The mask is computed once per slide at about ``MASK_MPP`` um/px: from the coarsest pyramid
 level at least that fine, block-averaged by an integer factor through Dask when the level
-is finer still (a slide without a pyramid is never read whole into memory). Then
-smoothing, an Otsu threshold (fluorescence: tissue brighter than the dark background;
-brightfield: darker than the white glass), closing, hole filling and small-object removal.
-Tissue area = mask pixels x (mask pixel area); the mask is stored with the outputs.
+is finer still (a slide without a pyramid is never read whole into memory). The slide
+background (white glass in brightfield; dark mount and black padding in fluorescence) is
+the darkest level of a background-dark signal; tissue is whatever stands a few noise sd
+above it, however dim (:func:`background_threshold`). Two masks come out: the tissue
+(closed, holes filled, specks removed; its pixel count x pixel area is the tissue area),
+and the counted region, the tissue grown by ``MARGIN_UM`` so that no cell at its edge is
+cut. Mode ``none`` counts every pixel. The counted region is stored with the outputs.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError, NoTissueError, TileReadError
 
-__all__ = ["TissueMask", "detect_tissue", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
+__all__ = ["TissueMask", "detect_tissue", "mask_from_image", "grow_mask", "Background", "background_threshold", "tissue_masks",
+           "signal_image", "everything_mask", "mask_density", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
 
 
 @dataclass
@@ -30,11 +35,13 @@ class TissueMask:
     level-0 rows [i*scale_y, (i+1)*scale_y).
     """
 
-    mask: np.ndarray
+    mask: np.ndarray  # the counted region: density outside it is not counted
     scale_y: float
     scale_x: float
     mpp0: float
     source: str  # "level N (mode)" or the user mask path
+    #: the tissue itself (same grid; None: the counted region), whose area the counts are divided by
+    tissue: np.ndarray | None = None
 
     @property
     def mpp(self) -> float:
@@ -44,16 +51,36 @@ class TissueMask:
     @property
     def area_mm2(self) -> float:
         """Tissue area in mm² (pixel count x pixel area)."""
-        return float(self.mask.sum()) * (self.mpp0 * self.scale_y) * (self.mpp0 * self.scale_x) / 1e6
+        return float(self._tissue.sum()) * (self.mpp0 * self.scale_y) * (self.mpp0 * self.scale_x) / 1e6
 
     def fraction(self) -> float:
         """Fraction of the slide covered by tissue."""
-        return float(self.mask.mean())
+        return float(self._tissue.mean())
+
+    @property
+    def _tissue(self) -> np.ndarray:
+        return self.mask if self.tissue is None else self.tissue
 
 
 #: target resolution of tissue masks: fine enough for a 1 % area on mm-sized tissue,
 #: coarse enough that morphology on a whole slide takes a second
 MASK_MPP = 4.0
+#: smoothing of the detection signal (Gaussian sigma, um): cells blur into their tissue
+SMOOTH_UM = 8.0
+#: scale (Gaussian sigma, um) of the local tissue level that the tissue's outline is cut halfway to
+LEVEL_UM = 50.0
+#: the counted region reaches this far beyond the detected tissue: more than a cell diameter
+MARGIN_UM = 20.0
+#: a low quantile (%) of the background's signal, and how many sd it lies below the background's mode
+BACKGROUND_LOW, Z_LOW = 0.5, 2.5758
+#: most a background threshold may reach, as a share of the way from the darkest level to the 95th percentile
+MAX_CONTRAST = 0.13
+#: bins of the histogram whose highest bin is the background's mode
+HIST_BINS = 64
+#: background threshold: this many background sd above the background's mode ...
+BACKGROUND_K = 4.0
+#: ... and at least this many grey levels above it (black padding has no noise)
+MIN_MARGIN = 1.0
 #: most mask pixels: larger slides get a coarser mask, so that the mask's memory (~60 B/px
 #: while it is computed) does not grow with the slide (16 Mpx: up to ~16x16 mm at 4 um/px)
 MASK_MAX_PX = 16_000_000
@@ -79,59 +106,159 @@ def _block_factor(level_mpp: float, target_mpp: float) -> int:
     return max(1, int(target_mpp * 1.05 // level_mpp))
 
 
-def _otsu(values: np.ndarray) -> float:
-    """Otsu threshold of a 1-D sample (skimage's, isolated for clarity)."""
-    from skimage.filters import threshold_otsu
+def signal_image(img: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W[, C]) uint8 image -> float32 signal in which the slide background is the darkest level.
 
-    return float(threshold_otsu(values))
+    Fluorescence: the brightest channel (a dye scanned into one channel of an RGB file, as
+    DAPI into blue, is not diluted by the two dark ones; mount and padding are dark in all).
+    Brightfield: half the darkness (255 - channel mean) plus the saturation, since stain
+    separates from white glass better by its colour than by its brightness alone.
+    """
+    if img.ndim == 2:
+        g = img.astype(np.float32)
+        if mode == "brightfield":
+            return 255.0 - g
+        if mode == "fluorescence":
+            return g
+    elif mode == "fluorescence":
+        return img.max(axis=-1).astype(np.float32)
+    if mode != "brightfield":
+        raise ValueError(f"unknown tissue mode {mode!r} (fluorescence|brightfield|none)")
+    # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
+    # channel axis, and exactly equal (sums of uint8 are exact in float32)
+    g = img[..., 0].astype(np.float32)
+    for c in range(1, img.shape[-1]):
+        g += img[..., c]
+    g /= img.shape[-1]
+    if img.shape[-1] >= 3:
+        rgb = img[..., :3]
+        return 0.5 * (255.0 - g) + (rgb.max(-1).astype(np.float32) - rgb.min(-1))
+    return 255.0 - g
+
+
+class Background(NamedTuple):
+    """The slide background of a signal: its level, the threshold above which tissue begins, and whether a background peak was found."""
+
+    level: float
+    threshold: float
+    found: bool
+
+
+def background_threshold(s: np.ndarray, k: float = BACKGROUND_K, min_margin: float = MIN_MARGIN) -> Background:
+    """The background of the smoothed signal ``s``: above its threshold a pixel is not slide background.
+
+    The background (glass, mount, padding) is the darkest common level of the signal: the
+    mode of the darker half of its histogram. Its noise, including slow variations such as
+    uneven illumination, is read from the lower side of that peak, which tissue does not
+    reach (tissue is brighter). The threshold lies ``k`` of those sd above the mode (at least
+    ``min_margin`` grey levels, for a noiseless black padding): far below the tissue's own
+    level however dim the tissue, not a split between bright cells and dim tissue as Otsu's
+    threshold on fluorescence is. A threshold above ``MAX_CONTRAST`` of the way from the
+    darkest level to the 95th percentile means no background peak exists (measured: real
+    slides 0.04-0.10, TRP1 images filled with tissue 0.16-1.2); then only the darkest level
+    (black padding) is background.
+    """
+    sample = s[:: max(1, s.shape[0] // 512), :: max(1, s.shape[1] // 512)].ravel()
+    lo, mid = (float(v) for v in np.percentile(sample, [BACKGROUND_LOW, 50.0]))
+    mode = lo
+    if mid - lo > 1e-3:
+        hist, edges = np.histogram(sample, bins=HIST_BINS, range=(lo, mid))
+        hist = np.convolve(hist, [1, 2, 1], mode="same")  # one noisy bin is not a mode
+        i = int(np.argmax(hist))
+        mode = float(0.5 * (edges[i] + edges[i + 1]))
+    t = mode + max(k * (mode - lo) / Z_LOW, min_margin)
+    if t - lo > MAX_CONTRAST * (float(np.percentile(sample, 95.0)) - lo):
+        # not a background well below the bulk of the signal but the slide's own dimmest
+        # tissue (an image filled with tissue): only the darkest level itself is background
+        return Background(float(sample.min()), float(sample.min()) + min_margin, False)
+    return Background(mode, t, True)
+
+
+def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0,
+                 margin_um: float = MARGIN_UM) -> tuple[np.ndarray, np.ndarray]:
+    """(tissue, counted region) of an (H, W, C) uint8 image at ``mpp`` um/px.
+
+    The signal is smoothed by ``SMOOTH_UM`` (cells blur into their tissue, noise averages
+    out, so dim tissue stands clear of the background) and cut just above the slide
+    background (:func:`background_threshold`; first levelled by a plane fitted to the pixels
+    below a first cut, for glass lit unevenly): that region, grown by ``margin_um``, is
+    counted. Its cut lies at the foot of each tissue edge, widened by the smoothing and by
+    the glow of cells at the edge; the tissue itself, whose area the counts are divided by,
+    is cut at half height: halfway between the background and the local tissue level (the
+    mean signal of the region within ~``LEVEL_UM``), so that a dim tissue's outline is as
+    unbiased as a bright one's.
+    """
+    s = _gaussian(signal_image(img, mode), max(1.0, SMOOTH_UM / mpp))
+    if float(s.max() - s.min()) < 1e-3:  # a flat image: nothing stands out of the background
+        return np.zeros(s.shape, bool), np.zeros(s.shape, bool)
+    bg = background_threshold(s)
+    if bg.found:  # the background may vary slowly (uneven illumination): level it, then cut again
+        s = s - _plane(s, s <= bg.threshold)
+        bg = background_threshold(s)
+    wide = _clean(s > bg.threshold, mpp, min_object_um2)
+    if not bg.found:  # no background but black padding: all the rest is tissue
+        return wide, grow_mask(wide, mpp, margin_um)
+    w = wide.astype(np.float32)
+    sigma = LEVEL_UM / mpp
+    local = _gaussian(s * w, sigma) / np.maximum(_gaussian(w, sigma), 1e-6)
+    tissue = _clean(wide & (s > 0.5 * (bg.level + local)), mpp, min_object_um2)
+    return tissue, grow_mask(wide, mpp, margin_um)
 
 
 def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0) -> np.ndarray:
-    """Tissue mask of an (H, W, C) uint8 image at ``mpp`` um/px."""
+    """The tissue of an (H, W, C) uint8 image at ``mpp`` um/px: everything that is not slide background (see :func:`tissue_masks`)."""
+    return tissue_masks(img, mode, mpp, min_object_um2)[0]
+
+
+def _plane(s: np.ndarray, where: np.ndarray, n: int = 20000) -> np.ndarray:
+    """The least-squares plane a + b·y + c·x through ``s`` at (up to ``n`` evenly picked) pixels ``where``.
+
+    Solved from its 3x3 normal equations with numpy's own sums, not a multithreaded BLAS, so
+    that the result is bit-identical in every process (a forked side worker included).
+    """
+    iy, ix = np.nonzero(where)
+    if len(iy) < 3:
+        return np.zeros_like(s)
+    pick = np.linspace(0, len(iy) - 1, min(n, len(iy))).astype(np.int64)
+    y, x = iy[pick].astype(np.float64), ix[pick].astype(np.float64)
+    v = s[iy[pick], ix[pick]].astype(np.float64)
+    cy, cx = y.mean(), x.mean()
+    y, x = y - cy, x - cx
+    m = np.array([[len(y), 0.0, 0.0], [0.0, (y * y).sum(), (x * y).sum()], [0.0, (x * y).sum(), (x * x).sum()]])
+    try:
+        a, b, c = np.linalg.solve(m, np.array([v.sum(), (v * y).sum(), (v * x).sum()]))
+    except np.linalg.LinAlgError:  # the pixels lie on a line: no slope across it
+        a, b, c = v.mean(), 0.0, 0.0
+    yy, xx = np.ogrid[: s.shape[0], : s.shape[1]]
+    return (a + b * (yy - cy) + c * (xx - cx)).astype(np.float32)
+
+
+def _clean(m: np.ndarray, mpp: float, min_object_um2: float) -> np.ndarray:
+    """Close gaps of ~10 um (nothing eroded at the image border), fill holes, drop specks under ``min_object_um2``."""
     # scipy is imported here, not with the module: unpickling a TissueMask (the run's main
     # process gets it from the side worker) then costs no scipy import (~0.5 CPU-s)
     from scipy import ndimage
 
-    if img.ndim == 3:
-        # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
-        # channel axis, and exactly equal (sums of uint8 are exact in float32)
-        g = img[..., 0].astype(np.float32)
-        for c in range(1, img.shape[-1]):
-            g += img[..., c]
-        g /= img.shape[-1]
-    else:
-        g = img.astype(np.float32)
-    if mode == "brightfield":
-        # saturation separates stain from white glass better than brightness alone
-        if img.ndim == 3 and img.shape[-1] >= 3:
-            rgb = img[..., :3].astype(np.float32)
-            sat = rgb.max(-1) - rgb.min(-1)
-            g = 0.5 * (255.0 - g) + sat
-        else:
-            g = 255.0 - g
-    elif mode != "fluorescence":
-        raise ValueError(f"unknown tissue mode {mode!r} (fluorescence|brightfield)")
-    sigma_px = max(1.0, 8.0 / mpp)  # ~8 um smoothing: cells blur into tissue, edges stay put
-    s = _gaussian(g, sigma_px)
-    if float(s.max() - s.min()) < 1e-3:
-        return np.zeros(s.shape, dtype=bool)
-    sample = s[:: max(1, s.shape[0] // 512), :: max(1, s.shape[1] // 512)].ravel()
-    # Otsu separates the classes; the final threshold is midway between the class medians,
-    # so a blurred tissue edge is cut at half height (an unbiased outline) even when bright
-    # cells inflate the tissue class
-    t = _otsu(sample)
-    lo, hi = np.median(sample[sample <= t]), np.median(sample[sample > t])
-    m = s > 0.5 * (lo + hi)
     r = max(1, int(round(10.0 / mpp)))
-    m = _close_disk(m, r)
+    m = _close_disk(np.pad(m, r, mode="edge"), r)[r:-r, r:-r]
     m = _fill_holes(m)
-    min_px = min_object_um2 / (mpp * mpp)
     lab, n = ndimage.label(m)
     if n:
-        keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px  # component sizes in px
+        keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_object_um2 / (mpp * mpp)  # component sizes in px
         keep[0] = False
         m = keep[lab]
     return m
+
+
+def grow_mask(m: np.ndarray, mpp: float, margin_um: float = MARGIN_UM) -> np.ndarray:
+    """``m`` dilated by ``margin_um`` (a disk of at least one pixel): the region whose density is counted.
+
+    A cell cut by the tissue edge is then counted whole, and a mask pixel or two of error at
+    the edge loses nothing; a background pixel inside costs nothing (the network outputs ~0
+    there).
+    """
+    r = max(1, int(math.ceil(margin_um / mpp)))
+    return _dilate_disk(np.pad(m, r), r)[r:-r, r:-r]
 
 
 def _gaussian(img: np.ndarray, sigma: float, threads: int | None = None) -> np.ndarray:
@@ -211,7 +338,7 @@ def _disk(r: int) -> np.ndarray:
 
 def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MPP,
                   skip_bad_tiles: bool = False) -> TissueMask:
-    """Tissue mask of ``slide`` (a wsicount.io.Slide) at about ``target_mpp`` um/px.
+    """Tissue mask of ``slide`` (a wsicount.io.Slide) at about ``target_mpp`` um/px (mode ``none``: the whole slide).
 
     With ``skip_bad_tiles`` an undecodable tile at the chosen level is not fatal: the mask
     is taken from the next-closest level that decodes (``source`` says which and why).
@@ -220,6 +347,8 @@ def detect_tissue(slide, mode: str = "fluorescence", target_mpp: float = MASK_MP
     h0, w0 = slide.shapes[0][:2]
     target_mpp = mask_target_mpp(slide.mpp, h0, w0, target_mpp)
     level, factor = choose_mask_level(mpps, target_mpp)
+    if mode == "none":
+        return everything_mask(slide, level, factor)
     try:
         return _detect_at(slide, mode, level, factor)
     except TileReadError as first:
@@ -242,13 +371,21 @@ def _detect_at(slide, mode: str, level: int, factor: int) -> TissueMask:
 
     lh, lw = slide.shapes[level][:2]
     img = reduce_level(slide, level, factor, "mean")  # block means, read block by block
-    m = mask_from_image(img, mode, slide.level_mpp(level) * factor)
+    tissue, counted = tissue_masks(img, mode, slide.level_mpp(level) * factor)
     h0, w0 = slide.shapes[0][:2]
     # mask pixel i covers level rows [i*factor, (i+1)*factor)
-    tm = TissueMask(m, h0 / lh * factor, w0 / lw * factor, slide.mpp, f"level {level} / {factor} ({mode})")
-    if not m.any():
+    tm = TissueMask(counted, h0 / lh * factor, w0 / lw * factor, slide.mpp, f"level {level} / {factor} ({mode})",
+                    tissue=tissue)
+    if not tissue.any():
         raise NoTissueError(f"{slide.path}: no tissue found ({mode} mode, level {level}); pass --mask or --tissue-mode")
     return tm
+
+
+def everything_mask(slide, level: int, factor: int) -> TissueMask:
+    """The whole slide as tissue, on the grid a detected mask would have (no pixel is read)."""
+    (h0, w0), (lh, lw) = slide.shapes[0][:2], slide.shapes[level][:2]
+    m = np.ones((max(1, lh // factor), max(1, lw // factor)), bool)
+    return TissueMask(m, h0 / m.shape[0], w0 / m.shape[1], slide.mpp, "none: the whole slide")
 
 
 def load_user_mask(path: str | Path, level0_shape: tuple[int, int], mpp0: float) -> TissueMask:
@@ -269,3 +406,24 @@ def load_user_mask(path: str | Path, level0_shape: tuple[int, int], mpp0: float)
         raise NoTissueError(f"mask {p} is empty: no tissue to count")
     h0, w0 = level0_shape
     return TissueMask(m, h0 / m.shape[0], w0 / m.shape[1], mpp0, str(p))
+
+
+def mask_density(d: np.ndarray, mask: np.ndarray, scale: tuple[float, float], box: tuple[int, int, int, int],
+                 count_box: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """(density restricted to the counted region, the sum that fell outside it, the region on ``box`` or None if all of it).
+
+    ``d`` is the density of model-grid ``box``; ``scale``: model-grid px per mask px (y, x).
+    The outside sum (float64, before masking) is taken over ``count_box`` only (default
+    ``box``; a tile passes its core, so that no pixel is summed by two tiles): summed over a
+    slide's tiles it is the density the mask removed.
+    """
+    from .tiling import mask_covers, mask_on_grid
+
+    if mask_covers(mask, *scale, box):  # inside the counted region x 1 changes nothing
+        return d, 0.0, None
+    inside = mask_on_grid(mask, *scale, box)
+    y0, y1, x0, x1 = box
+    cy0, cy1, cx0, cx1 = count_box or box
+    ry, rx = slice(max(cy0, y0) - y0, min(cy1, y1) - y0), slice(max(cx0, x0) - x0, min(cx1, x1) - x0)
+    outside = float(d[ry, rx].sum(dtype=np.float64, where=~inside[ry, rx]))
+    return d * inside, outside, inside

@@ -37,5 +37,10 @@ def results_dataset(out: Path, tm, geom: Geometry, agg: Aggregate, summary: dict
         coords = {gy: (np.arange(agg.counts[g].shape[0]) + 0.5) * g, gx: (np.arange(agg.counts[g].shape[1]) + 0.5) * g}
         data[f"counts_{g:g}um"] = xr.DataArray(agg.counts[g], dims=(gy, gx), coords=coords)
         data[f"tissue_mm2_{g:g}um"] = xr.DataArray(agg.tissue_mm2[g], dims=(gy, gx), coords=coords)
-    return xr.Dataset(data, attrs={k: summary[k] for k in ("total_cells", "tissue_area_mm2", "cells_per_mm2", "complete")}
+        if g in agg.cell_ci:  # the modelled error sd of each cell's count, and its interval
+            lo, hi, sd = agg.cell_ci[g]
+            data[f"count_sd_{g:g}um"] = xr.DataArray(sd, dims=(gy, gx), coords=coords)
+            data[f"count_lo_{g:g}um"] = xr.DataArray(lo, dims=(gy, gx), coords=coords)
+            data[f"count_hi_{g:g}um"] = xr.DataArray(hi, dims=(gy, gx), coords=coords)
+    return xr.Dataset(data, attrs={k: summary[k] for k in ("total_cells", "total_cells_ci", "tissue_area_mm2", "cells_per_mm2", "complete")}
                       | {"summary": summary})

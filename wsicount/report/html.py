@@ -1,4 +1,11 @@
-"""report.html: one self-contained page (pictures embedded) with the run's facts and its densest regions."""
+"""report.html: one self-contained page (pictures embedded) to show a slide's count in a lab meeting.
+
+Top to bottom: the count (an integer, with its uncertainty interval when the run has one),
+the tissue area and density, and which number to use; the slide and the density map side by
+side at the same scale; a close-up with the detected cells ringed beside the run's facts
+(model, precision, µm/px, version, date, run time); the densest and sparsest regions of the
+coarsest grid in µm. Numbers are right-aligned; nothing is wider than the page.
+"""
 
 from __future__ import annotations
 
@@ -6,48 +13,127 @@ import base64
 import html
 from typing import Any
 
-__all__ = ["report_html"]
+__all__ = ["report_html", "count_text", "interval_text", "REGION_MIN_TISSUE"]
+
+#: regions with less of their area on tissue are left out of the table (edge cells: noisy densities)
+REGION_MIN_TISSUE = 0.5
+#: regions listed from each end of the density ranking
+REGION_ROWS = 8
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f4f4f2;color:#222}
+main{max-width:1180px;margin:0 auto;padding:20px 28px;background:#fff;overflow-wrap:anywhere}
+h1{font-size:1.5em;margin:0 0 2px}h2{font-size:1.1em;margin:26px 0 8px;border-bottom:1px solid #ddd}
+.sub{color:#666;margin:0 0 14px}
+.result{display:flex;flex-wrap:wrap;gap:8px 40px;align-items:baseline;background:#f7f7fb;padding:14px 18px;
+border-radius:6px}
+.count{font-size:2.6em;font-weight:600}.interval{font-size:1.1em;color:#444}.note{flex-basis:100%;color:#555;margin:4px 0 0}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+.close{display:grid;grid-template-columns:minmax(0,5fr) minmax(0,6fr);gap:24px;align-items:start}
+figure{margin:0}figure img{width:100%;height:auto;display:block;border:1px solid #ddd}
+figcaption{font-size:.88em;color:#555;margin-top:4px}
+table{border-collapse:collapse;width:100%;font-size:.92em}
+td,th{border-bottom:1px solid #e4e4e4;padding:4px 8px;text-align:left;vertical-align:top}
+th{font-weight:600;color:#333}.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+footer{color:#777;font-size:.85em;margin-top:24px}
+@media (max-width:760px){.pair,.close{grid-template-columns:1fr}}
+"""
 
 
-def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[dict[str, Any]], g: float) -> str:
-    """Self-contained HTML report (images embedded)."""
-    def img(b: bytes) -> str:
-        return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" style="max-width:48%">'
+def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[dict[str, Any]], heat_caption: str,
+                zoom: Any | None = None) -> str:
+    """The page: ``rows`` are the coarsest grid's regions.csv rows, ``zoom`` a :class:`~wsicount.report.zoom.Zoom`."""
+    slide = summary["slide"]
+    name = html.escape(str(slide["path"]).replace("\\", "/").rsplit("/", 1)[-1])
+    body = [f"<h1>Cell count: {name}</h1>",
+            f"<p class='sub'>{html.escape(_date(summary))} · wsicount {html.escape(summary['wsicount_version'])}</p>",
+            _result(summary),
+            "<div class='pair'>", _figure(thumb, "The slide; tissue found outlined in green."),
+            _figure(heat, heat_caption), "</div>",
+            "<h2>Close-up and run</h2><div class='close'>",
+            _figure(zoom.png, _zoom_caption(zoom)) if zoom is not None else "<p>No close-up: no region is mostly tissue.</p>",
+            _facts(summary), "</div>", _regions(rows, summary),
+            "<footer>Full tables: regions.csv (every grid cell), cells.csv and cells.geojson (cell centres). "
+            "Density map: this folder is an OME-Zarr image (open it in napari or QuPath); summary.json holds every "
+            "number above.</footer>"]
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>wsicount: {name}</title><style>{_CSS}</style></head><body><main>{''.join(body)}</main></body></html>")
 
-    reg = summary["regional"].get(f"{g:g}um", {})
-    cpm = summary["cells_per_mm2"]
-    facts = [("Slide", summary["slide"]["path"]), ("Vendor", summary["slide"].get("vendor")),
-             ("Total cells", f"{summary['total_cells']:.1f}"), ("Tissue area", f"{summary['tissue_area_mm2']:.3f} mm²"),
-             ("Cells per mm² of tissue", f"{cpm:.1f}" if cpm is not None else "n/a"),
-             ("Cells detected (peaks)", summary["n_cells_detected"]),
-             (f"Min density ({g:g} µm cells)", _loc(reg.get("min"))),
-             (f"Max density ({g:g} µm cells)", _loc(reg.get("max"))),
-             ("Model", f"{summary['model']['name']} v{summary['model']['version']} ({summary['model']['arch']})"),
-             ("Complete", summary["complete"]),
-             ("Undecodable tiles (counted as 0 cells)", len(summary.get("bad_tiles", []))),
-             ("Run time", f"{summary['timings'].get('total', 0):.1f} s")]
-    table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    sel = [r for r in rows if r["grid_um"] == max(summary["parameters"]["grid_um"])]
-    sel = sorted(sel, key=lambda r: (-(r["count"] or 0)))[:200]
-    head = "".join(f"<th>{h}</th>" for h in ("row", "col", "x0 µm", "y0 µm", "tissue %", "count", "cells/mm²"))
+
+def count_text(n: float) -> str:
+    """A count as a whole number with thin spaces between thousands (5 430)."""
+    return f"{round(n):,}".replace(",", "\u2009")
+
+
+def interval_text(summary: dict[str, Any]) -> str:
+    """The count's uncertainty interval (``summary["total_cells_ci"]``: lo, hi, level), or what stands in for it."""
+    iv = summary.get("total_cells_ci")
+    if not iv:
+        return "uncertainty interval: not computed for this run"
+    return f"{100 * iv.get('level', 0.95):g} % interval {count_text(iv['lo'])} – {count_text(iv['hi'])}"
+
+
+def _result(s: dict[str, Any]) -> str:
+    cpm = s["cells_per_mm2"]
+    density = f"{count_text(cpm)} cells/mm²" if cpm is not None else "no tissue area"
+    return (f"<section class='result'><div class='count'>{count_text(s['total_cells'])} cells</div>"
+            f"<div class='interval'>{html.escape(interval_text(s))}</div>"
+            f"<div>in {s['tissue_area_mm2']:.2f} mm² of tissue · {density}</div>"
+            "<p class='note'>The count is the sum of the density map over the tissue: use it for totals and "
+            f"densities. {count_text(s['n_cells_detected'])} cell centres were located (the map's peaks, ringed in "
+            "the close-up): use them for positions; touching or faint cells can merge or drop out there.</p></section>")
+
+
+def _figure(png: bytes, caption: str) -> str:
+    src = base64.b64encode(png).decode()
+    return f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{src}'>" \
+           f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
+def _zoom_caption(z: Any) -> str:
+    return (f"Close-up of the densest region: {z.side_um:.0f} × {z.side_um:.0f} µm at x = {z.x0_um:.0f} µm, "
+            f"y = {z.y0_um:.0f} µm; {z.n_cells} detected cells ringed.")
+
+
+def _facts(s: dict[str, Any]) -> str:
+    sl, m, p = s["slide"], s["model"], s["processing"]
+    bad = len(s.get("bad_tiles", []))
+    rows = [("Slide", f"{sl.get('vendor') or 'unknown'} scan, {sl['levels'][0]['width']} × {sl['levels'][0]['height']} px"),
+            ("Pixel size", f"{sl['mpp']:.4g} µm/px (from the {sl.get('mpp_source', 'file')})"),
+            ("Model", f"{m['name']} v{m['version']} ({m['arch']}), run at {p['model_mpp']:.4g} µm/px"),
+            ("Precision", f"{p['precision']} on {p['device']}"),
+            ("Tiles", f"{p['n_tiles_tissue']} with tissue, {p['tile_size']} px"),
+            ("Complete", "yes: every tissue tile counted" if s["complete"] and not bad else
+             f"yes, but {bad} undecodable tile(s) counted as 0 cells" if s["complete"] else "no"),
+            ("Run time", _duration(s["timings"].get("total", 0.0))),
+            ("wsicount", s["wsicount_version"]), ("Date", _date(s))]
+    return "<table>" + "".join(f"<tr><th>{k}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _regions(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+    """The densest and the sparsest regions that are mostly tissue, in µm, densest first."""
+    ok = sorted((r for r in rows if r["tissue_fraction"] >= REGION_MIN_TISSUE),
+                key=lambda r: -float(r["cells_per_mm2"]))
+    if not ok:
+        return ""
+    shown = ok if len(ok) <= 2 * REGION_ROWS else ok[:REGION_ROWS] + [None] + ok[-REGION_ROWS:]
+    g = rows[0]["grid_um"]
+    head = "<tr><th class='num'>x (µm)</th><th class='num'>y (µm)</th><th class='num'>tissue %</th><th class='num'>cells</th>" \
+           "<th class='num'>cells/mm²</th></tr>"
     body = "".join(
-        f"<tr><td>{r['row']}</td><td>{r['col']}</td><td>{r['x0_um']:.0f}</td><td>{r['y0_um']:.0f}</td>"
-        f"<td>{100 * r['tissue_fraction']:.1f}</td><td>{r['count']:.1f}</td>"
-        f"<td>{r['cells_per_mm2'] if r['cells_per_mm2'] == '' else format(r['cells_per_mm2'], '.1f')}</td></tr>"
-        for r in sel)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>wsicount report</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>"
-            f"<h1>wsicount report</h1><table>{table}</table><h2>Slide and density</h2>{img(thumb)} {img(heat)}"
-            f"<h2>Regions ({max(summary['parameters']['grid_um']):g} µm grid, top {len(sel)} by count)</h2>"
-            f"<table><tr>{head}</tr>{body}</table><p>Full table: regions.csv. Cell centres: cells.csv, cells.geojson."
-            f" Density map: density/ (OME-Zarr).</p></body></html>")
+        f"<tr><td colspan='5'>… {len(ok) - 2 * REGION_ROWS} more …</td></tr>" if r is None else
+        f"<tr><td class='num'>{r['x0_um']:.0f}–{r['x1_um']:.0f}</td><td class='num'>{r['y0_um']:.0f}–{r['y1_um']:.0f}</td>"
+        f"<td class='num'>{100 * r['tissue_fraction']:.0f}</td><td class='num'>{count_text(r['count'])}</td>"
+        f"<td class='num'>{count_text(float(r['cells_per_mm2']))}</td></tr>" for r in shown)
+    return (f"<h2>Regions: {g:g} µm squares at least {100 * REGION_MIN_TISSUE:.0f} % tissue, densest first "
+            f"({len(ok)} of {len(rows)})</h2><table>{head}{body}</table>")
 
 
-def _loc(d: dict | None) -> str:
-    """Format a regional extreme."""
-    if not d:
-        return "n/a"
-    return f"{d['density']:.1f} cells/mm² at x={d['x_um']:.0f} µm, y={d['y_um']:.0f} µm"
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s} s" if m else f"{seconds:.1f} s"
 
 
+def _date(s: dict[str, Any]) -> str:
+    return s.get("finished_utc", "date not recorded").replace("T", " ").replace("+00:00", " UTC")

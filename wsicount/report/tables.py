@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,36 +25,55 @@ __all__ = ["REGION_FIELDS", "CELL_FIELDS", "Tables", "region_columns", "regions_
            "cells_csv", "cells_geojson", "write_tables", "write_text_tables", "write_count_maps"]
 
 
-REGION_FIELDS = ["grid_um", "row", "col", "x0_um", "y0_um", "x1_um", "y1_um", "tissue_fraction", "tissue_mm2", "count",
-                 "cells_per_mm2"]
+REGION_FIELDS = ["grid_um", "row", "col", "region", "class", "x0_um", "y0_um", "x1_um", "y1_um", "tissue_fraction",
+                 "tissue_mm2", "count", "count_lo", "count_hi", "cells_per_mm2", "cells_per_mm2_lo", "cells_per_mm2_hi"]
+#: columns that may hold "" (no tissue, no calibration, or not a user region)
+_MAYBE_EMPTY = {"region", "class", "count_lo", "count_hi", "cells_per_mm2", "cells_per_mm2_lo", "cells_per_mm2_hi"}
 
 
 def region_columns(agg: Aggregate, g: float) -> dict[str, list]:
     """regions.csv's columns for the ``g``-um grid: one entry per grid cell with tissue or counts, row-major.
 
     Computed on whole arrays (a slide has 10^4+ grid cells); each value equals the scalar
-    expression it replaces (same dtypes, Python's ``round`` for the fraction).
+    expression it replaces (same dtypes, Python's ``round`` for the fraction). Interval
+    columns are filled when the aggregate has intervals (:func:`wsicount.aggregate.add_intervals`).
     """
     t, c = agg.tissue_mm2[g], agg.counts[g]
     r, col = np.nonzero((t > 0) | (c > 0))
     tv, cv = t[r, col], c[r, col]
     has = tv > 0
     per = np.divide(cv, tv, out=np.zeros(len(tv), dtype=np.result_type(cv, tv)), where=has)
-    return {"grid_um": [g] * len(r), "row": r.tolist(), "col": col.tolist(),
+    n = len(r)
+    cols = {"grid_um": [g] * n, "row": r.tolist(), "col": col.tolist(), "region": [""] * n, "class": [""] * n,
             "x0_um": (col * g).tolist(), "y0_um": (r * g).tolist(), "x1_um": ((col + 1) * g).tolist(),
             "y1_um": ((r + 1) * g).tolist(), "tissue_fraction": [round(v, 6) for v in (tv / (g / 1000.0) ** 2).tolist()],
             "tissue_mm2": tv.tolist(), "count": cv.tolist(),
             "cells_per_mm2": [v if h else "" for v, h in zip(per.tolist(), has.tolist())]}
+    ci = agg.cell_ci.get(g)
+    if ci is None:
+        cols.update({k: [""] * n for k in ("count_lo", "count_hi", "cells_per_mm2_lo", "cells_per_mm2_hi")})
+        return cols
+    lo, hi = ci[0][r, col], ci[1][r, col]
+    cols.update(count_lo=lo.tolist(), count_hi=hi.tolist(),
+                cells_per_mm2_lo=[v / a if h else "" for v, a, h in zip(lo.tolist(), tv.tolist(), has.tolist())],
+                cells_per_mm2_hi=[v / a if h else "" for v, a, h in zip(hi.tolist(), tv.tolist(), has.tolist())])
+    return cols
 
 
-def regions_csv(columns: dict[float, dict[str, list]]) -> str:
-    """regions.csv text from each grid's :func:`region_columns`: what ``csv.DictWriter`` writes (floats as ``repr``)."""
+def regions_csv(columns: dict[float, dict[str, list]], user_rows: list[dict[str, Any]] = ()) -> str:
+    """regions.csv text: each grid's :func:`region_columns` (what ``csv.DictWriter`` writes, floats as ``repr``),
+    then one row per user region (grid columns empty)."""
     lines = [",".join(REGION_FIELDS)]
     for cols in columns.values():
-        txt = [list(map(_csv_field if k == "cells_per_mm2" else str if k in ("row", "col") else repr, cols[k]))
+        txt = [list(map(_csv_field if k in _MAYBE_EMPTY else str if k in ("row", "col") else repr, cols[k]))
                for k in REGION_FIELDS]
         lines.extend(map(",".join, zip(*txt)))
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if user_rows:
+        text += _csv_text([{k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()
+                            if k in REGION_FIELDS} for row in user_rows],
+                          REGION_FIELDS).split("\n", 1)[1]
+    return text
 
 
 def _csv_field(v: Any) -> str:
@@ -128,7 +148,7 @@ def write_text_tables(out: Path, mpp0: float, geom: Geometry, agg: Aggregate, un
     pyramid's Zarr I/O loop (run on one GIL, each slowed the other down: 1.4 s for both).
     """
     columns = {g: region_columns(agg, g) for g in agg.counts}
-    atomic_write(Layout(out).file("regions.csv"), regions_csv(columns))
+    atomic_write(Layout(out).file("regions.csv"), regions_csv(columns, agg.user_regions))
     rows = region_rows(columns[max(columns)]) if columns else []  # the HTML lists the coarsest grid
     cells = cell_table(agg, geom, mpp0)
     atomic_write(Layout(out).file("cells.csv"), cells_csv(cells))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 __all__ = ["RunConfig", "with_options"]
 
@@ -29,8 +29,17 @@ class RunConfig:
     tiles_per_task: int | None = None
     overwrite: bool = False
     skip_bad_tiles: bool = False
-    progress: bool = True
+    #: False: silent (library default); True: the console display (the CLI); or fn(stage, done, total)
+    progress: bool | Callable[[str, int, int], None] = False
     geojson_units: str = "px"
+    #: user regions: a QuPath GeoJSON export or a label image (wsicount.regions.read_regions)
+    regions: str | None = None
+    #: the GeoJSON's coordinates, "px" (level 0) or "um"; None: what the file states, else px
+    regions_units: str | None = None
+    #: a label image's level-0 pixels per label pixel
+    regions_scale: float = 1.0
+    #: nominal coverage of the count intervals (from the model card's calibration)
+    interval_level: float = 0.95
 
     def result_params(self) -> dict[str, Any]:
         """Parameters that change the results (resuming requires them unchanged)."""

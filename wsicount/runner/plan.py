@@ -1,9 +1,10 @@
 """A slide's plan, fixed before the first tile: tissue, model-grid geometry, normalisation, tile grid and size.
 
 Everything here is a pure function of the slide, the model card and the result parameters, and
-none of it depends on the tile size except the tile grid itself: the normalisation sample comes
-from a fixed lattice and the tissue mask from the slide, so the density (and so the count) is
-the same whatever tile size the memory allows.
+none of it depends on the tile size except the tile grid itself: the normalisation field
+(:mod:`wsicount.normalize`) gives each pixel statistics that depend only on its slide position,
+and the tissue mask comes from the slide, so the density (and so the count) is the same
+whatever tile size the memory allows.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from ..errors import TileReadError
 from ..store import RunState
-from ..tiling import Geometry, TileGrid, mask_on_grid, plan_geometry, read_model_window, tissue_tiles
+from ..tiling import Geometry, TileGrid, plan_geometry
 from .config import RunConfig
 from .execute import Placement
 
 __all__ = ["SlidePrep", "RunPlan", "prepare", "make_plan", "plan_tile", "grid_shapes", "mask_scale",
-           "normalization_stats"]
+           "normalization_field"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +32,9 @@ class SlidePrep:
 
     tissue: Any  # wsicount.tissue.TissueMask
     geom: Geometry
-    norm: tuple[float, float]
+    norm: tuple[float, float]  # the field's median (offset, span), for the summary
     seconds: dict[str, float]
+    field: Any = None  # wsicount.normalize.NormField: each pixel's (offset, span)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class RunPlan:
 
     geom: Geometry
     grid: TileGrid
-    norm: tuple[float, float]
+    norm: tuple[float, float]  # the field's median (offset, span), for the summary
     mask_scale: tuple[float, float]  # model-grid px per mask px (y, x)
     grid_um: tuple[float, ...]
     grid_shape: tuple[tuple[int, int], ...]
@@ -51,6 +51,10 @@ class RunPlan:
     peak_min_distance: int
     #: peaks are searched in the core grown by this margin, so a peak on a core's edge is seen whole
     peak_margin: int
+    #: the card's count-interval calibration (wsicount.uncertainty.Calibration), or None
+    calibration: Any = None
+    #: each model-grid pixel's normalisation (wsicount.normalize.NormField)
+    field: Any = None
 
 
 def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
@@ -66,9 +70,9 @@ def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
     seconds = {"tissue": time.perf_counter() - t}
     t = time.perf_counter()
     geom = plan_geometry(sl, card.mpp)
-    norm = normalization_stats(sl, geom, tm, mask_scale(tm, geom), card, cfg.skip_bad_tiles)
+    field = normalization_field(sl, geom, tm, card, cfg.skip_bad_tiles)
     seconds["normalization"] = time.perf_counter() - t
-    return SlidePrep(tm, geom, norm, seconds)
+    return SlidePrep(tm, geom, _median_stats(field), seconds, field)
 
 
 def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
@@ -81,34 +85,22 @@ def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
     return detect_tissue(sl, cfg.tissue_mode or modality, skip_bad_tiles=cfg.skip_bad_tiles)
 
 
-def normalization_stats(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, float], card: Any,
-                        skip_bad: bool = False, n: int = 16, block: int = 512) -> tuple[float, float]:
-    """Slide-level intensity normalisation from up to ``n`` tissue blocks of the model grid.
+def normalization_field(slide: Any, geom: Geometry, tm: Any, card: Any, skip_bad: bool = False) -> Any:
+    """Each model-grid pixel's intensity normalisation, as the card's training images were normalised.
 
-    The blocks come from a fixed ``block``-px lattice, not from the tile grid, so the
-    statistics (and hence the density) do not depend on the tile size. With ``skip_bad``
-    an undecodable block is left out of the sample (its tiles are recorded bad later).
+    See :func:`wsicount.normalize.build_norm_field`: statistics over a training image's field
+    around each position on a fixed lattice (never the tile grid); with ``skip_bad`` an
+    undecodable block is left out of them (its tiles are recorded bad later).
     """
-    from ..preprocess import percentile_stats, select_channels
+    from ..normalize import build_norm_field
 
-    if card.normalization.get("kind") == "fixed":
-        return percentile_stats(np.zeros(1), card.normalization)
-    lattice = TileGrid(geom.height, geom.width, block, 0, 1)
-    cands = tissue_tiles(lattice, tm.mask, *scale)
-    pick = [cands[int(i)] for i in np.linspace(0, len(cands) - 1, min(n, len(cands)))]
-    vals, error = [], None
-    for t in pick:
-        try:
-            img = read_model_window(slide, geom, t.core)
-        except TileReadError as e:
-            if not skip_bad:
-                raise
-            error = e
-            continue
-        vals.append(select_channels(img, card.channels)[:, mask_on_grid(tm.mask, *scale, t.core)].ravel())
-    if not vals and error is not None:
-        raise error  # nothing decodable to normalise with
-    return percentile_stats(np.concatenate(vals), card.normalization)
+    return build_norm_field(slide, geom, tm, mask_scale(tm, geom), card.normalization, card.channels, skip_bad)
+
+
+def _median_stats(field: Any) -> tuple[float, float]:
+    """The field's median (offset, span): one pair to report."""
+    s = field.summary()
+    return s["offset"][1], s["span"][1]
 
 
 def mask_scale(tm: Any, geom: Geometry) -> tuple[float, float]:
@@ -126,8 +118,11 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     """The run's plan for a prepared slide, a card and a tile size."""
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
+    from ..uncertainty import Calibration
+
+    cal = Calibration.from_dict(card.calibration) if card.calibration else None
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   card.sigma_px, card.peak_min_distance_px, margin)
+                   card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,

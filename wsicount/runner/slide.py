@@ -22,12 +22,13 @@ import math
 import os
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..errors import WsicountError
+from ..progress import ProgressFn, progress_fn, tile_updates
 from ..store import RunState, TileRecord, slide_fingerprint
 from ..tiling import tissue_tiles
 from . import side as side_worker
@@ -76,6 +77,7 @@ def count_each(jobs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], mode
     """
     cfg = with_options(config, options)
     jobs = list(jobs)
+    say = progress_fn(cfg.progress)
     side, _ = side_worker.side_executor()
 
     def prepare_at(i: int) -> _Prepared | WsicountError | None:
@@ -95,11 +97,13 @@ def count_each(jobs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], mode
                 nonlocal ahead
                 ahead = prepare_at(i + 1)
 
+            if say is not None:
+                say("slide", i + 1, len(jobs))
             try:
                 if isinstance(current, WsicountError):
                     raise current
                 summary = _count(slide, out, model, cfg, client, side=side, ahead=current, on_tiles=start_next,
-                                 on_stage=on_stage).summary
+                                 on_stage=on_stage, say=say).summary
             except WsicountError as e:
                 yield None, e
             else:
@@ -138,7 +142,7 @@ def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | o
     sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
     card, _ = read_card(model)
     token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None
-    prep = side_worker.side_submit(side, _prepare_in_side, sl, cfg, card, token)
+    prep = side_worker.side_submit(side, _prepare_in_side, sl, replace(cfg, progress=False), card, token)
     picture = side_worker.side_submit(side, _slide_picture, sl, token) if token else None
     return _Prepared(sl, card, prep, picture)
 
@@ -173,6 +177,7 @@ class _Opened:
     resumed: bool
     client: Any
     own_client: Any
+    regions: Any = None  # the user's regions (wsicount.regions), read and checked before any tile
 
 
 @dataclass
@@ -192,9 +197,17 @@ log = logging.getLogger("wsicount")
 
 def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None, cfg: RunConfig,
            client: Any, side: Executor | None = None, ahead: _Prepared | None = None,
-           on_tiles: Callable[[], None] | None = None, on_stage: OnStage | None = None) -> _Result:
+           on_tiles: Callable[[], None] | None = None, on_stage: OnStage | None = None,
+           say: ProgressFn | None = None) -> _Result:
     """The whole run. ``side``: a side worker owned by the caller (:func:`count_each`), with ``ahead`` this slide's
-    preparation already queued on it; ``on_tiles`` is called as the tiles start."""
+    preparation already queued on it; ``on_tiles`` is called as the tiles start; ``say`` gets the stages
+    (default: :func:`wsicount.progress.progress_fn` of ``cfg.progress``)."""
+    from ..checks import check_device, check_tile_size
+
+    check_tile_size(cfg.tile_size, model)  # a bad option is a UsageError before anything is written
+    check_device(cfg.device)
+    say = say if say is not None else progress_fn(cfg.progress)
+    stage = say or (lambda *_: None)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     out = Path(out)
@@ -202,19 +215,22 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
     if side is None:
         side, _ = side_worker.side_executor()
     try:
+        stage("open", 0, 0)
         opened = _open(slide, out, model, cfg, client, side, ahead, timings, on_stage)
     except BaseException:
         if own_side:
             side_worker.stop_side(side)
         raise
     try:
-        prep, plan, tiles, job, picture = _plan(opened, out, cfg, side, timings)
+        prep, plan, tiles, job, picture = _plan(opened, out, cfg, side, timings, stage)
         timings["before_tiles"] = time.perf_counter() - t_start
-        records, n_tasks, n_todo = _run_tiles(opened, prep, plan, tiles, job, cfg, timings, on_tiles, on_stage)
+        records, n_tasks, n_todo = _run_tiles(opened, prep, plan, tiles, job, cfg, timings, on_tiles, on_stage, say)
+        stage("pyramid", 0, 0)
         agg, pngs, tables, n_levels = _tail(opened, out, prep, plan, tiles, records, cfg, side, picture, timings)
         facts = {"n_tasks": n_tasks, "n_todo": n_todo, "n_levels": n_levels,
                  "side_worker": "process" if isinstance(side, ProcessPoolExecutor) else "thread"}
         summary = _summary(opened, prep, plan, tiles, records, agg, cfg, model, timings, facts)
+        stage("report", 0, 0)
         cells = _write_results(out, opened, prep, agg, summary, t_start, cfg, pngs, tables)
         if own_side:
             # its work is done; wait for it to exit (milliseconds), so that nothing of the pool is
@@ -243,6 +259,7 @@ def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, 
     from ..models import load_model
 
     lm = load_model(model)
+    regions = _user_regions(cfg, ahead.slide)
     device = pick_device(cfg.device)
     precision = resolve_precision(device, cfg.precision, lm.card)
     own_client = None
@@ -270,16 +287,30 @@ def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, 
         if own_client is not None:
             own_client.close()
         raise
-    return _Opened(ahead, lm, device, precision, placement, tile_plan, fingerprint, state, resumed, client, own_client)
+    return _Opened(ahead, lm, device, precision, placement, tile_plan, fingerprint, state, resumed, client, own_client,
+                   regions)
 
 
-def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor,
-          timings: dict[str, float]) -> tuple[SlidePrep, RunPlan, list, TileJob, Future]:
+def _user_regions(cfg: RunConfig, sl: Any) -> Any:
+    """The user's regions (None without ``cfg.regions``), checked against the slide: a bad region fails the run now."""
+    if not cfg.regions:
+        return None
+    from ..regions import check_regions, read_regions
+
+    regs = read_regions(cfg.regions, units=cfg.regions_units, mpp0=sl.mpp, label_scale=cfg.regions_scale)
+    check_regions(regs, tuple(sl.shapes[0][:2]))
+    return regs
+
+
+def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor, timings: dict[str, float],
+          stage: ProgressFn) -> tuple[SlidePrep, RunPlan, list, TileJob, Future]:
     """Wait for the slide's preparation, then fix the plan, the tissue tiles and the tile job."""
     from ..report import slide_figure
 
     t = time.perf_counter()
+    stage("tissue", 0, 0)
     prep = o.ahead.prep.result()
+    stage("plan", 0, 0)
     timings.update(prep.seconds)  # tissue, normalization: computed while "open" loaded the model
     timings["tissue_wait"] = time.perf_counter() - t
     picture = o.ahead.picture or side_worker.side_submit(side, slide_figure, o.ahead.slide, prep.tissue)
@@ -300,15 +331,13 @@ def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor,
 
 def _run_tiles(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, job: TileJob, cfg: RunConfig,
                timings: dict[str, float], on_tiles: Callable[[], None] | None,
-               on_stage: OnStage | None) -> tuple[list[TileRecord], int, int]:
+               on_stage: OnStage | None, say: ProgressFn | None) -> tuple[list[TileRecord], int, int]:
     """Run the tiles not done yet; every tissue tile's record (resumed ones from disk), the task and to-do counts.
 
     The density store and the tissue label are written on a thread while this process's first
     tiles are read and inferred; the tiles take the mask from memory and wait for the store only
     at their first write. Tasks in other processes open both from disk: they are written first.
     """
-    from tqdm.auto import tqdm
-
     t = time.perf_counter()
     done = o.state.done_keys()
     todo = [x for x in tiles if x.key not in done]
@@ -327,11 +356,9 @@ def _run_tiles(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, job: Til
         if not o.placement.in_process:
             stores.result()
         pending_stores.add(job.out, stores)
-        bar = tqdm(total=len(todo), desc="tiles", unit="tile", disable=not cfg.progress, leave=False)
         try:
-            fresh = run_tasks(process_tiles, job, tasks, o.placement, o.client, bar.update)
+            fresh = run_tasks(process_tiles, job, tasks, o.placement, o.client, tile_updates(say, len(todo)))
         finally:
-            bar.close()
             pending_stores.discard(job.out)
         stores.result()
     timings["tiles"] = time.perf_counter() - t
@@ -353,7 +380,7 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
     """Aggregate, then three at once: the side worker draws the heat map and writes the text tables
     (Python-bound), a thread builds the density pyramid, this thread writes the count maps (both
     Zarr: numpy sums and blosc release the GIL, Zarr's I/O loop does not)."""
-    from ..aggregate import aggregate, bad_tile_rows
+    from ..aggregate import add_intervals, aggregate, bad_tile_rows
     from ..report import for_heatmap, heatmap_figure, write_count_maps, write_text_tables
     from ..store.density import build_pyramid
 
@@ -361,6 +388,9 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
     tm, geom = prep.tissue, plan.geom
     agg = aggregate(records, tm, geom, plan.grid_um, plan.grid_shape)
     agg.bad_tiles = bad_tile_rows(agg.bad_tiles, tiles, geom, tm, plan.mask_scale)
+    add_intervals(agg, plan.calibration, geom.model_mpp, cfg.interval_level)
+    if o.regions is not None:
+        agg.user_regions = _count_regions(o.regions, out, plan, tm, cfg.interval_level)
     sf = picture.result()
     drawing = side_worker.side_submit(side, heatmap_figure, sf, for_heatmap(agg))
     tables_f = side_worker.side_submit(side, write_text_tables, out, o.ahead.slide.mpp, geom, agg, cfg.geojson_units)
@@ -372,6 +402,17 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
         n_levels, timings["stitch"] = pyramid_f.result()
     timings["report"] = time.perf_counter() - t  # aggregation and tables; write_report adds the rest
     return agg, (sf.png, drawing.result()), tables, n_levels
+
+
+def _count_regions(regions: Any, out: Path, plan: RunPlan, tm: Any, level: float) -> list[dict[str, Any]]:
+    """Count, interval, tissue area and density of each user region on the stitched density (read in row bands)."""
+    import zarr
+
+    from ..regions import region_counts
+    from ..store import Layout
+
+    density = zarr.open_array(str(Layout(out).density_level(0)), mode="r")
+    return region_counts(regions, density, plan.geom.model_mpp, plan.geom.scale0, tm.mask, plan.calibration, level)
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -397,7 +438,7 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
                   # pixels the network ran on (windows trimmed to the tissue, halos included)
                   "network_input_px": int(sum(t.window_shape[0] * t.window_shape[1] for t in tiles)),
                   "window_shapes": [[*g[0].window_shape, len(g)] for g in by_shape(task_order(tiles))],
-                  "normalization": {"offset": plan.norm[0], "span": plan.norm[1]}, "tissue_source": prep.tissue.source,
+                  "normalization": _normalization_record(plan, card), "tissue_source": prep.tissue.source,
                   "tissue_mask_mpp": prep.tissue.mpp, "density_levels": facts["n_levels"], "device": str(o.device),
                   "precision": o.precision, "n_tasks": facts["n_tasks"], "threads": o.placement.threads,
                   "side_worker": facts["side_worker"], "resumed": o.resumed}
@@ -407,8 +448,15 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
         agg, prep.tissue,
         slide={**slide_info(sl), "path": str(sl.path), "fingerprint": o.fingerprint["slide"]},
         model=model_info, processing=processing,
-        parameters={**asdict(cfg), "grid_um": list(cfg.grid_um), "model": str(model) if model else card.name},
+        parameters={**asdict(replace(cfg, progress=bool(cfg.progress))), "grid_um": list(cfg.grid_um),
+                    "model": str(model) if model else card.name},
         timings={**timings, "stage_seconds_summed_over_tiles": stage})
+
+
+def _normalization_record(plan: RunPlan, card: Any) -> dict[str, Any]:
+    """How intensities were scaled: the field's offsets and spans (or the slide-wide pair) and the card's rule."""
+    stats = plan.field.summary() if plan.field is not None else {"offset": plan.norm[0], "span": plan.norm[1]}
+    return {**stats, "card": card.normalization}
 
 
 def _write_results(out: Path, o: _Opened, prep: SlidePrep, agg: Any, summary: dict[str, Any], t_start: float,

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import TileReadError
 from ..store import Layout, RunState, TileRecord
-from ..tiling import Tile, mask_covers, mask_on_grid, read_model_window
+from ..tiling import Tile, read_model_window
+from ..tissue import mask_density
 from .plan import RunPlan
 
 __all__ = ["SlideSource", "ModelSpec", "TileJob", "process_tiles", "task_order", "by_shape", "chunks", "grid_sums",
@@ -227,7 +228,7 @@ def chunks(seq: list, size: int) -> list[list]:
 
 def _read_batch(job: TileJob, slide: Any, channels: list[int], tiles: list[Tile]) -> list[tuple[Tile, Any, float, float]]:
     """Decode and normalise tiles: (tile, (C, h, w) array or the TileReadError, seconds, this thread's CPU seconds) each."""
-    from ..preprocess import apply_normalization, select_channels
+    from ..preprocess import select_channels
 
     items = []
     for t in tiles:
@@ -239,7 +240,8 @@ def _read_batch(job: TileJob, slide: Any, channels: list[int], tiles: list[Tile]
                 raise
             items.append((t, e, 0.0, 0.0))
             continue
-        x = apply_normalization(select_channels(img, channels), *job.plan.norm)
+        g = job.plan.geom
+        x = job.plan.field.apply(select_channels(img, channels), t.window, g.height, g.width)
         items.append((t, x, time.perf_counter() - t0, time.thread_time() - c0))
     return items
 
@@ -287,8 +289,9 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
     vy0, vy1 = max(y0 - m, wy0), min(y1 + m, wy1, plan.grid.height)
     vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, plan.grid.width)
     valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0]
-    if not mask_covers(mask, *plan.mask_scale, (vy0, vy1, vx0, vx1)):  # inside the tissue x 1 changes nothing
-        valid = valid * mask_on_grid(mask, *plan.mask_scale, (vy0, vy1, vx0, vx1))
+    # the density outside the counted region is not counted; what it held is measured on the core
+    valid, outside, on = mask_density(valid, mask, plan.mask_scale, (vy0, vy1, vx0, vx1), t.core)
+    inside = on is None  # all of the window is counted
     # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
     core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
     oy0, oy1, ox0, ox1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
@@ -304,7 +307,11 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
                                  valid[iy, ix].astype(np.float64)]).tolist()
     grid = {str(g): grid_sums(core, (y0, x0), g / plan.geom.model_mpp, shape)
             for g, shape in zip(plan.grid_um, plan.grid_shape)}
-    return TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid), core
+    rec = TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid, outside=outside)
+    if plan.calibration is not None:  # the tile's additive count-variance term, from its count and tissue pixels
+        area = (oy1 - oy0) * (ox1 - ox0) if inside else int(on[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0].sum())
+        rec.var = plan.calibration.tile_var(rec.sum, area)
+    return rec, core
 
 
 def grid_sums(core: np.ndarray, origin: tuple[int, int], cell: float, shape: tuple[int, int]) -> dict[str, list]:

@@ -7,9 +7,9 @@ atomic writes and strict JSON.
 
 from __future__ import annotations
 
-from .atomic import atomic_write, atomic_write_with, json_text, jsonable
+from .atomic import atomic_write, atomic_write_with, json_text, jsonable, tidy
 from .layout import Layout
 from .records import RunState, TileRecord, slide_fingerprint
 
 __all__ = ["Layout", "RunState", "TileRecord", "atomic_write", "atomic_write_with", "json_text", "jsonable",
-           "slide_fingerprint"]
+           "slide_fingerprint", "tidy"]

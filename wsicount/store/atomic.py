@@ -61,6 +61,21 @@ def jsonable(o: Any) -> Any:
     return o
 
 
+def tidy(o: Any, digits: int = 10) -> Any:
+    """``o`` with every float rounded to ``digits`` significant digits: 0.45230000000000004 -> 0.4523.
+
+    For measured values (pixel sizes, scales) whose last bits are arithmetic noise; 10 digits
+    keep every digit a scanner writes. Not for counts that are compared exactly.
+    """
+    if isinstance(o, dict):
+        return {k: tidy(v, digits) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return type(o)(tidy(v, digits) for v in o)
+    if isinstance(o, float) and math.isfinite(o) and o != 0.0:
+        return float(f"{o:.{digits}g}")
+    return o
+
+
 def json_text(o: Any, indent: int | None = 2) -> str:
     """Strict JSON text of ``o`` (see :func:`jsonable`)."""
     return json.dumps(jsonable(o), indent=indent, allow_nan=False)

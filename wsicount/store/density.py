@@ -2,7 +2,9 @@
 
 Layout (see :mod:`wsicount.store.layout`): ``density/0`` is float32 density at model resolution,
 cells per pixel, one chunk per tile core; ``density/1..n`` are 2x2 *sums* of the level below,
-so every level sums to the same count; ``density/labels/tissue/0`` is the tissue mask.
+so every level sums to the same count; ``labels/tissue/0`` is the tissue mask. The root group
+repeats the density's ``multiscales`` with paths ``density/<k>``: the root is the density image
+with the tissue as its label, what an OME-Zarr reader given the output folder opens.
 
 Stitching invariant: each tile writes exactly one chunk of ``density/0`` (chunk = tile core)
 and, on a slide large enough for a pyramid, exactly one chunk of ``density/1`` (its 2x2 sums),
@@ -22,7 +24,7 @@ import numpy as np
 import zarr
 
 from .atomic import atomic_write
-from .layout import DENSITY, Layout
+from .layout import DENSITY, LABELS, Layout
 
 __all__ = ["DensityStore", "ChunkFiles", "create_density", "open_density", "write_chunk", "build_pyramid", "write_label",
            "write_image", "ngff_multiscales", "PYRAMID_MIN_SIDE"]
@@ -132,6 +134,7 @@ def create_density(out: Path, shape: tuple[int, int], chunk: int, mpp: float,
     root = _root(out)
     g = root.require_group(DENSITY)
     g.attrs.update(ngff_multiscales(DENSITY, [mpp], [0.5 * mpp]))
+    _mirror_at_root(root, g)
     if "0" in g:
         arr = g["0"]
         if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == (chunk, chunk):
@@ -208,7 +211,8 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
     chunks, and chunks with no tissue (all zero) are not written at all. Level k sums to the
     same total as level 0 (up to float32 rounding).
     """
-    g = _root(out)[DENSITY]
+    root = _root(out)
+    g = root[DENSITY]
     src = g["0"]
     scales, trans = [mpp], [0.5 * mpp]
     level = 0
@@ -233,7 +237,15 @@ def build_pyramid(out: Path, mpp: float, min_side: int = PYRAMID_MIN_SIDE, threa
         trans.append(0.5 * s)
         src = dst
     g.attrs.update(ngff_multiscales(DENSITY, scales, trans))
+    _mirror_at_root(root, g)
     return level + 1
+
+
+def _mirror_at_root(root: zarr.Group, density: zarr.Group) -> None:
+    """Give the root the density's ``multiscales``, its dataset paths prefixed with ``density/``."""
+    ms = [{**m, "datasets": [{**d, "path": f"{DENSITY}/{d['path']}"} for d in m["datasets"]]}
+          for m in density.attrs["multiscales"]]
+    root.attrs["multiscales"] = ms
 
 
 def _sum_block(src: zarr.Array, dst: zarr.Array, y: int, x: int, width: int) -> None:
@@ -257,9 +269,9 @@ def write_image(out: Path, name: str, data: np.ndarray, mpp: float) -> None:
 
 
 def write_label(out: Path, name: str, mask: np.ndarray, mpp: float) -> None:
-    """Write ``density/labels/<name>`` as an NGFF label image (uint8, 1 = tissue)."""
+    """Write ``labels/<name>`` as an NGFF label image of the root (uint8, 1 = tissue)."""
     root = _root(out)
-    labels = root.require_group(DENSITY).require_group("labels")
+    labels = root.require_group(LABELS)
     labels.attrs["labels"] = [name]
     g = labels.require_group(name)
     if "0" in g:

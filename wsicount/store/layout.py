@@ -1,10 +1,12 @@
 """The output folder's layout: every path a run writes, defined once.
 
-``OUT/`` is an OME-Zarr root (NGFF 0.4, Zarr v2) plus plain files::
+``OUT/`` is an OME-Zarr root (NGFF 0.4, Zarr v2) plus plain files. The root is itself the
+density image (its ``multiscales`` list ``density/0 .. n``), so that a reader given ``OUT``
+finds the density and, in the standard ``labels`` group, the tissue mask::
 
     density/0 .. n          float32 density (cells per pixel) at model resolution and 2x2-sum levels;
                             each level sums to the count. A time-lapse run stores (t, y, x).
-    density/labels/tissue/0 uint8 tissue mask (NGFF label image)
+    labels/tissue/0         uint8 tissue mask (NGFF label image of the root)
     counts_<G>um/0          float32 cells per grid cell of G µm
     tissue_<G>um/0          float32 tissue area (mm²) per grid cell
     summary.json            the run's results and provenance (written last: its presence means done)
@@ -15,26 +17,37 @@
     thumbnail.png, heatmap.png, report.html
     .wsicount/lock, .wsicount/run.json, .wsicount/tiles/<key>.json   crash-safety state (see records.py)
 
-:meth:`Layout.owned` lists exactly the top-level names a run may write, so that clearing a
-folder never touches anything else.
+:meth:`Layout.owned` lists exactly the top-level names a run may write and
+:meth:`Layout.foreign` every entry under the root that no run writes, so that clearing a
+folder never touches anything else: a folder holding a foreign entry is not cleared at all.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Layout", "STATE", "DENSITY", "TISSUE_LABEL", "FILES"]
+__all__ = ["Layout", "STATE", "DENSITY", "LABELS", "TISSUE_LABEL", "FILES"]
 
 STATE = ".wsicount"
 DENSITY = "density"
+#: the root's NGFF labels group
+LABELS = "labels"
 #: the tissue label image, relative to the root
-TISSUE_LABEL = "density/labels/tissue"
+TISSUE_LABEL = f"{LABELS}/tissue"
 #: the plain files a run writes at the root
 FILES = ("summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv", "timeline.csv",
          "thumbnail.png", "heatmap.png", "report.html")
 #: Zarr metadata files a run writes at the root (the root group)
 ROOT_META = (".zgroup", ".zattrs", "zarr.json")
+#: a count or tissue-area map group of any grid size (``counts_100um``, ``tissue_12.5um``)
+_MAP = re.compile(r"(counts|tissue)_[0-9][0-9.e+-]*um")
+#: a name inside an image group a run writes: levels, chunk keys (v2 and v3), Zarr metadata, labels
+_IN_IMAGE = re.compile(r"[0-9]+([.][0-9]+)*|c|labels|tissue|[.]zgroup|[.]zattrs|[.]zarray|zarr[.]json")
+#: the writability probe of :meth:`~wsicount.store.records.RunState.prepare`
+_PROBE = re.compile(r"[.]write-test-[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -99,4 +112,47 @@ class Layout:
     def owned(self, grid_um: tuple[float, ...] = ()) -> set[str]:
         """Top-level names a run writes (with count maps for ``grid_um``): nothing else is ever removed."""
         maps = {self.count_map(g) for g in grid_um} | {self.tissue_map(g) for g in grid_um}
-        return {STATE, DENSITY, *FILES, *ROOT_META} | maps
+        return {STATE, DENSITY, LABELS, *FILES, *ROOT_META} | maps
+
+    def foreign(self, limit: int = 20) -> list[str]:
+        """Up to ``limit`` entries under the root that no run writes (relative paths, sorted); [] if none.
+
+        Ours: the state folder, the plain files (and an atomic write's leftover temporary
+        ``.NAME.*.tmp*``), the root's Zarr metadata, and the image groups (density, labels, count
+        maps of any grid) holding only Zarr levels, chunks and metadata. A symbolic link is
+        never ours. A foreign folder is listed once, not walked.
+        """
+        found: list[str] = []
+        if not self.root.is_dir():
+            return found
+        for entry in sorted(self.root.iterdir()):
+            name = entry.name
+            if entry.is_symlink() or (entry.is_dir() != (name in (STATE, DENSITY, LABELS) or _MAP.fullmatch(name)
+                                                         is not None)):
+                found.append(name)
+            elif entry.is_dir() and name != STATE:
+                found.extend(_foreign_in_image(entry, self.root))
+            elif not entry.is_dir() and not _own_file(name):
+                found.append(name)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+
+def _own_file(name: str) -> bool:
+    """Whether a root-level file of this name is one a run writes (or a leftover of its atomic writes)."""
+    return (name in FILES or name in ROOT_META or _PROBE.fullmatch(name) is not None
+            or any(name.startswith(f".{f}.") and ".tmp" in name for f in FILES))
+
+
+def _foreign_in_image(group: Path, root: Path) -> list[str]:
+    """Entries of an image group that Zarr does not write there (relative to ``root``)."""
+    found = []
+    for here, dirs, files in os.walk(group):
+        for name in sorted(dirs + files):
+            p = Path(here) / name
+            if p.is_symlink() or not _IN_IMAGE.fullmatch(name):
+                found.append(p.relative_to(root).as_posix())
+                if name in dirs:
+                    dirs.remove(name)
+    return found

@@ -28,7 +28,7 @@ from ..errors import OutputError
 from .atomic import atomic_write
 from .layout import STATE, Layout
 
-__all__ = ["TileRecord", "RunState", "slide_fingerprint"]
+__all__ = ["TileRecord", "RunState", "slide_fingerprint", "differences"]
 
 
 @dataclass
@@ -38,8 +38,9 @@ class TileRecord:
     ``sum`` is the tile core's masked density sum (its share of the count); ``peaks`` the
     density maxima whose pixel lies in the core, as ``[y, x, value]`` on the model grid;
     ``grid`` maps each grid size (µm, as text) to ``{"i": flat cell indices, "v": sums}``;
-    ``t`` the tile's stage seconds. ``var`` is the tile's count-variance term (intervals add
-    them over tiles) and ``frame`` its time point in a stack; both are written only when set.
+    ``t`` the tile's stage seconds. ``outside`` is the density of the core that fell outside the
+    counted region (removed by the mask); ``var`` is the tile's count-variance term (intervals
+    add them over tiles) and ``frame`` its time point in a stack; each is written only when set.
     """
 
     key: str
@@ -51,6 +52,7 @@ class TileRecord:
     error: str = ""
     var: float | None = None
     frame: int | None = None
+    outside: float = 0.0
 
     @classmethod
     def failed(cls, key: str, error: str) -> "TileRecord":
@@ -67,13 +69,16 @@ class TileRecord:
             d["var"] = self.var
         if self.frame is not None:
             d["frame"] = self.frame
+        if self.outside:
+            d["outside"] = self.outside
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TileRecord":
         """A record from its JSON form."""
         return cls(d["key"], float(d.get("sum", 0.0)), d.get("peaks", []), d.get("grid", {}), d.get("t", {}),
-                   bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"))
+                   bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"),
+                   float(d.get("outside", 0.0)))
 
 
 def slide_fingerprint(path: Path) -> dict[str, Any]:
@@ -94,6 +99,33 @@ def slide_fingerprint(path: Path) -> dict[str, Any]:
             f.seek(size - (1 << 20))
             h.update(f.read())
     return {"name": p.name, "size": size, "sha256_head_tail": h.hexdigest()}
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """What differs between two run fingerprints, one ``name: old -> new`` per leaf (nested keys joined by '.')."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(differences(a, b, f"{prefix}{k}."))
+        else:
+            out.append(f"{prefix}{k}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    """A fingerprint value for a one-line message (long values cut)."""
+    text = "unset" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _foreign_message(out: Path, foreign: list[str]) -> str:
+    """The refusal of a folder holding entries no run wrote: what they are, and what to do instead."""
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    return (f"output folder {out} holds files wsicount did not write ({shown}); wsicount writes only into a new "
+            "or empty folder or its own earlier output, and never removes anything else: choose another --out")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,7 +151,27 @@ class RunState:
 
     # --- lifecycle -------------------------------------------------------------------
     def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> bool:
-        """Create/verify the folder and take the lock; returns True when resuming."""
+        """Create/verify the folder and take the lock; returns True when resuming.
+
+        Nothing is written into a folder holding entries no run writes (:meth:`Layout.foreign`)
+        unless the run resumes there (which removes nothing); ``overwrite`` and the clearing
+        of a failed run's folder remove only what a run wrote.
+        """
+        self._check_writable()
+        manifest = self.layout.run_json
+        foreign = self.layout.foreign()
+        if foreign and (overwrite or not manifest.exists() or not self._has_results()):
+            raise OutputError(_foreign_message(self.out, foreign))
+        self.dir.mkdir(exist_ok=True)
+        self._acquire()
+        try:
+            return self._claim(fingerprint, overwrite, replaceable=not foreign)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check_writable(self) -> None:
+        """Create the folder if needed and prove it writable (OutputError otherwise)."""
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / f".write-test-{os.getpid()}"
@@ -127,9 +179,15 @@ class RunState:
             probe.unlink()
         except OSError as e:
             raise OutputError(f"output folder {self.out} is not writable ({e.strerror or e})") from None
-        self.dir.mkdir(exist_ok=True)
-        self._acquire()
+
+    def _claim(self, fingerprint: dict[str, Any], overwrite: bool, replaceable: bool = True) -> bool:
+        """With the lock held: start fresh, resume, or refuse; True when resuming.
+
+        ``replaceable``: the folder holds nothing but a run's outputs, so a refusal may advise
+        ``--overwrite`` (which would otherwise be refused in turn).
+        """
         manifest = self.layout.run_json
+        instead = "another --out or --overwrite" if replaceable else "another --out"
         if overwrite or (manifest.exists() and not self._has_results()):
             # a run that failed before finishing a tile (e.g. no tissue found) left nothing worth
             # keeping: a rerun with other settings (--mask, --mpp) must not be refused for it
@@ -137,29 +195,34 @@ class RunState:
         elif manifest.exists():
             old = json.loads(manifest.read_text())
             if old.get("slide") != fingerprint.get("slide"):
-                self.release()
                 raise OutputError(
                     f"output folder {self.out} holds results of another slide "
-                    f"({old.get('slide', {}).get('name')}); use another --out or --overwrite"
+                    f"({old.get('slide', {}).get('name')}); use {instead}"
                 )
             if old != fingerprint:
-                changed = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-                self.release()
                 raise OutputError(
-                    f"output folder {self.out} holds a run with different settings ({', '.join(changed)}); "
-                    "use the same settings to resume, another --out, or --overwrite"
+                    f"output folder {self.out} holds a run with different settings "
+                    f"({'; '.join(differences(old, fingerprint))}); "
+                    f"use the same settings to resume, or {instead}"
                 )
             self.tiles_dir.mkdir(exist_ok=True)
             return True
         elif any(p.name != STATE for p in self.out.iterdir()):
-            self.release()
-            raise OutputError(f"output folder {self.out} is not empty and holds no wsicount run; use --overwrite")
+            raise OutputError(f"output folder {self.out} holds wsicount outputs but no record of their run "
+                              f"({self.layout.run_json.relative_to(self.out)}); use --overwrite to replace them, "
+                              "or another --out")
         self.tiles_dir.mkdir(exist_ok=True)
         atomic_write(manifest, json.dumps(fingerprint, indent=2, sort_keys=True))
         return False
 
     def stored_params(self) -> dict[str, Any]:
-        """The parameters recorded by the run that started this folder ({} if none)."""
+        """The parameters recorded by the run that started this folder; {} if none, or if it finished no tile.
+
+        A run that failed before finishing a tile (a bad option, no tissue) binds nothing: its
+        folder is cleared by the next run, whose own settings then apply.
+        """
+        if not self._has_results():
+            return {}
         try:
             return dict(json.loads(self.layout.run_json.read_text()).get("params", {}))
         except (OSError, ValueError, AttributeError):
@@ -170,15 +233,19 @@ class RunState:
         return self.layout.file("summary.json").exists() or bool(self.done_keys())
 
     def _clear(self) -> None:
-        """Remove everything in the output folder except the lock."""
+        """Remove what a run wrote, keeping the lock; refuse (removing nothing) if anything else is there.
+
+        :meth:`prepare` checked the folder before taking the lock; this checks again under it.
+        """
+        foreign = self.layout.foreign()
+        if foreign:
+            raise OutputError(_foreign_message(self.out, foreign))
         for p in self.out.iterdir():
-            if p.name == STATE:
-                continue
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.name != STATE:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
         for p in self.dir.iterdir():
-            if p.name == "lock":
-                continue
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if p.name != "lock":
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     def _acquire(self) -> None:
         """Take the folder lock, taking over a stale one left by a dead process."""

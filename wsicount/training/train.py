@@ -27,6 +27,7 @@ from ..infer import pad_to_stride, set_threads
 from .losses import density_loss
 from ..models import ModelCard, build_model, save_model
 from ..models.heads import output_activation
+from ..normalize import training_field
 from ..preprocess import normalize_image
 from .targets import density_map
 
@@ -289,8 +290,9 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
     vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
-        channels=channels, normalization=cfg.normalization, mpp=P["train_s"][0].mpp,
-        density_scale=cfg.density_scale, sigma_px=sigma, stride=module.stride,
+        channels=channels,
+        normalization={**cfg.normalization, **training_field([s.image.shape[:2] for s in P["train_s"]], P["train_s"][0].mpp)},
+        mpp=P["train_s"][0].mpp, density_scale=cfg.density_scale, sigma_px=sigma, stride=module.stride,
         receptive_radius=module.receptive_radius, modality=cfg.modality,
         peak_min_distance_px=max(2, int(round(sigma * 0.75))),
         domain=data_domain(P["train_s"], channels, cfg.modality, cfg.stain, cfg.cell_diameter_um),

@@ -1,0 +1,124 @@
+"""count_stack: outputs, t-chunking invariance, resume per frame, unreadable frames named and bridged."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from wsicount.errors import OutputError
+from wsicount.models import ModelCard, load_model, save_model
+from wsicount.models.cellnet import cellnet
+from wsicount.synth.embryo import EmbryoParams, synth_embryo
+from wsicount.timelapse.run import count_stack
+
+SMALL = EmbryoParams(size=96, mpp=2.0, n_frames=9, n_planes=2, polar_bodies=1, n_fragments=1, jpeg_quality=90)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A small untrained Cell-Net (fixed seed): the pipeline's plumbing does not need accuracy."""
+    torch.manual_seed(0)
+    net = cellnet(in_channels=1, width=8)
+    card = ModelCard(name="tiny", arch="cellnet", arch_kwargs={"in_channels": 1, "width": 8}, sigma_px=3.0,
+                     stride=net.stride, receptive_radius=net.receptive_radius, modality="brightfield")
+    path = save_model(net, card, tmp_path_factory.mktemp("m") / "tiny", half=False)
+    return load_model(path)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    d = tmp_path_factory.mktemp("s") / "emb"
+    truth = synth_embryo(d, format="frames", params=SMALL, seed=2)
+    return d, truth
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_outputs_and_chunking_invariance(tmp_path, model, stack):
+    d, truth = stack
+    a = count_stack(d, tmp_path / "a", model, chunk_frames=1, batch_size=1)
+    b = count_stack(d, tmp_path / "b", model, chunk_frames=4, batch_size=3)
+    assert np.allclose(np.array(a["counts"]), np.array(b["counts"]), rtol=1e-4, atol=1e-4)
+    assert a["stages"] == b["stages"] and a["cleavage"] == b["cleavage"]
+    tl = _rows(tmp_path / "a" / "timeline.csv")
+    assert [r["frame"] for r in tl] == [str(i) for i in range(9)]
+    assert np.allclose([float(r["time_h"]) for r in tl], truth.times_h, atol=1e-3)
+    assert all(int(r["stage"]) >= 1 for r in tl) and list(tl[0]) == ["frame", "time_h", "count", "stage", "planes",
+                                                                        "status"]
+    import zarr
+
+    z = zarr.open_group(str(tmp_path / "a" / "density.ome.zarr"), mode="r")
+    assert z["0"].shape == (9, 96, 96)
+    assert np.allclose(np.asarray(z["0"]).sum(axis=(1, 2)), a["counts"], rtol=1e-3)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["cleavage"]["frames"].keys() >= {"t2", "t8"}
+    assert (tmp_path / "a" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "a" / "cells.csv").read_text().splitlines()[0] == "t,time_h,x,y"
+
+
+def test_focus_all_uses_every_plane(tmp_path, model, stack):
+    s = count_stack(stack[0], tmp_path / "o", model, focus="all")
+    assert all(p == [0, 1] for p in s["focus"]["planes_per_frame"])
+    best = count_stack(stack[0], tmp_path / "p", model, focus="best")
+    assert all(len(p) == 1 for p in best["focus"]["planes_per_frame"])
+
+
+def test_resume_skips_recorded_frames_and_checks_settings(tmp_path, model, stack):
+    out = tmp_path / "r"
+    first = count_stack(stack[0], out, model)
+    rec = out / ".wsicount-stack" / "frames" / "000003.json"
+    r = json.loads(rec.read_text())
+    r["count"] = 42.0  # a resumed run must take the record, not recompute the frame
+    rec.write_text(json.dumps(r))
+    again = count_stack(stack[0], out, model)
+    assert again["resumed"] and again["counts"][3] == 42.0
+    assert again["counts"][:3] == first["counts"][:3]
+    with pytest.raises(OutputError, match="focus"):
+        count_stack(stack[0], out, model, focus="all")
+    fresh = count_stack(stack[0], out, model, overwrite=True)
+    assert not fresh["resumed"] and fresh["counts"][3] == first["counts"][3]
+
+
+def test_unreadable_frame_is_named_and_others_counted(tmp_path, model):
+    d = tmp_path / "bad"
+    synth_embryo(d, format="frames", params=replace(SMALL, n_planes=1), seed=5)
+    victim = sorted(d.glob("*.jpg"))[4]
+    victim.write_bytes(b"not a jpeg")
+    s = count_stack(d, tmp_path / "o", model)
+    assert [b["frame"] for b in s["unreadable_frames"]] == [4]
+    assert victim.name in s["unreadable_frames"][0]["error"]
+    assert s["counts"][4] is None and all(c is not None for i, c in enumerate(s["counts"]) if i != 4)
+    tl = _rows(tmp_path / "o" / "timeline.csv")
+    assert tl[4]["status"] == "unreadable" and tl[4]["count"] == "" and tl[3]["status"] == "ok"
+
+
+def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    p = EmbryoParams(n_frames=36, n_planes=3, start_h=22.0, end_h=62.0)
+    truth = synth_embryo(tmp_path / "e.ome.tif", format="ome-tiff", params=p, seed=4242)  # a seed no training used
+    s = count_stack(tmp_path / "e.ome.tif", tmp_path / "out", "blastomere")
+    got = s["cleavage"]["frames"]
+    for name in ("t2", "t4", "t8"):
+        assert abs(got[name] - truth.cleavage_frames[name]) <= 1, (name, got, truth.cleavage_frames)
+    assert np.mean(np.array(s["stages"]) == np.minimum(truth.counts, 8)) > 0.8
+
+
+def test_strongest_peaks_agree_with_the_count():
+    from wsicount.timelapse.run import strongest_peaks
+
+    d = np.zeros((20, 20))
+    pk = np.array([[2.0, 2.0], [5.0, 9.0], [15.0, 4.0], [10.0, 10.0]])
+    d[2, 2], d[5, 9], d[15, 4], d[10, 10] = 0.1, 0.9, 0.5, 0.05
+    assert np.array_equal(strongest_peaks(d, pk, 2.2), pk[[1, 2]])  # order of the input kept
+    assert np.array_equal(strongest_peaks(d, pk, 7.0), pk)
+    assert strongest_peaks(d, pk, 0.3).shape == (0, 2)

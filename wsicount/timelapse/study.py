@@ -1,0 +1,82 @@
+"""A study of many embryos (one stack each): cleavage times per embryo in one table.
+
+Each stack is counted into ``OUT/<name>/`` by :func:`~wsicount.timelapse.run.count_stack`
+(so each one resumes on its own); a stack that fails is recorded with its error and the rest
+finish. ``OUT/study_timelapse.csv`` has one row per embryo: t2..t8 in hours and frames,
+cc2 = t3 - t2, s2 = t4 - t3, and the number of unreadable frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from wsicount.errors import WsicountError
+from wsicount.store.atomic import atomic_write
+
+from .run import count_stack
+from .stages import CLEAVAGES, DURATIONS
+
+__all__ = ["STUDY_COLUMNS", "study_row", "write_study_table", "count_stacks"]
+
+STUDY_COLUMNS = (["embryo", "status", "frames", *(f"{k}_h" for k in CLEAVAGES), *(f"{n}_h" for n, _, _ in DURATIONS),
+                  *(f"{k}_frame" for k in CLEAVAGES), "censored", "unreadable_frames", "error"])
+
+
+def _name(path: Path) -> str:
+    """An embryo's name: the stack's file name without its (double) suffix."""
+    n = path.name
+    for suf in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr"):
+        if n.lower().endswith(suf):
+            return n[: -len(suf)]
+    return n
+
+
+def study_row(embryo: str, summary: dict | None, error: str = "") -> dict[str, Any]:
+    """One table row from a stack's summary (None and ``error`` for a stack that failed)."""
+    row: dict[str, Any] = {c: "" for c in STUDY_COLUMNS}
+    row["embryo"] = embryo
+    if summary is None:
+        row.update(status="error", error=error)
+        return row
+    cl = summary["cleavage"]
+    row.update(status="ok", frames=summary["frames"], unreadable_frames=len(summary["unreadable_frames"]),
+               censored=" ".join(cl["censored_at_first_frame"]))
+    for k in CLEAVAGES:
+        h, f = cl["hours"][k], cl["frames"][k]
+        row[f"{k}_h"] = "" if h is None else f"{h:.3f}"
+        row[f"{k}_frame"] = "" if f is None else f
+    for n, _, _ in DURATIONS:
+        v = cl["durations_h"][n]
+        row[f"{n}_h"] = "" if v is None else f"{v:.3f}"
+    return row
+
+
+def write_study_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write the study rows as CSV atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=STUDY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write(path, buf.getvalue())
+
+
+def count_stacks(paths: list[str | Path], out: str | Path, model: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Count each stack into ``out/<embryo>/`` and write ``out/study_timelapse.csv``; failures are rows too."""
+    outp = Path(out)
+    outp.mkdir(parents=True, exist_ok=True)
+    if model is None or isinstance(model, (str, Path)):
+        from wsicount.models import load_model
+
+        model = load_model(model or "blastomere")  # loaded once for every stack
+    rows = []
+    for p in map(Path, paths):
+        name = _name(p)
+        try:
+            rows.append(study_row(name, count_stack(p, outp / name, model, **kwargs)))
+        except WsicountError as e:
+            rows.append(study_row(name, None, str(e)))
+    write_study_table(rows, outp / "study_timelapse.csv")
+    return rows
