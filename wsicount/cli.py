@@ -327,7 +327,8 @@ def models_cmd(as_json: bool) -> None:
     for name in bundled_models():
         card, _ = read_card(name)
         rows.append({"name": name, "arch": card.arch, "head": card.arch_kwargs.get("head", "relu"),
-                     "domain": card.domain, "benchmark": card.metrics.get("benchmark", {})})
+                     "domain": {"modality": card.modality, **card.domain},
+                     "benchmark": card.metrics.get("benchmark", {})})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
