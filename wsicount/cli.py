@@ -62,6 +62,10 @@ def cli(debug: bool) -> None:
     if not any(isinstance(h, _EchoWarnings) for h in logger.handlers):
         logger.addHandler(_EchoWarnings(logging.WARNING))
         logger.propagate = False
+    if not debug:
+        # readers' own log lines (tifffile reports a damaged page before raising) would precede
+        # the one-line error; the error says what is wrong, --debug shows them
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
 
 class _EchoWarnings(logging.Handler):
@@ -88,6 +92,19 @@ NON_NEGATIVE_INT = click.IntRange(min=0)
 BACKENDS = click.Choice(["auto", "openslide", "tifffile", "zarr"])
 BACKEND_HELP = ("Slide reader: openslide (NDPI, SVS, MRXS, ...), tifffile (tiled TIFF, OME-TIFF, NDPI, SVS), "
                 "zarr (OME-Zarr folders); auto picks one from the file.")
+
+
+_CHANNEL_HELP = ("Channel a one-channel model reads: red|green|blue, dapi|hoechst (blue), fitc|gfp (green), "
+                 "tritc|cy3 (red), an OME channel name, or an index (see 'wsicount info') [the model card's].")
+
+
+def _domain_options(f):
+    """--channel, --model-mpp and --force: what the model reads, at which scale, and overriding the domain guard."""
+    f = click.option("--force", is_flag=True, help="Run a slide the domain guard refuses (modality, µm/px, empty "
+                     "channel); the mismatch is recorded as a warning.")(f)
+    f = click.option("--model-mpp", type=POSITIVE, default=None,
+                     help="µm/px of the model's training images, for a card that states none.")(f)
+    return click.option("--channel", default=None, help=_CHANNEL_HELP)(f)
 
 
 @cli.command(short_help="Count cells on a slide: density map, count maps and reports.")
@@ -134,6 +151,7 @@ BACKEND_HELP = ("Slide reader: openslide (NDPI, SVS, MRXS, ...), tifffile (tiled
               help="Time-lapse stacks: CSV of frame times (columns frame,time_h).")
 @click.option("--focus", default="best", show_default=True,
               help="Time-lapse stacks: focal plane per frame: best (sharpest), all (median count), or a plane index.")
+@_domain_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: float | None, times: Path | None,
         focus: str, **opts) -> None:
@@ -156,10 +174,16 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
         checks.require_path(opts["regions"], "regions", "file")
         opts["regions"] = str(opts["regions"])
     s = count(slide, out, model=model, progress=not quiet, **opts)
-    cpm, ci = s["cells_per_mm2"], s.get("total_cells_ci")
-    interval = f" ({100 * ci['level']:g} % CI {ci['lo']:.0f}–{ci['hi']:.0f})" if ci else ""
-    click.echo(f"{slide.name}: {s['total_cells']:.0f} cells{interval} in {s['tissue_area_mm2']:.2f} mm² of tissue "
-               f"({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
+    for w in s.get("warnings", []):
+        click.echo(f"wsicount: warning: {w}", err=True)
+    if s["total_cells"] < 0:  # not a count: the warnings say why
+        click.echo(f"{slide.name}: no count (the density map sums to {s['total_cells']:.0f}, below zero; see the "
+                   f"warnings), {s['timings']['total']:.1f} s -> {out}")
+    else:
+        cpm, ci = s["cells_per_mm2"], s.get("total_cells_ci")
+        interval = f" ({100 * ci['level']:g} % CI {ci['lo']:.0f}–{ci['hi']:.0f})" if ci else ""
+        click.echo(f"{slide.name}: {s['total_cells']:.0f} cells{interval} in {s['tissue_area_mm2']:.2f} mm² of "
+                   f"tissue ({cpm:.1f} cells/mm²), {s['timings']['total']:.1f} s -> {out}")
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
@@ -190,18 +214,24 @@ def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float 
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help=BACKEND_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info(slide: Path, mpp: float | None, backend: str, as_json: bool) -> None:
-    """Print levels, sizes, mpp and vendor of SLIDE."""
+    """Print levels, sizes, mpp, vendor and channels of SLIDE."""
     checks.require_path(slide, "slide")
+    from .channels import channel_table
     from .io import open_slide, slide_info
     from .store.atomic import tidy
 
-    d = tidy(slide_info(open_slide(slide, mpp=mpp, backend=backend)))  # 0.4523, not 0.45230000000000004
+    sl = open_slide(slide, mpp=mpp, backend=backend)
+    d = tidy(slide_info(sl))  # 0.4523, not 0.45230000000000004
+    d["channel_table"] = channel_table(sl, d["channel_names"])
     if as_json:
         click.echo(json.dumps(d, indent=2, default=str))
         return
     for k, v in d.items():
-        if k != "levels":
+        if k not in ("levels", "channel_table"):
             click.echo(f"{k:>16}: {v}")
+    click.echo(f"{'channel table':>16}: --channel NAME or INDEX; mean intensity (0-255) at low resolution")
+    for ch in d["channel_table"]:
+        click.echo(f"                  {ch['index']}  {ch['name']:<12} mean {ch['mean']:.1f}")
     click.echo("          levels:")
     for lv in d["levels"]:
         click.echo("                  " + "  ".join(f"{k}={v}" for k, v in lv.items()))
@@ -358,8 +388,9 @@ def _file_name(param: click.Parameter, value: str | None) -> str | None:
 @click.option("--device", default="cpu", show_default=True, help="auto | cpu | cuda | cuda:N | mps")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="As for 'wsicount run'.")
+@click.option("--channel", default=None, help=_CHANNEL_HELP)
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
-             plot_path: Path | None, device: str, precision: str) -> None:
+             plot_path: Path | None, device: str, precision: str, channel: str | None) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
     checks.require_path(data, "dataset", "dir")
     checks.check_split(data, split)
@@ -371,7 +402,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
     read_card(model)  # a missing or broken model fails here, before the dataset is read
     from .training.evaluate import evaluate as eval_api, write_evaluation
 
-    res = eval_api(model, data, split=split, device=device, precision=precision)
+    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel)
     if json_path is not None:
         csv_path = csv_path or json_path.with_suffix(".csv")
         plot_path = plot_path or json_path.with_suffix(".png")
@@ -397,6 +428,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
 @click.option("--mpp", type=POSITIVE, default=None, help="Level-0 µm per pixel for slides that lack it.")
 @click.option("--overwrite", is_flag=True, help="Discard results already in each slide's folder and start fresh.")
 @click.option("--skip-bad-tiles", is_flag=True, help="Record undecodable tiles and continue instead of failing.")
+@_domain_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def batch(slides: tuple[Path, ...], manifest: Path | None, out: Path, model: str | None, quiet: bool, **opts) -> None:
     """Count cells on many SLIDES (or --manifest); failures are recorded, the rest finish."""
@@ -445,9 +477,8 @@ def main() -> None:
         raise
     finally:
         # The interpreter's final garbage collection walks every object of torch and dask
-        # (and, before session 8's Pillow pictures, matplotlib): ~1.1 s per run, timed by hand (throughput.py's "process start + exit"
-        # column shows the total). The outputs are written and
-        # closed by now, and atexit handlers still run; frozen objects are just not collected.
+        # (throughput.py's "process start + exit" column shows the total). The outputs are
+        # written and closed by now, and atexit handlers still run; frozen objects are just not collected.
         gc.freeze()
 
 
@@ -459,8 +490,7 @@ def _end_without_teardown() -> None:
 
     Python exits in three steps: it joins non-daemon threads, runs the atexit handlers
     (last registered first, so this one, registered before any other, comes last), then
-    tears the modules down object by object, torch's and zarr's included:
-    0.35-0.5 s on the project's 2-core VM after a run (hand probe), with both cores
+    tears the modules down object by object, torch's and zarr's included, with both cores
     otherwise idle. By the time this handler runs every output is written and closed, the
     side worker and any Dask cluster have been shut down by their own handlers, and stdout
     and stderr are flushed here; the teardown would only free memory the OS reclaims anyway.

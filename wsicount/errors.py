@@ -42,6 +42,7 @@ __all__ = [
     "TileReadError",
     "FrameReadError",
     "RegionError",
+    "DomainError",
 ]
 
 
@@ -109,6 +110,12 @@ class FrameReadError(TileReadError):
 
 class RegionError(InputError):
     """A user region (GeoJSON feature or label image) is unreadable, empty, invalid or off the slide."""
+
+
+class DomainError(WsicountError):
+    """The slide is outside the model's domain (modality, pixel size, empty channel); ``--force`` runs anyway."""
+
+    exit_code = 11
 
 
 #: exit code of ``wsicount batch`` when at least one slide failed

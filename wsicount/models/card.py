@@ -58,7 +58,9 @@ class ModelCard:
     #: ("fluorescence" | "brightfield"), "stain" (e.g. "DAPI", "TRP1", "H&E"), "mpp" (µm/px the
     #: training images had), "cell_diameter_um", "cells_per_mm2" ([lo, hi] over the training
     #: images), "intensity" ([lo, hi]: 1st and 99th percentile of the raw channel it reads),
-    #: "channel" (the channel's name, e.g. "green", "dapi"); a key may be absent when unknown
+    #: "channel" (the channel's name, e.g. "green", "dapi"); a key may be absent when unknown.
+    #: Scale-free forms for cards without µm/px: "cells_per_mpx" ([lo, hi] cells per million
+    #: input pixels) and "image_px" (the training images' side); "source" says where each came from
     domain: dict[str, Any] = field(default_factory=dict)
     #: the count interval's calibration: "method", "data" and "split" it was calibrated on, the
     #: fitted terms the method needs, and the "coverage" it reached there ({} = uncalibrated)

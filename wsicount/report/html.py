@@ -47,7 +47,7 @@ def report_html(summary: dict[str, Any], thumb: bytes, heat: bytes, rows: list[d
     name = html.escape(str(slide["path"]).replace("\\", "/").rsplit("/", 1)[-1])
     body = [f"<h1>Cell count: {name}</h1>",
             f"<p class='sub'>{html.escape(_date(summary))} · wsicount {html.escape(summary['wsicount_version'])}</p>",
-            _result(summary),
+            _warnings(summary), _result(summary),
             "<div class='pair'>", _figure(thumb, "The slide; tissue found outlined in green."),
             _figure(heat, heat_caption), "</div>",
             "<h2>Close-up and run</h2><div class='close'>",
@@ -74,7 +74,16 @@ def interval_text(summary: dict[str, Any]) -> str:
     return f"{100 * iv.get('level', 0.95):g} % interval {count_text(iv['lo'])} – {count_text(iv['hi'])}"
 
 
+def _warnings(s: dict[str, Any]) -> str:
+    """The domain guard's warnings (summary.json "warnings"), above the result they qualify."""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in s.get("warnings", []))
+    return f"<section class='warnings' style='color:#a00'><h2>Warnings</h2><ul>{items}</ul></section>" if items else ""
+
+
 def _result(s: dict[str, Any]) -> str:
+    if s["total_cells"] < 0:  # never shown as a count: the warnings say why
+        return (f"<section class='result'><div class='count'>No count</div><div>the density map sums to "
+                f"{s['total_cells']:.0f}, below zero: the slide is outside the model's domain</div></section>")
     cpm = s["cells_per_mm2"]
     density = f"{count_text(cpm)} cells/mm²" if cpm is not None else "no tissue area"
     return (f"<section class='result'><div class='count'>{count_text(s['total_cells'])} cells</div>"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
+from ..guard import model_mpp, run_channels
 from ..store import RunState
 from ..tiling import Geometry, TileGrid, plan_geometry
 from .config import RunConfig
@@ -35,6 +36,7 @@ class SlidePrep:
     norm: tuple[float, float]  # the field's median (offset, span), for the summary
     seconds: dict[str, float]
     field: Any = None  # wsicount.normalize.NormField: each pixel's (offset, span)
+    channels: tuple[int, ...] = ()  # what the model reads: --channel resolved on the slide, else the card's
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RunPlan:
     mask_scale: tuple[float, float]  # model-grid px per mask px (y, x)
     grid_um: tuple[float, ...]
     grid_shape: tuple[tuple[int, int], ...]
+    channels: tuple[int, ...]  # the slide channels fed to the model
     sigma_px: float
     peak_min_distance: int
     #: peaks are searched in the core grown by this margin, so a peak on a core's edge is seen whole
@@ -69,10 +72,11 @@ def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
         keep(tm)
     seconds = {"tissue": time.perf_counter() - t}
     t = time.perf_counter()
-    geom = plan_geometry(sl, card.mpp)
-    field = normalization_field(sl, geom, tm, card, cfg.skip_bad_tiles)
+    channels = tuple(run_channels(card, sl, cfg.channel))
+    geom = plan_geometry(sl, model_mpp(card, cfg.model_mpp))
+    field = normalization_field(sl, geom, tm, card, cfg.skip_bad_tiles, channels)
     seconds["normalization"] = time.perf_counter() - t
-    return SlidePrep(tm, geom, _median_stats(field), seconds, field)
+    return SlidePrep(tm, geom, _median_stats(field), seconds, field, channels)
 
 
 def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
@@ -85,16 +89,19 @@ def tissue_mask(sl: Any, cfg: RunConfig, modality: str) -> Any:
     return detect_tissue(sl, cfg.tissue_mode or modality, skip_bad_tiles=cfg.skip_bad_tiles)
 
 
-def normalization_field(slide: Any, geom: Geometry, tm: Any, card: Any, skip_bad: bool = False) -> Any:
+def normalization_field(slide: Any, geom: Geometry, tm: Any, card: Any, skip_bad: bool = False,
+                        channels: tuple[int, ...] | None = None) -> Any:
     """Each model-grid pixel's intensity normalisation, as the card's training images were normalised.
 
     See :func:`wsicount.normalize.build_norm_field`: statistics over a training image's field
     around each position on a fixed lattice (never the tile grid); with ``skip_bad`` an
-    undecodable block is left out of them (its tiles are recorded bad later).
+    undecodable block is left out of them (its tiles are recorded bad later). ``channels``: those
+    the model reads (default the card's).
     """
     from ..normalize import build_norm_field
 
-    return build_norm_field(slide, geom, tm, mask_scale(tm, geom), card.normalization, card.channels, skip_bad)
+    return build_norm_field(slide, geom, tm, mask_scale(tm, geom), card.normalization,
+                            list(channels or card.channels), skip_bad)
 
 
 def _median_stats(field: Any) -> tuple[float, float]:
@@ -122,7 +129,7 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
 
     cal = Calibration.from_dict(card.calibration) if card.calibration else None
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
+                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,

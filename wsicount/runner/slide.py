@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..errors import WsicountError
+from ..guard import check_result, check_slide
 from ..progress import ProgressFn, progress_fn, tile_updates
 from ..store import RunState, TileRecord, slide_fingerprint
 from ..tiling import tissue_tiles
@@ -124,11 +125,13 @@ class _Prepared:
     card: Any
     prep: Future
     picture: Future | None  # None: drawn once the mask is back (side thread)
+    warnings: list[str]  # the domain guard's mismatches a --force run records
 
 
 def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | os.PathLike | None,
                         cfg: RunConfig, on_stage: OnStage | None = None) -> _Prepared:
-    """Open ``slide`` and read the card (no torch yet: a bad slide or card is reported at once), then queue the preparation.
+    """Open ``slide``, read the card and check the slide against its domain (no torch yet: a bad slide, card
+    or mismatch is reported at once), then queue the preparation.
 
     A side process queues the slide picture right behind the preparation, so that it is drawn
     while the main thread still loads torch; it hands the mask over in its own memory. A side
@@ -141,10 +144,11 @@ def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | o
         on_stage("prepare", Path(slide).name)
     sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
     card, _ = read_card(model)
+    warnings = check_slide(card, sl, cfg)  # DomainError unless --force
     token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None
     prep = side_worker.side_submit(side, _prepare_in_side, sl, replace(cfg, progress=False), card, token)
     picture = side_worker.side_submit(side, _slide_picture, sl, token) if token else None
-    return _Prepared(sl, card, prep, picture)
+    return _Prepared(sl, card, prep, picture, warnings)
 
 
 def _prepare_in_side(sl: Any, cfg: RunConfig, card: Any, token: str | None) -> SlidePrep:
@@ -444,13 +448,19 @@ def _summary(o: _Opened, prep: SlidePrep, plan: RunPlan, tiles: list, records: l
                   "side_worker": facts["side_worker"], "resumed": o.resumed}
     model_info = {"name": card.name, "version": card.version, "arch": card.arch, "path": str(o.lm.path),
                   "mpp": card.mpp, "density_scale": card.density_scale, "training_data": card.training.get("data")}
-    return build_summary(
+    summary = build_summary(
         agg, prep.tissue,
         slide={**slide_info(sl), "path": str(sl.path), "fingerprint": o.fingerprint["slide"]},
         model=model_info, processing=processing,
         parameters={**asdict(replace(cfg, progress=bool(cfg.progress))), "grid_um": list(cfg.grid_um),
                     "model": str(model) if model else card.name},
         timings={**timings, "stage_seconds_summed_over_tiles": stage})
+    # results no in-domain run gives: one line each (the CLI prints them, the report shows them)
+    summary["warnings"] = o.ahead.warnings + check_result(
+        card, total=agg.total, tile_sums=[r.sum for r in records if not r.bad], regional=agg.regional,
+        mpp=geom.model_mpp, tissue_mm2=prep.tissue.area_mm2,
+        density_outside_mask=summary.get("density_outside_mask"))
+    return summary
 
 
 def _normalization_record(plan: RunPlan, card: Any) -> dict[str, Any]:

@@ -193,12 +193,12 @@ def process_tiles(job: TileJob, tiles: list[Tile]) -> list[TileRecord]:
         ahead: deque = deque()
         todo = iter(batches)
         for part in itertools.islice(todo, max(1, job.prefetch)):
-            ahead.append(reader.submit(_read_batch, job, slide, model.card.channels, part))
+            ahead.append(reader.submit(_read_batch, job, slide, list(job.plan.channels), part))
         while ahead:
             items = ahead.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                ahead.append(reader.submit(_read_batch, job, slide, model.card.channels, nxt))
+                ahead.append(reader.submit(_read_batch, job, slide, list(job.plan.channels), nxt))
             records += infer_batch(job, model, device, mask, state, items)
     return records
 

@@ -16,13 +16,14 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection
 
 import numpy as np
 
 from .data import Sample, load_dataset
+from ..channels import resolve_channel
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
 from ..infer import pick_device, predict_image, resolve_precision
@@ -156,6 +157,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     names: Collection[str] | None = None,
     on_image: Callable[[Sample, np.ndarray], None] | None = None,
+    channel: str | None = None,
 ) -> EvalResult:
     """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
 
@@ -163,9 +165,14 @@ def evaluate(
     ``split=None`` takes every split; ``names`` keeps only those images. ``progress(i, n)`` is
     called after each image and ``on_image(sample, density)`` with each density when given.
     A calibrated model (``card.calibration``) adds each image's interval and the ``coverage``
-    and ``mean_width`` of its method at the nominal levels.
+    and ``mean_width`` of its method at the nominal levels. ``channel`` (a name or index, see
+    :func:`wsicount.channels.resolve_channel`) replaces the card's channel of a one-channel model
+    on RGB images; a gray image is that channel already.
     """
     lm = _load(model, device)
+    if channel is not None:
+        picked = resolve_channel(channel, ["R", "G", "B"], lm.card.channels, len(lm.card.channels))
+        lm = replace(lm, card=replace(lm.card, channels=picked))
     root = Path(data)
     if not root.exists():
         raise InputError(f"dataset folder {root} does not exist")
