@@ -66,6 +66,7 @@ def test_domain_records_modality_stain_size_density_intensity_channel():
     assert (d["modality"], d["stain"], d["mpp"], d["channel"]) == ("fluorescence", "TRP1", 0.5, "green")
     assert d["cell_diameter_um"] == pytest.approx(5.0)
     assert d["cells_per_image"] == [36.0, 36.0]
+    assert d["cells_per_mpx"] == [round(36 / 6400 * 1e6, 1)] * 2
     area_mm2 = 80 * 80 * 0.25 * 1e-6
     assert d["cells_per_mm2"][0] == pytest.approx(36 / area_mm2, rel=1e-3)
     assert 10 <= d["intensity"][0] < d["intensity"][1] <= 200
