@@ -73,6 +73,8 @@ def test_domain_records_modality_stain_size_density_intensity_channel():
     nompp = data_domain([_grid_sample(10.0)], [0], "brightfield", None, cell_diameter_um=12.0)
     assert nompp["mpp"] is None and nompp["cells_per_mm2"] is None and nompp["cell_diameter_um"] == 12.0
     assert nompp["channel"] == "gray"
+    side = _grid_sample(10.0).image.shape[0]  # a gray image: density over all its pixels
+    assert nompp["cells_per_mpx"] == [round(36 / side**2 * 1e6, 1)] * 2
 
 
 def test_lr_schedule_warms_up_then_anneals_to_zero():

@@ -117,7 +117,7 @@ def data_domain(samples: list[Sample], channels: list[int], modality: str, stain
         "cell_diameter_source": "given" if cell_diameter_um is not None
         else "10th-percentile nearest-neighbour spacing of the annotations",
         "cells_per_image": [float(counts.min()), float(counts.max())],
-        "cells_per_mpx": [round(float(v), 1) for v in _range([s.count / s.image[..., 0].size * 1e6 for s in samples])],
+        "cells_per_mpx": [round(float(v), 1) for v in _range([s.count / (s.image.shape[0] * s.image.shape[1]) * 1e6 for s in samples])],
         "intensity": [float(np.min(lo)), float(np.max(hi))],
         "channel": "gray" if channels == [0] and all(s.image.ndim == 2 for s in samples)
         else "+".join(CHANNEL_NAMES.get(c, str(c)) for c in channels),
