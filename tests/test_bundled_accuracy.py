@@ -22,7 +22,7 @@ def test_melanocyte_model_on_its_validation_images(precision):
 
     m = evaluate_model("melanocyte-trp1", "melanocyte-trp1", precision)
     assert m["n_images"] == 16
-    # measured 5.27 / 8.1 % (fp32) and 5.17 / 8.0 % (bf16) (BENCHMARKS.md); a broken
+    # measured 5.09 / 7.8 % (fp32, ReLU head; BENCHMARKS.md); a broken
     # preprocessing, loader or low-precision path moves these far beyond the margins
     assert m["mae"] < 8.0
     assert m["t_err"] < 0.15

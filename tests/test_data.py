@@ -155,3 +155,20 @@ def test_vgg_dots_loader(tmp_path):
     # a folder of dot pairs without a manifest is recognised by load_dataset too
     assert [s.name for s in load_dataset(tmp_path)] == ["001", "002", "003"]
 
+
+
+def test_scale_jitter_moves_points_with_the_pixels():
+    """A rescaled image keeps its cells: each point stays on its bright pixel, none is lost."""
+    from wsicount.training.data import Augmenter
+
+    x = np.zeros((1, 64, 64), np.float32)
+    pts = np.array([[10.0, 20.0], [40.0, 50.0], [33.0, 7.0]])
+    for px, py in pts:
+        x[0, int(py) - 1 : int(py) + 2, int(px) - 1 : int(px) + 2] = 1.0
+    aug = Augmenter(seed=0, p_rotate=0.0, p_blur=0.0, brightness=0.0, contrast=0.0, scale=(0.5, 2.0), min_size=16)
+    for _ in range(6):
+        xa, pa = aug(x, pts)
+        assert len(pa) == 3
+        for px, py in pa:
+            r, c = int(round(py)), int(round(px))
+            assert xa[0, r, c] > 0.5 * xa.max()

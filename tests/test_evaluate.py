@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,7 +199,13 @@ def test_evaluate_end_to_end(tiny_dataset, tiny_model, tmp_path):
         assert m["loc_error_um"] == pytest.approx(0.5 * m["loc_error_px"])
     paths = write_evaluation(res, tmp_path / "e.json", tmp_path / "e.csv", tmp_path / "e.png")
     assert all(p.stat().st_size > 0 for p in paths)
-    assert json.loads(paths[0].read_text())["split"] == "test"
+    summary = json.loads(paths[0].read_text())
+    assert summary["split"] == "test"
+    # what ran is recorded: the resolved precision and the exact card and weights
+    assert summary["inference_precision"] == res.precision == "fp32"  # the card validates no bf16
+    assert summary["card_sha256"] == hashlib.sha256(Path(tiny_model).read_bytes()).hexdigest()
+    weights = Path(tiny_model).with_suffix(".safetensors").read_bytes()
+    assert summary["weights_sha256"] == hashlib.sha256(weights).hexdigest()
 
 
 def test_evaluate_detection_is_perfect_for_a_perfect_density(tiny_dataset, tiny_model, monkeypatch):

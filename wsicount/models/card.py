@@ -167,8 +167,11 @@ def load_model(model: str | os.PathLike | None = None, device: str | torch.devic
     wpath = cpath.with_suffix(".safetensors")
     if not wpath.exists():
         raise ModelError(f"model weights {wpath} are missing")
+    # cards written before output heads existed describe a linear output: clamp it (ReLU), which
+    # changes nothing where it was >= 0 and removes every negative density
+    kwargs = {"head": "relu", **card.arch_kwargs}
     try:
-        module = build_model(card.arch, **card.arch_kwargs)
+        module = build_model(card.arch, **kwargs)
     except (ValueError, TypeError) as e:
         raise ModelError(f"model card {cpath} describes an invalid architecture: {e}") from None
     try:

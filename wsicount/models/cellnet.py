@@ -17,7 +17,8 @@ Three parts, all fully convolutional:
 * **Progressive Upsampling Convolution (PUC)** decoder: three x2 steps, each a 3x3 conv to
   4x the output channels followed by PixelShuffle(2) (sub-pixel convolution), BatchNorm and
   ReLU, plus a 1x1 lateral projection of the encoder feature at that resolution (restores the
-  localisation lost at stride 8). Sub-pixel convs are initialised with ICNR (Aitken et al.
+  localisation lost at stride 8). The 1x1 output conv is followed by a non-negative ``head``
+  activation (:mod:`.heads`). Sub-pixel convs are initialised with ICNR (Aitken et al.
   2017) so the untrained upsampler is nearest-neighbour-like and free of checkerboard artefacts.
 
 Invariant used by the tiler: for an input whose origin is aligned to ``stride`` and whose
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .heads import output_activation
 
 __all__ = ["CellNet", "cellnet"]
 
@@ -123,7 +126,7 @@ class CellNet(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 134
 
-    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, width: int = 32, head: str = "relu") -> None:
         super().__init__()
         w1, w2, w4 = width, 2 * width, 4 * width  # channels at stride 1, 2, 4 and 8
         self.in_channels = in_channels
@@ -136,6 +139,7 @@ class CellNet(nn.Module):
         self.up2 = _PUCStep(w2, w1, w2)
         self.up1 = _PUCStep(w1, w1, w1)
         self.head = nn.Sequential(_conv_bn_relu(w1, w1), nn.Conv2d(w1, 1, 1))
+        self.out_act = output_activation(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a (N, C, H, W) image batch to a (N, 1, H, W) density batch."""
@@ -146,9 +150,9 @@ class CellNet(nn.Module):
         y = self.up4(y, s4)
         y = self.up2(y, s2)
         y = self.up1(y, s1)
-        return self.head(y)
+        return self.out_act(self.head(y))
 
 
-def cellnet(in_channels: int = 1, width: int = 32) -> CellNet:
+def cellnet(in_channels: int = 1, width: int = 32, head: str = "relu") -> CellNet:
     """Construct Cell-Net (torchvision-style constructor); ``width`` = channels at full resolution."""
-    return CellNet(in_channels=in_channels, width=width)
+    return CellNet(in_channels=in_channels, width=width, head=head)

@@ -3,7 +3,8 @@
 Architecture (as in the melanocyte-counting paper): 32 filters in the first layer, depth 3,
 contracting path of a 3x3 stride-1 conv followed by a 3x3 stride-2 conv (no max-pool),
 expansion by bilinear x2 upsampling then a 3x3 conv, skip concatenation, LeakyReLU(0.2)
-followed by BatchNorm after every conv, and a 1x1 output conv.
+followed by BatchNorm after every conv, and a 1x1 output conv followed by a non-negative
+``head`` activation (:mod:`wsicount.models.heads`).
 
 Invariant used by the tiler: for an input whose origin is aligned to ``stride`` and whose
 sides are multiples of ``stride``, an output pixel depends only on input pixels within
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .heads import output_activation
 
 __all__ = ["UNet", "unet"]
 
@@ -39,7 +42,7 @@ class UNet(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 50
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3) -> None:
+    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> None:
         super().__init__()
         if depth != 3:
             # the declared stride / receptive radius are for depth 3
@@ -60,6 +63,7 @@ class UNet(nn.Module):
             self.up.append(_ConvAct(f[i + 1], f[i]))
             self.dec.append(_ConvAct(2 * f[i], f[i]))
         self.head = nn.Conv2d(f[0], 1, 1)
+        self.out_act = output_activation(head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map a (N, C, H, W) image batch to a (N, 1, H, W) density batch."""
@@ -73,9 +77,9 @@ class UNet(nn.Module):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = up(x)
             x = dec(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        return self.out_act(self.head(x))
 
 
-def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3) -> UNet:
+def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> UNet:
     """Construct the melanocyte U-Net (torchvision-style constructor)."""
-    return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth)
+    return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth, head=head)

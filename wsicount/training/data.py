@@ -113,8 +113,11 @@ def _dihedral_points(pts: np.ndarray, shape: tuple[int, int], k: int, flip: bool
 class Augmenter:
     """Random, seed-reproducible augmentation of (C, H, W) normalised images and their points.
 
-    90-degree rotations and flips (exact), free rotation (p_rotate), Gaussian blur with
-    sigma in [0.5, 2.5] (p_blur), brightness/contrast jitter (always, mild).
+    90-degree rotations and flips (exact), free rotation (p_rotate), scale jitter by a factor
+    drawn log-uniformly from ``scale`` (None: off; the image is resampled and the points moved,
+    so the count is unchanged), Gaussian blur with sigma in [0.5, 2.5] (p_blur),
+    brightness/contrast jitter (always, mild). ``min_size`` keeps rescaled images at least
+    that large (the training crop).
     """
 
     def __init__(
@@ -124,8 +127,11 @@ class Augmenter:
         p_blur: float = 0.3,
         brightness: float = 0.15,
         contrast: float = 0.3,
+        scale: tuple[float, float] | None = None,
+        min_size: int = 0,
     ) -> None:
         self.rng = np.random.default_rng(seed)
+        self.scale, self.min_size = scale, min_size
         self.p_rotate, self.p_blur = p_rotate, p_blur
         self.brightness, self.contrast = brightness, contrast
 
@@ -138,12 +144,25 @@ class Augmenter:
         pts = _dihedral_points(pts, shape, k, flip)
         if rng.random() < self.p_rotate:
             x, pts = self._rotate(x, pts, float(rng.uniform(-45, 45)))
+        if self.scale is not None:
+            x, pts = self._zoom(x, pts, float(np.exp(rng.uniform(*np.log(self.scale)))))
         if rng.random() < self.p_blur:
             s = float(rng.uniform(0.5, 2.5))
             x = np.stack([ndimage.gaussian_filter(c, s) for c in x])
         gain = float(np.exp(rng.uniform(-self.contrast, self.contrast)))
         bias = float(rng.uniform(-self.brightness, self.brightness))
         return (x * gain + bias).astype(np.float32), pts
+
+    def _zoom(self, x: np.ndarray, pts: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:
+        """Resample by ``f`` (never below ``min_size`` on either side); points follow pixel centres."""
+        h, w = x.shape[-2:]
+        f = max(f, self.min_size / min(h, w))
+        if abs(f - 1.0) < 1e-3:
+            return x, pts
+        nh, nw = max(int(round(h * f)), self.min_size), max(int(round(w * f)), self.min_size)
+        xz = np.stack([ndimage.zoom(c, (nh / h, nw / w), order=1, grid_mode=True, mode="nearest") for c in x])
+        sx, sy = nw / w, nh / h
+        return xz.astype(np.float32), np.stack([(pts[:, 0] + 0.5) * sx - 0.5, (pts[:, 1] + 0.5) * sy - 0.5], axis=1)
 
     @staticmethod
     def _rotate(x: np.ndarray, pts: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,7 @@ fractions, not percentages.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -25,12 +26,12 @@ from .data import Sample, load_dataset
 from ..channels import resolve_channel
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
-from ..infer import pick_device, predict_image
+from ..infer import pick_device, predict_image, resolve_precision
 from ..models import LoadedModel, load_model
 from ..store.atomic import atomic_write_with, jsonable
 from ..uncertainty import LEVELS, Calibration, coverage_report, image_terms
 
-__all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation"]
+__all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation", "file_sha256"]
 
 CSV_FIELDS = ["name", "true", "pred", "abs_err", "rel_err", "n_points", "n_peaks", "tp", "fp", "fn", "mean_dist_px",
               "lo", "hi"]
@@ -101,6 +102,20 @@ class EvalResult:
     match_radius_px: float
     metrics: dict[str, Any]
     images: list[ImageResult] = field(default_factory=list)
+    #: the precision inference actually ran at ('auto' resolved)
+    precision: str = "fp32"
+    #: sha256 of the model card and of the weights file evaluated, so a score names its model exactly
+    card_sha256: str = ""
+    weights_sha256: str = ""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _detection_metrics(matches: list, mpps: list[float | None]) -> dict[str, Any]:
@@ -173,6 +188,7 @@ def evaluate(
     card = lm.card
     radius = float(match_radius_px) if match_radius_px is not None else 1.5 * card.sigma_px
     dev = pick_device(device)
+    precision = resolve_precision(dev, precision, card)
     cal = Calibration.from_dict(card.calibration) if card.calibration else None
     rows, matches, terms = [], [], []
     for i, s in enumerate(samples):
@@ -201,7 +217,8 @@ def evaluate(
         metrics.update(_intervals(cal, rows, terms))
     return EvalResult(
         model=card.name, model_path=str(lm.path), data=str(root), split=split,
-        match_radius_px=radius, metrics=metrics, images=rows,
+        match_radius_px=radius, metrics=metrics, images=rows, precision=precision,
+        card_sha256=file_sha256(lm.path), weights_sha256=file_sha256(Path(lm.path).with_suffix(".safetensors")),
     )
 
 
@@ -229,7 +246,9 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
 def _summary(result: EvalResult) -> dict[str, Any]:
     """The JSON report: what was evaluated plus every dataset-level metric."""
     head = {"model": result.model, "model_path": result.model_path, "data": result.data,
-            "split": result.split, "match_radius_px": result.match_radius_px}
+            "split": result.split, "match_radius_px": result.match_radius_px,
+            "inference_precision": result.precision, "card_sha256": result.card_sha256,
+            "weights_sha256": result.weights_sha256}
     return jsonable({**head, **result.metrics})
 
 

@@ -36,9 +36,20 @@ LOSSES = {"l1": _l1, "mse": _mse, "content_mse": _content_mse}
 
 
 def density_loss(
-    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", count_weight: float = 0.0, scale: float = 100.0
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", count_weight: float = 0.0, scale: float = 100.0,
+    clamp: bool = False,
 ) -> torch.Tensor:
-    """Pixel loss of ``kind`` plus ``count_weight`` x mean absolute count error (in cells)."""
+    """Pixel loss of ``kind`` plus ``count_weight`` x mean absolute count error (in cells).
+
+    ``clamp``: ``pred`` is the linear output of a model used through a ReLU. Both terms score
+    relu(pred), as inference will (background may then sit anywhere below zero, so ReLU removes
+    its noise instead of keeping the positive half of it), and inside cells (target > 0) a
+    pre-activation below zero is pulled back up by mean(relu(-pred)) so no cell pixel stays dead.
+    """
+    revive = None
+    if clamp:
+        revive = (torch.relu(-pred) * (target > 0).to(pred.dtype)).mean()
+        pred = torch.relu(pred)
     try:
         loss = LOSSES[kind](pred, target)
     except KeyError:
@@ -47,4 +58,4 @@ def density_loss(
         cp = pred.sum(dim=(-3, -2, -1)) / scale
         ct = target.sum(dim=(-3, -2, -1)) / scale
         loss = loss + count_weight * (cp - ct).abs().mean()
-    return loss
+    return loss if revive is None else loss + revive
