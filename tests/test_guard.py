@@ -145,6 +145,9 @@ def test_density_outside_the_mask():
     card = read_card("melanocyte-trp1")[0]
     w = check_result(card, total=100.0, tile_sums=[100.0], regional={}, mpp=1.8092, density_outside_mask=0.7)
     assert len(w) == 1 and "70 % of the density fell outside the tissue mask" in w[0]
+    w = check_result(card, total=100.0, tile_sums=[100.0], regional={}, mpp=1.8092, density_outside_mask=0.06)
+    assert len(w) == 1 and "6.0 % of the density fell outside" in w[0]
+    assert check_result(card, total=100.0, tile_sums=[100.0], regional={}, mpp=1.8092, density_outside_mask=0.04) == []
 
 
 @pytest.mark.usefixtures("one_torch_thread")
