@@ -84,7 +84,7 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "train-patience": (TRAIN + ["--patience", "0"], USAGE, "--patience"),
     "train-monitor": (TRAIN + ["--monitor", "val_acc"], USAGE, "--monitor"),
     "train-precision": (TRAIN + ["--precision", "fp16"], USAGE, "--precision"),
-    "train-max-minutes": (TRAIN + ["--max-minutes", "0"], USAGE, "--max-minutes"),
+    "train-max-minutes": (TRAIN + ["--max-minutes", "-1"], USAGE, "--max-minutes"),
     "train-seed": (TRAIN + ["--seed", "-1"], USAGE, "--seed"),
     "evaluate-missing-data": (["evaluate", "melanocyte-trp1", "nodata"], INPUT, "nodata"),
     "evaluate-model": (["evaluate", "no-such-model", "D"], MODEL, "no-such-model"),

@@ -350,7 +350,7 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
                f"precision {c['training']['precision']}, sigma {c['sigma_px']:.2f} px)")
 
 
-@cli.command("models")
+@cli.command("models", short_help="List the bundled models with their domain and held-out scores.")
 @click.option("--json", "as_json", is_flag=True, help="Print the cards' name, domain and metrics as JSON.")
 def models_cmd(as_json: bool) -> None:
     """List the bundled models with their domain and held-out scores."""
