@@ -2,7 +2,7 @@
 
 ``config``: :class:`RunConfig`; ``plan``: the slide's tissue, geometry, normalisation and tile
 plan, fixed before the first tile; ``task``: the tile task; ``execute``: where tasks run
-(:class:`Placement`); ``side``: the side worker for fixed costs; ``slide``: one slide's stages
+(:class:`Placement`); ``side``: the side worker for fixed costs; ``prepare``: a slide opened, checked and its preparation queued; ``slide``: one slide's stages
 and the public :func:`run`, :func:`count`, :func:`count_each`.
 """
 

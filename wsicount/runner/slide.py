@@ -28,21 +28,20 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .. import __version__
 from ..errors import WsicountError
-from ..guard import check_result, check_slide
+from ..guard import check_result
 from ..progress import ProgressFn, progress_fn, tile_updates
 from ..store import RunState, TileRecord, slide_fingerprint
 from ..tiling import tissue_tiles
 from . import side as side_worker
 from .config import RunConfig, with_options
 from .execute import Placement, run_tasks
-from .plan import RunPlan, SlidePrep, make_plan, plan_tile, prepare
+from .plan import RunPlan, SlidePrep, make_plan, plan_tile
+from .prepare import OnStage, Prepared, submit_preparation
 from .task import ModelSpec, SlideSource, TileJob, by_shape, cached, chunks, model_key, pending_stores, \
     process_tiles, run_key, task_order
 
 __all__ = ["run", "count", "count_each", "RunConfig"]
 
-#: a stage callback: (stage, slide name); stages "prepare" and "tiles"
-OnStage = Callable[[str, str], None]
 
 
 def run(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None = None,
@@ -81,11 +80,11 @@ def count_each(jobs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], mode
     say = progress_fn(cfg.progress)
     side, _ = side_worker.side_executor()
 
-    def prepare_at(i: int) -> _Prepared | WsicountError | None:
+    def prepare_at(i: int) -> Prepared | WsicountError | None:
         if i >= len(jobs):
             return None
         try:
-            return _submit_preparation(side, jobs[i][0], model, cfg, on_stage)
+            return submit_preparation(side, jobs[i][0], model, cfg, on_stage)
         except WsicountError as e:  # a bad slide or card: reported when its turn comes
             return e
 
@@ -118,59 +117,10 @@ def count_each(jobs: Iterable[tuple[str | os.PathLike, str | os.PathLike]], mode
 
 
 @dataclass
-class _Prepared:
-    """A slide opened, its model card read, and its preparation (and picture) queued on a side worker."""
-
-    slide: Any
-    card: Any
-    prep: Future
-    picture: Future | None  # None: drawn once the mask is back (side thread)
-    warnings: list[str]  # the domain guard's mismatches a --force run records
-
-
-def _submit_preparation(side: Executor, slide: str | os.PathLike, model: str | os.PathLike | None,
-                        cfg: RunConfig, on_stage: OnStage | None = None) -> _Prepared:
-    """Open ``slide``, read the card and check the slide against its domain (no torch yet: a bad slide, card
-    or mismatch is reported at once), then queue the preparation.
-
-    A side process queues the slide picture right behind the preparation, so that it is drawn
-    while the main thread still loads torch; it hands the mask over in its own memory. A side
-    thread draws it once the mask is back in the main thread.
-    """
-    from ..io import open_slide
-    from ..models import read_card
-
-    if on_stage is not None:
-        on_stage("prepare", Path(slide).name)
-    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
-    card, _ = read_card(model)
-    warnings = check_slide(card, sl, cfg)  # DomainError unless --force
-    token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None
-    prep = side_worker.side_submit(side, _prepare_in_side, sl, replace(cfg, progress=False), card, token)
-    picture = side_worker.side_submit(side, _slide_picture, sl, token) if token else None
-    return _Prepared(sl, card, prep, picture, warnings)
-
-
-def _prepare_in_side(sl: Any, cfg: RunConfig, card: Any, token: str | None) -> SlidePrep:
-    """:func:`~wsicount.runner.plan.prepare` on the side worker; a process keeps the mask for the picture."""
-    return prepare(sl, cfg, card, keep=(lambda tm: side_worker.keep_mask(token, tm)) if token else None)
-
-
-def _slide_picture(sl: Any, token: str) -> Any:
-    """The slide picture with the tissue outline, from the mask the preparation left under ``token``."""
-    from ..report import slide_figure
-
-    tm = side_worker.take_mask(token)
-    if tm is None:  # the preparation failed: the run is stopping with its error
-        raise RuntimeError("no tissue mask to draw")
-    return slide_figure(sl, tm)
-
-
-@dataclass
 class _Opened:
     """The run after its folder is claimed: model, device, placement, tile size, run state."""
 
-    ahead: _Prepared
+    ahead: Prepared
     lm: Any
     device: Any
     precision: str
@@ -200,7 +150,7 @@ log = logging.getLogger("wsicount")
 
 
 def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.PathLike | None, cfg: RunConfig,
-           client: Any, side: Executor | None = None, ahead: _Prepared | None = None,
+           client: Any, side: Executor | None = None, ahead: Prepared | None = None,
            on_tiles: Callable[[], None] | None = None, on_stage: OnStage | None = None,
            say: ProgressFn | None = None) -> _Result:
     """The whole run. ``side``: a side worker owned by the caller (:func:`count_each`), with ``ahead`` this slide's
@@ -252,13 +202,13 @@ def _count(slide: str | os.PathLike, out: str | os.PathLike, model: str | os.Pat
 
 
 def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, cfg: RunConfig, client: Any,
-          side: Executor, ahead: _Prepared | None, timings: dict[str, float], on_stage: OnStage | None) -> _Opened:
+          side: Executor, ahead: Prepared | None, timings: dict[str, float], on_stage: OnStage | None) -> _Opened:
     """Queue the slide's preparation, load the model, decide the placement and tile size, and claim the folder.
 
     Torch is imported here, after the side worker was forked, so that the worker starts at once.
     """
     t = time.perf_counter()
-    ahead = ahead or _submit_preparation(side, slide, model, cfg, on_stage)
+    ahead = ahead or submit_preparation(side, slide, model, cfg, on_stage)
     from ..infer import pick_device, resolve_precision
     from ..models import load_model
 
