@@ -229,11 +229,8 @@ def _row_histograms(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[f
         m = mask_on_grid(core, *scale, box)
         if not m.any():
             continue
-        try:
-            img = read_model_window(slide, geom, box)
-        except TileReadError:
-            if not skip_bad:
-                raise
+        img = _read(slide, geom, box, skip_bad)
+        if img is None:
             continue
         v = select_channels(img, channels)[:, m].ravel() * BINS_PER_LEVEL
         hists[bx] = np.bincount(np.clip(v, 0, nbins - 1).astype(np.int64), minlength=nbins)
@@ -299,12 +296,19 @@ def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: np.ndarr
         m = _on_grid(own & core[sl], (my0, mx0), scale, box)
         if not m.any():
             continue
-        try:
-            img = read_model_window(slide, geom, box)
-        except TileReadError:
-            if not skip_bad:
-                raise
+        img = _read(slide, geom, box, skip_bad)
+        if img is None:
             continue
         off, span = percentile_stats(select_channels(img, channels)[:, m], normalization)
         parts.append(Part.of(my0, mx0, own, off, span))
     return tuple(parts)
+
+
+def _read(slide: Any, geom: Any, box: tuple[int, int, int, int], skip_bad: bool) -> np.ndarray | None:
+    """The model-grid window ``box``, or None where it cannot be decoded and ``skip_bad`` (its tiles are recorded bad)."""
+    try:
+        return read_model_window(slide, geom, box)
+    except TileReadError:
+        if not skip_bad:
+            raise
+        return None
