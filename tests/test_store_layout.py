@@ -52,7 +52,7 @@ def test_layout_finds_nothing_foreign_in_a_run_of_any_grid(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("rel", ["important.txt", "sub/notes.md", "density/notes.txt", "density/0/mine.csv",
                                  "labels/tissue/old/x.png", "counts_100um/0/README", "summary.json/x",
-                                 "density_backup/0/0.0", ".hidden"])
+                                 "density_backup/0/0.0", ".hidden", "timeline.csv"])
 def test_layout_lists_user_entries(tmp_path: Path, rel: str) -> None:
     _fake_run(tmp_path)
     if rel.startswith("summary.json/"):  # a folder where a run writes a file

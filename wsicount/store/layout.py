@@ -13,11 +13,11 @@ finds the density and, in the standard ``labels`` group, the tissue mask::
     regions.csv             one row per grid cell with tissue or counts (user regions: a ``region`` column)
     cells.csv, cells.geojson  detected cell centres
     bad_tiles.csv           tiles skipped as undecodable
-    timeline.csv            per-frame counts and stages of a time-lapse stack
     thumbnail.png, heatmap.png, report.html
     .wsicount/lock, .wsicount/run.json, .wsicount/tiles/<key>.json   crash-safety state (see records.py)
 
-:meth:`Layout.owned` lists exactly the top-level names a run may write and
+A time-lapse stack's folder has its own layout (:mod:`wsicount.timelapse.run`), so a slide run
+owns none of its names. :meth:`Layout.owned` lists exactly the top-level names a run may write and
 :meth:`Layout.foreign` every entry under the root that no run writes, so that clearing a
 folder never touches anything else: a folder holding a foreign entry is not cleared at all.
 """
@@ -38,7 +38,7 @@ LABELS = "labels"
 #: the tissue label image, relative to the root
 TISSUE_LABEL = f"{LABELS}/tissue"
 #: the plain files a run writes at the root
-FILES = ("summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv", "timeline.csv",
+FILES = ("summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv",
          "thumbnail.png", "heatmap.png", "report.html")
 #: Zarr metadata files a run writes at the root (the root group)
 ROOT_META = (".zgroup", ".zattrs", "zarr.json")
