@@ -221,7 +221,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     state = {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0}
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        ck = torch.load(last, weights_only=False)
+        ck = torch.load(last, weights_only=True)  # plain tensors, numbers and dicts: nothing is unpickled
         module.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         aug.rng.bit_generator.state = ck["aug_rng"]
