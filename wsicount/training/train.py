@@ -349,7 +349,17 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
                   "threads": torch.get_num_threads(), "torch": torch.__version__},
         metrics={"val_loss": vloss, "val_mae": vmae},
     )
+    if cfg.input_scale and cfg.mpp:
+        card.domain["mpp_source"] = _mpp_source(cfg)
     return save_model(module, card, out / name)
+
+
+def _mpp_source(cfg: TrainConfig) -> str:
+    """How the card's µm/px was set when the training images stated none (an input_scale rule)."""
+    r = cfg.input_scale
+    return (f"assumed: images without a pixel size were resampled so their nuclei measure {r.get('target_px')} px "
+            f"by wsicount.training.scale (area-weighted median inscribed diameter of the foreground blobs), "
+            f"taken as {r.get('assumed_nucleus_um', '?')} um: {cfg.mpp} um/px")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
