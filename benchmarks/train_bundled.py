@@ -53,11 +53,15 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
         input_scale={"kind": "nucleus_diameter", "target_px": 16.0, "assumed_nucleus_um": 8.0},
         oversample={"koyuncu_": 3}, val_names=["koyuncu_07", "koyuncu_09", "koyuncu_33"],
         modality="fluorescence", stain="DNA (DAPI/Hoechst)", cell_diameter_um=8.0)),
-    # H&E nuclei (MoNuSeg 40x tissue, TNBC): RGB, stain variation by intensity jitter
+    # H&E nuclei (MoNuSeg 40x tissue from 7 organs, TNBC breast): RGB at 0.5 um/px (both sources are
+    # 40x scans, ~0.25 um/px, stated per image only for some: the rest taken at 0.25), nuclei ~12-16 px;
+    # stain variation by a per-channel gain jitter; MoNuSeg (24 train tiles, many organs) oversampled 2x
     "nuclei-he": ("nuclei_he", TrainConfig(
         name="nuclei-he", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[0, 1, 2],
-        epochs=400, batch_size=4, crop=384, lr=1e-3, loss="l1", count_weight=0.02, monitor="val_mae",
-        patience=30, val_every=5, bn_images=12, bn_final_images=24, scale_jitter=(0.8, 1.25), max_minutes=40,
+        sigma_px=3.0, epochs=400, batch_size=8, crop=192, lr=1e-3, loss="l1", count_weight=0.02,
+        monitor="val_mae", patience=400, val_every=2, bn_images=16, bn_final_images=48,
+        scale_jitter=(0.8, 1.25), channel_gain=0.15, max_minutes=25, mpp=0.5,
+        input_scale={"kind": "mpp", "default_mpp": 0.25}, oversample={"monuseg_": 2},
         modality="brightfield", stain="H&E")),
 }
 

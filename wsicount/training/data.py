@@ -116,7 +116,8 @@ class Augmenter:
     90-degree rotations and flips (exact), free rotation (p_rotate), scale jitter by a factor
     drawn log-uniformly from ``scale`` (None: off; the image is resampled and the points moved,
     so the count is unchanged), Gaussian blur with sigma in [0.5, 2.5] (p_blur),
-    brightness/contrast jitter (always, mild). ``min_size`` keeps rescaled images at least
+    brightness/contrast jitter (always, mild), a per-channel gain of up to exp(±channel_gain)
+    (stain variation; off by default). ``min_size`` keeps rescaled images at least
     that large (the training crop).
     """
 
@@ -129,8 +130,10 @@ class Augmenter:
         contrast: float = 0.3,
         scale: tuple[float, float] | None = None,
         min_size: int = 0,
+        channel_gain: float = 0.0,
     ) -> None:
         self.rng = np.random.default_rng(seed)
+        self.channel_gain = channel_gain
         self.scale, self.min_size = scale, min_size
         self.p_rotate, self.p_blur = p_rotate, p_blur
         self.brightness, self.contrast = brightness, contrast
@@ -151,6 +154,8 @@ class Augmenter:
             x = np.stack([ndimage.gaussian_filter(c, s) for c in x])
         gain = float(np.exp(rng.uniform(-self.contrast, self.contrast)))
         bias = float(rng.uniform(-self.brightness, self.brightness))
+        if self.channel_gain > 0:  # stain variation: each channel scaled on its own
+            gain = np.exp(rng.uniform(-self.channel_gain, self.channel_gain, (x.shape[0], 1, 1))) * gain
         return (x * gain + bias).astype(np.float32), pts
 
     def _zoom(self, x: np.ndarray, pts: np.ndarray, f: float) -> tuple[np.ndarray, np.ndarray]:

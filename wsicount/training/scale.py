@@ -1,8 +1,10 @@
 """Bringing an annotated image to the network's input scale (one rule for training and evaluation).
 
 A model card may state an ``input_scale`` rule. Images whose µm/px is known are resampled by
-``image mpp / card mpp``; images without a pixel size are resampled so that their nuclei
-measure ``target_px`` by :func:`nucleus_diameter_px`, an estimate from the pixels alone (never
+``image mpp / card mpp``; images without a pixel size are taken at ``default_mpp`` (rule
+``{"kind": "mpp", "default_mpp": X}``, for a source whose pixel size is known but not
+recorded per image) or resampled so that their nuclei measure ``target_px`` by
+:func:`nucleus_diameter_px` (rule ``{"kind": "nucleus_diameter", "target_px": D}``), an estimate from the pixels alone (never
 from annotations: ``wsicount evaluate`` and users have none). Training and
 :func:`wsicount.training.evaluate.evaluate` both call :func:`to_input_scale`, so a model is
 scored at exactly the scale it was trained at. The count is unchanged by resampling: points
@@ -76,6 +78,8 @@ def scale_factor(sample: Sample, rule: dict[str, Any], channels: list[int], mpp:
     """Resampling factor (new px per old px) that brings ``sample`` to the card's input scale."""
     if not rule:
         return 1.0
+    if rule.get("kind") == "mpp" and mpp:  # a stated pixel size for images that give none
+        return float(np.clip((sample.mpp or float(rule["default_mpp"])) / mpp, *FACTOR_RANGE))
     if sample.mpp and mpp:
         return float(np.clip(sample.mpp / mpp, *FACTOR_RANGE))
     if rule.get("kind") != "nucleus_diameter":

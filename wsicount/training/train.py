@@ -80,6 +80,8 @@ class TrainConfig:
     crop: int | None = None
     max_crop: int = 256
     scale_jitter: tuple[float, float] | None = None
+    #: per-channel gain jitter, log-uniform in ±channel_gain (stain variation of RGB images)
+    channel_gain: float = 0.0
     val_every: int = 1
     bn_images: int = 32
     bn_final_images: int | None = None
@@ -289,7 +291,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     module = P["module"]
     R: dict[str, Any] = {
         "opt": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-        "aug": Augmenter(seed=cfg.seed, scale=cfg.scale_jitter, min_size=max(P["crop"])),
+        "aug": Augmenter(seed=cfg.seed, scale=cfg.scale_jitter, min_size=max(P["crop"]), channel_gain=cfg.channel_gain),
         "order_rng": np.random.default_rng(cfg.seed + 1), "items": _oversampled(P["tr"], cfg.oversample),
         "bn_set": _bn_subset(P["tr"], cfg.bn_images, cfg.seed),
         "state": {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0},
@@ -357,6 +359,9 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
 def _mpp_source(cfg: TrainConfig) -> str:
     """How the card's µm/px was set when the training images stated none (an input_scale rule)."""
     r = cfg.input_scale
+    if r.get("kind") == "mpp":
+        return (f"training images at their stated um/px, or {r.get('default_mpp')} um/px where none is stated, "
+                f"resampled to {cfg.mpp} um/px")
     return (f"assumed: images without a pixel size were resampled so their nuclei measure {r.get('target_px')} px "
             f"by wsicount.training.scale (area-weighted median inscribed diameter of the foreground blobs), "
             f"taken as {r.get('assumed_nucleus_um', '?')} um: {cfg.mpp} um/px")
