@@ -172,3 +172,13 @@ def test_scale_jitter_moves_points_with_the_pixels():
         for px, py in pa:
             r, c = int(round(py)), int(round(px))
             assert xa[0, r, c] > 0.5 * xa.max()
+
+
+def test_channel_gain_scales_channels_apart_and_only_when_asked():
+    x = np.ones((3, 32, 32), np.float32)
+    pts = np.zeros((0, 2))
+    plain = Augmenter(seed=3, p_blur=0.0, p_rotate=0.0)(x, pts)[0]
+    assert np.allclose(plain[0], plain[1]) and np.allclose(plain[1], plain[2])  # one gain for all channels
+    stained = Augmenter(seed=3, p_blur=0.0, p_rotate=0.0, brightness=0.0, channel_gain=0.3)(x, pts)[0]
+    means = stained.reshape(3, -1).mean(1)
+    assert np.ptp(means) > 1e-3 and np.all(means > np.exp(-0.3 - 0.3) - 1e-6)

@@ -72,3 +72,12 @@ def test_known_pixel_size_wins_and_no_rule_means_as_is():
     assert scale_factor(huge, RULE, [0], mpp=0.5) == FACTOR_RANGE[1]
     with pytest.raises(ValueError):
         scale_factor(s, {"kind": "magic"}, [0], None)
+
+
+def test_mpp_rule_takes_the_stated_default_for_images_without_a_pixel_size():
+    s = _disks(20.0)
+    rule = {"kind": "mpp", "default_mpp": 0.25}
+    assert scale_factor(s, rule, [0], mpp=0.5) == pytest.approx(0.5)
+    s_mpp = Sample(s.name, s.image, s.points, s.count, s.split, 0.125)
+    out = to_input_scale([s_mpp], rule, [0], 0.5)[0]
+    assert out.image.shape == (100, 100) and out.mpp == 0.5 and out.count == s.count
