@@ -62,7 +62,7 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
         monitor="val_mae", patience=400, val_every=2, bn_images=16, bn_final_images=48,
         scale_jitter=(0.8, 1.25), channel_gain=0.15, max_minutes=25, mpp=0.5,
         input_scale={"kind": "mpp", "default_mpp": 0.25}, oversample={"monuseg_": 2},
-        modality="brightfield", stain="H&E")),
+        modality="brightfield", stain="H&E", cell_diameter_um=7.0)),
 }
 
 
