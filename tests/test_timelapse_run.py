@@ -51,8 +51,8 @@ def test_outputs_and_chunking_invariance(tmp_path, model, stack):
     tl = _rows(tmp_path / "a" / "timeline.csv")
     assert [r["frame"] for r in tl] == [str(i) for i in range(9)]
     assert np.allclose([float(r["time_h"]) for r in tl], truth.times_h, atol=1e-3)
-    assert all(int(r["stage"]) >= 1 for r in tl) and list(tl[0]) == ["frame", "time_h", "count", "stage", "planes",
-                                                                        "status"]
+    assert all(int(r["stage"]) >= 1 for r in tl) and list(tl[0]) == ["frame", "time_h", "count", "count_lo",
+                                                                        "count_hi", "stage", "planes", "status"]
     import zarr
 
     z = zarr.open_group(str(tmp_path / "a" / "density.ome.zarr"), mode="r")
@@ -61,6 +61,40 @@ def test_outputs_and_chunking_invariance(tmp_path, model, stack):
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["cleavage"]["frames"].keys() >= {"t2", "t8"}
     assert (tmp_path / "a" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "a" / "cells.csv").read_text().splitlines()[0] == "t,time_h,x,y"
+
+
+def _calibrated(model):
+    """The tiny model with a calibration fitted on synthetic residuals (sd ~ 0.3 + 10 % of the count)."""
+    from wsicount.uncertainty import fit_calibration
+
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0.5, 20.0, 200)
+    true = pred + rng.normal(0, 1, 200) * (0.3 + 0.1 * pred)
+    cal = fit_calibration(true, pred, {"pred": pred, "area": np.full(200, 96.0 * 96.0)}, "shared")
+    return replace(model, card=replace(model.card, calibration={**cal.to_dict(), "data": "synthetic", "split": "all"}))
+
+
+def test_per_frame_intervals_from_the_cards_calibration(tmp_path, model, stack):
+    from wsicount.uncertainty import Calibration
+
+    lm = _calibrated(model)
+    s = count_stack(stack[0], tmp_path / "c", lm)
+    assert s["count_interval"]["method"] == "shared" and s["count_interval"]["level"] == 0.95
+    assert s["count_interval"]["calibration"] == {"data": "synthetic", "split": "all"}
+    cal = Calibration.from_dict(lm.card.calibration)
+    for r in _rows(tmp_path / "c" / "timeline.csv"):
+        c, lo, hi = float(r["count"]), float(r["count_lo"]), float(r["count_hi"])
+        want = cal.interval(c, {"pred": max(c, 0.0), "area": 96 * 96}, 0.95)
+        assert (lo, hi) == pytest.approx(want, abs=2e-3) and 0.0 <= lo < hi
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "c" / "timeline.png").convert("RGB"))
+    assert (img == (200, 220, 245)).all(axis=-1).sum() > 100  # the band is drawn
+    plain = count_stack(stack[0], tmp_path / "u", model)  # no calibration: empty columns and a note, no numbers
+    assert plain["count_interval"]["method"] is None and "no count calibration" in plain["count_interval"]["note"]
+    assert all(r["count_lo"] == "" and r["count_hi"] == "" for r in _rows(tmp_path / "u" / "timeline.csv"))
+    img = np.asarray(Image.open(tmp_path / "u" / "timeline.png").convert("RGB"))
+    assert not (img == (200, 220, 245)).all(axis=-1).any()
 
 
 def test_focus_all_uses_every_plane(tmp_path, model, stack):
@@ -97,6 +131,9 @@ def test_unreadable_frame_is_named_and_others_counted(tmp_path, model):
     assert s["counts"][4] is None and all(c is not None for i, c in enumerate(s["counts"]) if i != 4)
     tl = _rows(tmp_path / "o" / "timeline.csv")
     assert tl[4]["status"] == "unreadable" and tl[4]["count"] == "" and tl[3]["status"] == "ok"
+    s = count_stack(d, tmp_path / "c", _calibrated(model))
+    tl = _rows(tmp_path / "c" / "timeline.csv")
+    assert tl[4]["count_lo"] == tl[4]["count_hi"] == "" and all(r["count_hi"] for i, r in enumerate(tl) if i != 4)
 
 
 def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):

@@ -14,8 +14,14 @@ error, counted as missing (NaN; the stage fit bridges it) and reported in summar
 
 Outputs in ``OUT``: ``density.ome.zarr`` (t, y, x) float32 cells/px at the network's pixel
 size; ``cells.csv`` (t, time_h, x, y in frame pixels); ``timeline.csv``
-(frame, time_h, count, stage, planes, status); ``summary.json`` (cleavage times t2..t8,
-cc2, s2, focus mode, unreadable frames); ``timeline.png``.
+(frame, time_h, count, count_lo, count_hi, stage, planes, status); ``summary.json`` (cleavage
+times t2..t8, cc2, s2, focus mode, the count interval's method and level, unreadable frames);
+``timeline.png``.
+
+Per-frame intervals: each frame is one calibration unit of the model card's split-conformal
+calibration (:class:`wsicount.uncertainty.Calibration`, as ``wsicount evaluate`` scores whole
+images), with the terms ``pred`` (the frame's count) and ``area`` (model-grid pixels of the
+frame). A card without a calibration gets empty ``count_lo``/``count_hi`` and a note saying so.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from .focus import choose_planes
 from .stack import Stack, open_stack
 from .stages import cleavage_times, doubling_time, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
 STATE_DIR = ".wsicount-stack"
+#: nominal coverage of the per-frame count intervals (the slide runs' default level)
+INTERVAL_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -221,7 +229,8 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
             state.write(rec)
             done[rec["frame"]] = rec
     records = [done[t] for t in range(stack.n_frames)]
-    return _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0)
+    return _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0,
+                          int(np.prod(zarr_arr.shape[1:])))
 
 
 def _density_store(path: Path, stack: Stack, zoom: float, mpp: float | None, resumed: bool):
@@ -246,20 +255,53 @@ def _csv_bytes(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
+def frame_intervals(card, counts: np.ndarray, area_px: int,
+                    level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Per-frame ``(lo, hi)`` at ``level`` from the card's calibration (NaN where a frame has no count),
+    and the summary's description of the interval; all NaN and a note when the card has none."""
+    from wsicount.uncertainty import Calibration
+
+    c = np.asarray(counts, dtype=np.float64)
+    nan = np.full(c.shape, np.nan)
+    if not card.calibration:
+        return nan, nan.copy(), {
+            "method": None, "level": None,
+            "note": f"model {card.name!r} carries no count calibration, so no interval is given (calibrate it: "
+                    f"python -m wsicount.training.calibrate {card.name} DATA --save)"}
+    cal = Calibration.from_dict(card.calibration)
+    ok = np.isfinite(c)
+    lo, hi = nan, nan.copy()
+    if ok.any():
+        lo[ok], hi[ok] = cal.interval(c[ok], {"pred": np.maximum(c[ok], 0.0), "area": np.full(ok.sum(), float(area_px))},
+                                      level)
+    meta = {k: card.calibration[k] for k in ("data", "split", "units", "n_units", "date") if k in card.calibration}
+    return lo, hi, {"method": cal.method, "level": level, "unit": "one frame (as one calibration image)",
+                    "calibration": meta,
+                    "note": "split-conformal interval of the model card's calibration: it covers a frame's true "
+                            f"count with probability >= {level:g} when frames resemble the calibration images"}
+
+
+def _fmt(v: float, spec: str = ".3f") -> str:
+    """A CSV number, or empty for NaN."""
+    return f"{v:{spec}}" if np.isfinite(v) else ""
+
+
 def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: list[dict], resumed: bool,
-                   seconds: float) -> dict:
+                   seconds: float, area_px: int) -> dict:
     """timeline.csv, cells.csv, summary.json and timeline.png from the frame records."""
     from .plot import timeline_png
 
     times = stack.times_h
     counts = np.array([np.nan if r["count"] is None else r["count"] for r in records])
+    lo, hi, interval = frame_intervals(card, counts, area_px)
     stages = fit_stages(counts, penalty=opts.stage_penalty, max_stage=opts.max_stage)
     have_times = bool(np.isfinite(times).all())
     ct = cleavage_times(stages, times if have_times else None)
     fmt_t = (lambda v: f"{v:.4f}") if have_times else (lambda v: "")
-    rows = [[r["frame"], fmt_t(times[i]), "" if r["count"] is None else f"{r['count']:.3f}", int(stages[i]),
+    rows = [[r["frame"], fmt_t(times[i]), _fmt(counts[i]), _fmt(lo[i]), _fmt(hi[i]), int(stages[i]),
              " ".join(str(p) for p in r.get("planes", [])), r["status"]] for i, r in enumerate(records)]
-    atomic_write(out / "timeline.csv", _csv_bytes(["frame", "time_h", "count", "stage", "planes", "status"], rows))
+    atomic_write(out / "timeline.csv", _csv_bytes(["frame", "time_h", "count", "count_lo", "count_hi", "stage",
+                                                    "planes", "status"], rows))
     cells = [[r["frame"], fmt_t(times[i]), f"{x:.2f}", f"{y:.2f}"]
              for i, r in enumerate(records) for y, x in r.get("peaks_yx", [])]
     atomic_write(out / "cells.csv", _csv_bytes(["t", "time_h", "x", "y"], cells))
@@ -267,12 +309,14 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
     events = ct.hours if have_times else {k: (None if v is None else float(v)) for k, v in ct.frames.items()}
     atomic_write(out / "timeline.png", timeline_png(times if have_times else np.arange(len(records)), counts, stages,
                                                      events, f"{stack.path.name}: cells per frame",
-                                                     "time (h)" if have_times else "frame"))
+                                                     "time (h)" if have_times else "frame",
+                                                     band=(lo, hi, interval["level"]) if interval["method"] else None))
     summary = {
         "input": str(stack.path), "kind": stack.kind, "frames": stack.n_frames, "planes": int(stack.data.sizes["z"]),
         "frame_shape": list(stack.data.shape[-2:]), "mpp": stack.mpp, "time_source": stack.time_source,
         "model": card.name, "focus": {"mode": opts.focus, "planes_per_frame": [r.get("planes") for r in records]},
         "counts": [None if not np.isfinite(c) else round(float(c), 3) for c in counts],
+        "count_interval": interval,
         "stages": [int(s) for s in stages], "cleavage": ct.as_dict(),
         "stage_fit": {"penalty": opts.stage_penalty, "max_stage": opts.max_stage},
         "growth": doubling_time(times, counts) if have_times else None,
