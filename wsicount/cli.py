@@ -140,7 +140,8 @@ def _domain_options(f):
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
 @click.option("--regions", type=click.Path(path_type=Path), default=None,
               help="User regions: a QuPath GeoJSON export (annotations) or a label image; each gets its count, "
-                   "interval and density in regions.csv.")
+                   "interval and density in regions.csv (a time-lapse stack: a count per frame in growth.csv and a "
+                   "doubling time in summary.json; coordinates in frame pixels).")
 @click.option("--regions-units", type=click.Choice(["px", "um"]), default=None,
               help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
 @click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
@@ -194,18 +195,21 @@ def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float 
     """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
     if focus not in ("best", "all") and not focus.isdigit():
         raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
-    for name in ("channel", "model_mpp", "regions", "mask", "tissue_mode", "workers", "scheduler"):
+    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler"):
         if opts.get(name):
             raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
     if times is not None:
         checks.require_path(times, "times", "file")
+    if opts["regions"] is not None:
+        checks.require_path(opts["regions"], "regions", "file")
     checks.check_device(opts["device"])
     from .timelapse import count_stack
 
     s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
                     batch_size=opts["batch_size"] or 4, device=opts["device"],
                     precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
-                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"])
+                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"],
+                    regions=opts["regions"], regions_units=opts["regions_units"], regions_scale=opts["regions_scale"])
     hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
     when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
     click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")

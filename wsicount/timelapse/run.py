@@ -42,7 +42,8 @@ from wsicount.store.atomic import atomic_write
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
-from .stages import cleavage_times, doubling_time, fit_stages
+from .growth import GROWTH_COLUMNS, growth_table, load_stack_regions, region_series
+from .stages import cleavage_times, fit_stages
 
 __all__ = ["StackOptions", "count_stack", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
@@ -197,11 +198,15 @@ def _run_chunk(stack: Stack, ts: list[int], model, device, precision: str, batch
 def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: str | int = "best",
                 chunk_frames: int = 8, batch_size: int = 4, device: str = "cpu", precision: str = "fp32",
                 mpp: float | None = None, frame_interval_min: float | None = None, times_csv: str | Path | None = None,
-                stage_penalty: float = 1.5, max_stage: int = 8, overwrite: bool = False) -> dict:
+                stage_penalty: float = 1.5, max_stage: int = 8, overwrite: bool = False,
+                regions: str | Path | None = None, regions_units: str | None = None,
+                regions_scale: float = 1.0) -> dict:
     """Count every frame of a stack (file or folder of frames) into ``out``; returns the summary dict.
 
     ``model`` is a bundled name, a card path or a :class:`~wsicount.models.LoadedModel`
-    (default: the bundled ``blastomere`` model).
+    (default: the bundled ``blastomere`` model). ``regions`` (a QuPath GeoJSON export or a label
+    image, in frame pixels; ``regions_units``/``regions_scale`` as for slides) adds each region's
+    count per frame to growth.csv and its doubling time to summary.json.
     """
     from wsicount.infer import pick_device
     from wsicount.models import LoadedModel, load_model
@@ -212,6 +217,10 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     if lm.card.mpp and not stack.mpp:
         raise MissingMppError(f"{stack.path.name} carries no pixel size and model {lm.card.name!r} expects "
                               f"{lm.card.mpp} µm/px: pass --mpp (a time-lapse incubator's frames: about 0.5)")
+    user_regions = None
+    if regions is not None:
+        user_regions = load_stack_regions(str(regions), tuple(stack.data.shape[-2:]), stack.mpp, regions_units,
+                                          regions_scale)
     dev = pick_device(device)
     opts = StackOptions(focus, stage_penalty, max_stage, mpp, frame_interval_min)
     outp = Path(out)
@@ -220,6 +229,10 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     resumed = state.prepare(_params(stack, lm.card, opts), overwrite)
     zoom = _zoom_factor(stack, lm.card.mpp)
     zarr_arr = _density_store(outp / "density.ome.zarr", stack, zoom, lm.card.mpp or stack.mpp, resumed)
+    if user_regions is not None:  # every region covers model-grid pixels (and a label image the frame): before inference
+        from wsicount.regions import region_counts
+
+        region_counts(user_regions, np.zeros(zarr_arr.shape[1:], np.float32), None, 1.0 / zoom)
     done = state.done()
     todo = [t for t in range(stack.n_frames) if t not in done]
     for i in range(0, len(todo), max(1, chunk_frames)):
@@ -229,8 +242,9 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
             state.write(rec)
             done[rec["frame"]] = rec
     records = [done[t] for t in range(stack.n_frames)]
-    return _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0,
-                          int(np.prod(zarr_arr.shape[1:])))
+    summary = _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0,
+                             int(np.prod(zarr_arr.shape[1:])))
+    return _write_growth(outp, stack, lm.card, summary, zarr_arr, user_regions, 1.0 / zoom)
 
 
 def _density_store(path: Path, stack: Stack, zoom: float, mpp: float | None, resumed: bool):
@@ -319,10 +333,30 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
         "count_interval": interval,
         "stages": [int(s) for s in stages], "cleavage": ct.as_dict(),
         "stage_fit": {"penalty": opts.stage_penalty, "max_stage": opts.max_stage},
-        "growth": doubling_time(times, counts) if have_times else None,
+        "count_lo": [None if not np.isfinite(v) else round(float(v), 3) for v in lo],
+        "count_hi": [None if not np.isfinite(v) else round(float(v), 3) for v in hi],
         "unreadable_frames": bad, "resumed": resumed, "seconds": round(seconds, 2),
         "outputs": {"density": "density.ome.zarr", "timeline": "timeline.csv", "cells": "cells.csv",
-                    "plot": "timeline.png"},
+                    "plot": "timeline.png", "growth": "growth.csv"},
     }
+    return summary
+
+
+def _write_growth(out: Path, stack: Stack, card, summary: dict, density, regions, scale: float) -> dict:
+    """growth.csv (the field and each user region per frame), the doubling times, then summary.json (written last)."""
+    from wsicount.uncertainty import Calibration
+
+    nan = np.nan
+    field = {k: np.array([nan if v is None else v for v in summary[key]])
+             for k, key in (("count", "counts"), ("lo", "count_lo"), ("hi", "count_hi"))}
+    per_region = {}
+    if regions is not None:
+        cal = Calibration.from_dict(card.calibration) if card.calibration else None
+        per_region = region_series(regions, density, np.isfinite(field["count"]), scale, card.mpp or stack.mpp, cal,
+                                   INTERVAL_LEVEL)
+    times = stack.times_h if np.isfinite(stack.times_h).all() else None
+    rows, growth = growth_table(times, field, per_region, level=INTERVAL_LEVEL)
+    atomic_write(out / "growth.csv", _csv_bytes(GROWTH_COLUMNS, rows))
+    summary["growth"] = growth
     atomic_write(out / "summary.json", json.dumps(summary, indent=1))
     return summary
