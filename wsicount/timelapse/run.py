@@ -9,7 +9,9 @@ not depend on the chunking (only on float summation order inside the network).
 
 Resume: after a frame's density is stored, its record (count, planes used, focus scores,
 centroids) is written atomically to ``OUT/.wsicount-stack/frames/NNNNNN.json``; a rerun with
-the same input and parameters skips recorded frames. An unreadable frame is recorded with its
+the same input and parameters skips recorded frames. Every output path, and which names a stack
+run owns, is defined by :class:`wsicount.store.layout.StackLayout`: ``overwrite`` removes only
+those, and a folder holding anything else is refused (a resume beside it removes nothing). An unreadable frame is recorded with its
 error, counted as missing (NaN; the stage fit bridges it) and reported in summary.json.
 
 Outputs in ``OUT``: ``density.ome.zarr`` (t, y, x) float32 cells/px at the network's pixel
@@ -39,6 +41,7 @@ import numpy as np
 
 from wsicount.errors import FrameReadError, MissingMppError, OutputError
 from wsicount.store.atomic import atomic_write
+from wsicount.store.layout import STACK_DENSITY, STACK_STATE, StackLayout
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
@@ -47,7 +50,7 @@ from .stages import cleavage_times, fit_stages
 
 __all__ = ["StackOptions", "count_stack", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
-STATE_DIR = ".wsicount-stack"
+STATE_DIR = STACK_STATE
 #: nominal coverage of the per-frame count intervals (the slide runs' default level)
 INTERVAL_LEVEL = 0.95
 
@@ -123,25 +126,49 @@ def _frame_record(t: int, dens: np.ndarray, choice, card, back: np.ndarray, mode
     return rec, dens[k]
 
 
+def _foreign_message(out: Path, foreign: list[str]) -> str:
+    """The refusal of a folder holding entries no stack run wrote."""
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    return (f"output folder {out} holds files wsicount did not write ({shown}); wsicount writes only into a new "
+            "or empty folder or its own earlier output, and never removes anything else: choose another --out")
+
+
 class _State:
-    """Per-frame records and the parameters they were made with, under ``OUT/.wsicount-stack``."""
+    """Per-frame records and the parameters they were made with (:class:`~wsicount.store.layout.StackLayout`)."""
 
     def __init__(self, out: Path) -> None:
-        self.dir = out / STATE_DIR
-        self.frames = self.dir / "frames"
+        self.layout = StackLayout(out)
+        self.dir = self.layout.state
+        self.frames = self.layout.frames
 
     def prepare(self, params: dict, overwrite: bool) -> bool:
-        """Create or reuse the state; True when earlier records are reused."""
-        pfile = self.dir / "params.json"
-        if overwrite and self.dir.exists():
-            shutil.rmtree(self.dir)
+        """Create, reuse or clear the folder's outputs; True when earlier records are reused.
+
+        A folder holding entries no stack run writes is refused unless the run resumes there
+        (which removes nothing); ``overwrite`` removes only the names a stack run writes.
+        """
+        lay, pfile = self.layout, self.layout.params
+        foreign = lay.foreign()
+        if foreign and (overwrite or not pfile.exists()):
+            raise OutputError(_foreign_message(lay.root, foreign))
+        if overwrite:
+            for name in lay.owned():
+                p = lay.root / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         if pfile.exists():
             old = json.loads(pfile.read_text())
             if old != params:
                 changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-                raise OutputError(f"{self.dir.parent} holds results made with other settings ({', '.join(changed)}); "
-                                  "pass --overwrite or choose another --out")
+                instead = "choose another --out" if foreign else "pass --overwrite or choose another --out"
+                raise OutputError(f"{lay.root} holds results made with other settings ({', '.join(changed)}); "
+                                  + instead)
             return True
+        if lay.has_outputs():
+            raise OutputError(f"output folder {lay.root} holds wsicount stack outputs but no record of their run "
+                              f"({pfile.relative_to(lay.root)}); use --overwrite to replace them, or another --out")
         self.frames.mkdir(parents=True, exist_ok=True)
         atomic_write(pfile, json.dumps(params, indent=1, sort_keys=True))
         return False
@@ -152,7 +179,7 @@ class _State:
 
     def write(self, rec: dict) -> None:
         """Write one frame's record atomically (after its density is stored)."""
-        atomic_write(self.frames / f"{rec['frame']:06d}.json", json.dumps(rec))
+        atomic_write(self.layout.frame_record(rec["frame"]), json.dumps(rec))
 
 
 def _params(stack: Stack, card, opts: StackOptions) -> dict:
@@ -228,7 +255,7 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     state = _State(outp)
     resumed = state.prepare(_params(stack, lm.card, opts), overwrite)
     zoom = _zoom_factor(stack, lm.card.mpp)
-    zarr_arr = _density_store(outp / "density.ome.zarr", stack, zoom, lm.card.mpp or stack.mpp, resumed)
+    zarr_arr = _density_store(state.layout.density, stack, zoom, lm.card.mpp or stack.mpp, resumed)
     if user_regions is not None:  # every region covers model-grid pixels (and a label image the frame): before inference
         from wsicount.regions import region_counts
 
@@ -302,9 +329,10 @@ def _fmt(v: float, spec: str = ".3f") -> str:
 
 def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: list[dict], resumed: bool,
                    seconds: float, area_px: int) -> dict:
-    """timeline.csv, cells.csv, summary.json and timeline.png from the frame records."""
+    """timeline.csv, cells.csv and timeline.png from the frame records; the summary (written with growth.csv)."""
     from .plot import timeline_png
 
+    lay = StackLayout(out)
     times = stack.times_h
     counts = np.array([np.nan if r["count"] is None else r["count"] for r in records])
     lo, hi, interval = frame_intervals(card, counts, area_px)
@@ -314,17 +342,17 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
     fmt_t = (lambda v: f"{v:.4f}") if have_times else (lambda v: "")
     rows = [[r["frame"], fmt_t(times[i]), _fmt(counts[i]), _fmt(lo[i]), _fmt(hi[i]), int(stages[i]),
              " ".join(str(p) for p in r.get("planes", [])), r["status"]] for i, r in enumerate(records)]
-    atomic_write(out / "timeline.csv", _csv_bytes(["frame", "time_h", "count", "count_lo", "count_hi", "stage",
-                                                    "planes", "status"], rows))
+    atomic_write(lay.file("timeline.csv"), _csv_bytes(["frame", "time_h", "count", "count_lo", "count_hi", "stage",
+                                                       "planes", "status"], rows))
     cells = [[r["frame"], fmt_t(times[i]), f"{x:.2f}", f"{y:.2f}"]
              for i, r in enumerate(records) for y, x in r.get("peaks_yx", [])]
-    atomic_write(out / "cells.csv", _csv_bytes(["t", "time_h", "x", "y"], cells))
+    atomic_write(lay.file("cells.csv"), _csv_bytes(["t", "time_h", "x", "y"], cells))
     bad = [{"frame": r["frame"], "error": r["error"]} for r in records if r["status"] != "ok"]
     events = ct.hours if have_times else {k: (None if v is None else float(v)) for k, v in ct.frames.items()}
-    atomic_write(out / "timeline.png", timeline_png(times if have_times else np.arange(len(records)), counts, stages,
-                                                     events, f"{stack.path.name}: cells per frame",
-                                                     "time (h)" if have_times else "frame",
-                                                     band=(lo, hi, interval["level"]) if interval["method"] else None))
+    png = timeline_png(times if have_times else np.arange(len(records)), counts, stages, events,
+                       f"{stack.path.name}: cells per frame", "time (h)" if have_times else "frame",
+                       band=(lo, hi, interval["level"]) if interval["method"] else None)
+    atomic_write(lay.file("timeline.png"), png)
     summary = {
         "input": str(stack.path), "kind": stack.kind, "frames": stack.n_frames, "planes": int(stack.data.sizes["z"]),
         "frame_shape": list(stack.data.shape[-2:]), "mpp": stack.mpp, "time_source": stack.time_source,
@@ -336,7 +364,7 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
         "count_lo": [None if not np.isfinite(v) else round(float(v), 3) for v in lo],
         "count_hi": [None if not np.isfinite(v) else round(float(v), 3) for v in hi],
         "unreadable_frames": bad, "resumed": resumed, "seconds": round(seconds, 2),
-        "outputs": {"density": "density.ome.zarr", "timeline": "timeline.csv", "cells": "cells.csv",
+        "outputs": {"density": STACK_DENSITY, "timeline": "timeline.csv", "cells": "cells.csv",
                     "plot": "timeline.png", "growth": "growth.csv"},
     }
     return summary
@@ -346,7 +374,7 @@ def _write_growth(out: Path, stack: Stack, card, summary: dict, density, regions
     """growth.csv (the field and each user region per frame), the doubling times, then summary.json (written last)."""
     from wsicount.uncertainty import Calibration
 
-    nan = np.nan
+    lay, nan = StackLayout(out), np.nan
     field = {k: np.array([nan if v is None else v for v in summary[key]])
              for k, key in (("count", "counts"), ("lo", "count_lo"), ("hi", "count_hi"))}
     per_region = {}
@@ -356,7 +384,7 @@ def _write_growth(out: Path, stack: Stack, card, summary: dict, density, regions
                                    INTERVAL_LEVEL)
     times = stack.times_h if np.isfinite(stack.times_h).all() else None
     rows, growth = growth_table(times, field, per_region, level=INTERVAL_LEVEL)
-    atomic_write(out / "growth.csv", _csv_bytes(GROWTH_COLUMNS, rows))
+    atomic_write(lay.file("growth.csv"), _csv_bytes(GROWTH_COLUMNS, rows))
     summary["growth"] = growth
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(lay.file("summary.json"), json.dumps(summary, indent=1))
     return summary
