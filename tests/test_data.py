@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -172,3 +173,37 @@ def test_scale_jitter_moves_points_with_the_pixels():
         for px, py in pa:
             r, c = int(round(py)), int(round(px))
             assert xa[0, r, c] > 0.5 * xa.max()
+
+
+def test_points_with_ellipse_columns_are_read_in_radians_and_checked(tmp_path):
+    from wsicount.training.data import read_annotations
+
+    p = tmp_path / "a.csv"
+    p.write_text("x,y,a,b,angle\n1.5,2,6,3,90\n10,11,4,4,\n")
+    pts, ell = read_annotations(p)
+    assert np.allclose(pts, [[1.5, 2.0], [10.0, 11.0]])
+    assert np.allclose(ell, [[6.0, 3.0, np.pi / 2], [4.0, 4.0, 0.0]])
+    p.write_text("x,y,a,b\n1,2,6,3\n")  # angle column absent: 0
+    assert np.allclose(read_annotations(p)[1], [[6.0, 3.0, 0.0]])
+    p.write_text("x,y\n1,2\n")
+    assert read_annotations(p)[1] is None
+    p.write_text("x,y,a,b,angle\n1,2,6,3,0\n3,4,,2,0\n")
+    with pytest.raises(ValueError, match="line 3"):
+        read_annotations(p)
+    p.write_text("x,y,a,b,angle\n1,2,0,3,0\n")
+    with pytest.raises(ValueError, match="semi-axes"):
+        read_annotations(p)
+
+
+def test_resampling_moves_points_and_axes_with_the_pixels():
+    from wsicount.training.data import Sample, resample_samples
+
+    img = np.zeros((40, 60), np.uint8)
+    img[10, 20] = 255
+    s = Sample("a", img, np.array([[20.0, 10.0]]), 1.0, "train", 0.5, np.array([[8.0, 4.0, 0.3]]))
+    (r,) = resample_samples([s], 1.0)
+    assert r.image.shape == (20, 30) and r.mpp == 1.0 and r.count == 1.0
+    assert np.allclose(r.points, [[9.75, 4.75]]) and np.allclose(r.ellipses, [[4.0, 2.0, 0.3]])
+    yy, xx = np.nonzero(r.image)
+    assert abs(np.average(xx, weights=r.image[yy, xx]) - 9.75) < 0.6
+    assert resample_samples([replace(s, mpp=None)], 1.0)[0].image is img  # no pixel size: kept as it is
