@@ -212,6 +212,10 @@ def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float 
                     regions=opts["regions"], regions_units=opts["regions_units"], regions_scale=opts["regions_scale"])
     hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
     when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
+    fit = s["growth"].get("field") or {}
+    if fit.get("doubling_time_h"):
+        lo, hi = fit["ci_h"]
+        when += f"; field doubling time {fit['doubling_time_h']:.1f} h (95 % CI {lo:.1f}–{hi:.1f})"
     click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")
 
 
