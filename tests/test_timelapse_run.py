@@ -159,3 +159,23 @@ def test_strongest_peaks_agree_with_the_count():
     assert np.array_equal(strongest_peaks(d, pk, 2.2), pk[[1, 2]])  # order of the input kept
     assert np.array_equal(strongest_peaks(d, pk, 7.0), pk)
     assert strongest_peaks(d, pk, 0.3).shape == (0, 2)
+
+
+def test_run_cli_on_a_stack_with_regions_writes_growth(tmp_path, stack):
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    left = {"type": "Feature", "properties": {"objectType": "annotation", "name": "left"},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [48, 0], [48, 96], [0, 96], [0, 0]]]}}
+    (tmp_path / "r.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [left]}))
+    res = CliRunner().invoke(cli, ["run", str(stack[0]), "--out", str(tmp_path / "o"), "--regions",
+                                   str(tmp_path / "r.geojson"), "--mpp", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(tmp_path / "o" / "growth.csv")
+    assert [r["region"] for r in rows] == ["(field)"] * 9 + ["left"] * 9
+    assert all(float(r["count"]) <= float(f["count"]) + 1e-3 for r, f in zip(rows[9:], rows[:9]))
+    assert set(json.loads((tmp_path / "o" / "summary.json").read_text())["growth"]["regions"]) == {"left"}

@@ -160,8 +160,17 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
     checks.require_path(slide, "slide")
     from .timelapse.stack import is_stack
 
+    from .timelapse.series import is_slide_series
+
+    if is_slide_series(slide):  # one pyramid per time point: the slide path, frame by frame
+        from .cli_stacks import run_series
+
+        run_series(slide, out, model, quiet, frame_interval, times, opts)
+        return
     if is_stack(slide):
-        _run_stack(slide, out, model, frame_interval, times, focus, opts)
+        from .cli_stacks import run_stack
+
+        run_stack(slide, out, model, frame_interval, times, focus, opts)
         return
     if opts["mask"] is not None:
         checks.require_path(opts["mask"], "mask", "file")
@@ -188,35 +197,6 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
-
-
-def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float | None, times: Path | None,
-               focus: str, opts: dict) -> None:
-    """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
-    if focus not in ("best", "all") and not focus.isdigit():
-        raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
-    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler"):
-        if opts.get(name):
-            raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
-    if times is not None:
-        checks.require_path(times, "times", "file")
-    if opts["regions"] is not None:
-        checks.require_path(opts["regions"], "regions", "file")
-    checks.check_device(opts["device"])
-    from .timelapse import count_stack
-
-    s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
-                    batch_size=opts["batch_size"] or 4, device=opts["device"],
-                    precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
-                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"],
-                    regions=opts["regions"], regions_units=opts["regions_units"], regions_scale=opts["regions_scale"])
-    hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
-    when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
-    fit = s["growth"].get("field") or {}
-    if fit.get("doubling_time_h"):
-        lo, hi = fit["ci_h"]
-        when += f"; field doubling time {fit['doubling_time_h']:.1f} h (95 % CI {lo:.1f}–{hi:.1f})"
-    click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")
 
 
 @cli.command(short_help="Print levels, sizes, mpp and vendor of a slide.")

@@ -46,13 +46,15 @@ class RunConfig:
     model_mpp: float | None = None
     #: run a slide the domain guard refuses, recording the mismatch as a warning (``--force``)
     force: bool = False
+    #: the time point counted in a whole-slide time series (one pyramid per time point)
+    time_index: int = 0
 
     def result_params(self) -> dict[str, Any]:
         """Parameters that change the results (resuming requires them unchanged)."""
         return {"tile_size": self.tile_size, "precision": self.precision, "mpp": self.mpp,
                 "mask": self.mask, "tissue_mode": self.tissue_mode, "grid_um": list(self.grid_um),
                 "backend": self.backend, "skip_bad_tiles": self.skip_bad_tiles, "channel": self.channel,
-                "model_mpp": self.model_mpp}
+                "model_mpp": self.model_mpp, **({"time_index": self.time_index} if self.time_index else {})}
 
 
 def with_options(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:

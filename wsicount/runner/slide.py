@@ -271,7 +271,8 @@ def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor, timings: dict[s
     t = time.perf_counter()
     plan = make_plan(prep, o.lm.card, o.tile_plan.tile_size, cfg.grid_um)
     tiles = tissue_tiles(plan.grid, prep.tissue.mask, *plan.mask_scale)
-    job = TileJob(SlideSource(str(o.ahead.slide.path), cfg.backend, cfg.mpp, max(0, cfg.decode_cache_mb) << 20),
+    job = TileJob(SlideSource(str(o.ahead.slide.path), cfg.backend, cfg.mpp, max(0, cfg.decode_cache_mb) << 20,
+                              cfg.time_index),
                   ModelSpec(str(o.lm.path), str(o.device), o.precision, cfg.batch_size, o.placement.torch_threads,
                             o.placement.device_tasks),
                   plan, str(out), cfg.skip_bad_tiles, cfg.prefetch)

@@ -42,6 +42,8 @@ class SlideSource:
     backend: str
     mpp_override: float | None
     decode_cache_bytes: int = 0
+    #: the time point of a time series
+    t: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,11 @@ def worker_slide(src: SlideSource) -> Any:
     from ..io import open_slide
 
     def make() -> Any:
-        slide = open_slide(src.path, mpp=src.mpp_override, backend=src.backend)
+        slide = open_slide(src.path, mpp=src.mpp_override, backend=src.backend, t=src.t)
         slide.set_decode_cache(src.decode_cache_bytes)
         return slide
 
-    return cached(("slide", src.path, src.backend, src.mpp_override), make)
+    return cached(("slide", src.path, src.backend, src.mpp_override, src.t), make)
 
 
 def worker_model(spec: ModelSpec) -> Any:

@@ -26,6 +26,7 @@ of its names and a stack run none of a slide run's::
     summary.json            cleavage times, intervals, growth fits, provenance (written last)
     timeline.png            counts, interval band, fitted stages and cleavage times
     .wsicount-stack/params.json, .wsicount-stack/frames/<t>.json   per-frame resume records
+    t0000/, t0001/, ...     a whole-slide time series: each time point's slide-run folder (:class:`Layout`)
  :meth:`Layout.owned` lists exactly the top-level names a run may write and
 :meth:`Layout.foreign` every entry under the root that no run writes, so that clearing a
 folder never touches anything else: a folder holding a foreign entry is not cleared at all.
@@ -54,6 +55,8 @@ FILES = ("summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles
 STACK_STATE = ".wsicount-stack"
 STACK_DENSITY = "density.ome.zarr"
 STACK_FILES = ("timeline.csv", "growth.csv", "cells.csv", "summary.json", "timeline.png")
+#: a whole-slide time series' per-time-point slide folder
+_FRAME_DIR = re.compile(r"t[0-9]{4,}")
 #: Zarr metadata files a run writes at the root (the root group)
 ROOT_META = (".zgroup", ".zattrs", "zarr.json")
 #: a count or tissue-area map group of any grid size (``counts_100um``, ``tissue_12.5um``)
@@ -192,9 +195,20 @@ class StackLayout:
             raise KeyError(f"{name!r} is not an output file of a wsicount stack run")
         return self.root / name
 
+    def frame_dir(self, t: int) -> Path:
+        """The slide-run folder of time point ``t`` of a whole-slide time series."""
+        return self.root / f"t{t:04d}"
+
+    def frame_dirs(self) -> list[Path]:
+        """The time points' slide-run folders present, in time order."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink()
+                       and _FRAME_DIR.fullmatch(p.name)), key=lambda p: int(p.name[1:]))
+
     def owned(self) -> set[str]:
-        """Top-level names a stack run writes: nothing else is ever removed."""
-        return {STACK_STATE, STACK_DENSITY, *STACK_FILES}
+        """Top-level names a stack run writes (with the time points' folders present): nothing else is ever removed."""
+        return {STACK_STATE, STACK_DENSITY, *STACK_FILES} | {p.name for p in self.frame_dirs()}
 
     def has_outputs(self) -> bool:
         """Whether any name a stack run writes is present."""
@@ -212,8 +226,11 @@ class StackLayout:
             return found
         for entry in sorted(self.root.iterdir()):
             name = entry.name
-            if entry.is_symlink() or entry.is_dir() != (name in (STACK_STATE, STACK_DENSITY)):
+            frame_dir = _FRAME_DIR.fullmatch(name) is not None
+            if entry.is_symlink() or entry.is_dir() != (name in (STACK_STATE, STACK_DENSITY) or frame_dir):
                 found.append(name)
+            elif frame_dir:
+                found.extend(f"{name}/{f}" for f in Layout(entry).foreign(limit))
             elif name == STACK_DENSITY:
                 found.extend(_foreign_in_image(entry, self.root))
             elif not entry.is_dir() and not _own_file(name, STACK_FILES, ()):

@@ -102,7 +102,7 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
             d.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(110, 110, 110))
         else:
             d.line((float(px(xi)), y1 - 6, float(px(xi)), y1), fill=(210, 30, 30), width=2)
-    legend = "• count   — stage   ┆ cleavage"
+    legend = "• count" + ("   — stage   ┆ cleavage" if s.size else "")
     if band is not None:  # a swatch of the band's colour before its label
         legend = f"{100 * band[2]:g} % interval   " + legend
         xs = x1 - d.textlength(legend, font=small)

@@ -2,8 +2,9 @@
 
 Each stack is counted into ``OUT/<name>/`` by :func:`~wsicount.timelapse.run.count_stack`
 (so each one resumes on its own); a stack that fails is recorded with its error and the rest
-finish. ``OUT/study_timelapse.csv`` has one row per embryo: t2..t8 in hours and frames,
-cc2 = t3 - t2, s2 = t4 - t3, and the number of unreadable frames.
+finish. ``OUT/study_timelapse.csv`` has one row per embryo (or well): t2..t8 in hours and frames,
+cc2 = t3 - t2, s2 = t4 - t3, the number of unreadable frames, and the field's doubling time with
+its 95 % interval (empty when none was fitted; the summary's ``growth.field.reason`` says why).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .stages import CLEAVAGES, DURATIONS
 __all__ = ["STUDY_COLUMNS", "study_row", "write_study_table", "count_stacks"]
 
 STUDY_COLUMNS = (["embryo", "status", "frames", *(f"{k}_h" for k in CLEAVAGES), *(f"{n}_h" for n, _, _ in DURATIONS),
-                  *(f"{k}_frame" for k in CLEAVAGES), "censored", "unreadable_frames", "error"])
+                  *(f"{k}_frame" for k in CLEAVAGES), "censored", "unreadable_frames", "doubling_time_h",
+                  "doubling_time_lo_h", "doubling_time_hi_h", "error"])
 
 
 def _name(path: Path) -> str:
@@ -51,6 +53,10 @@ def study_row(embryo: str, summary: dict | None, error: str = "") -> dict[str, A
     for n, _, _ in DURATIONS:
         v = cl["durations_h"][n]
         row[f"{n}_h"] = "" if v is None else f"{v:.3f}"
+    fit = (summary.get("growth") or {}).get("field") or {}
+    if fit.get("doubling_time_h"):
+        row["doubling_time_h"] = f"{fit['doubling_time_h']:.3f}"
+        row["doubling_time_lo_h"], row["doubling_time_hi_h"] = (f"{v:.3f}" for v in fit["ci_h"])
     return row
 
 
