@@ -54,7 +54,10 @@ def test_each_time_point_opens_as_its_own_slide(series):
 
 def test_series_counts_equal_single_slide_counts_and_growth_is_fitted(series, tmp_path):
     path, single, _ = series
-    s = count_slide_series(path, tmp_path / "out", tile_size=512)
+    left = {"type": "Feature", "properties": {"objectType": "annotation", "name": "left"},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [512, 0], [512, 1024], [0, 1024], [0, 0]]]}}
+    (tmp_path / "r.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [left]}))
+    s = count_slide_series(path, tmp_path / "out", tile_size=512, regions=str(tmp_path / "r.geojson"))
     one = count(single, tmp_path / "one", tile_size=512)
     assert s["counts"][1] == pytest.approx(one["total_cells"], abs=1e-3)
     assert s["counts"][0] < s["counts"][1] < s["counts"][2]
@@ -62,6 +65,11 @@ def test_series_counts_equal_single_slide_counts_and_growth_is_fitted(series, tm
         rows = list(csv.DictReader(fh))
     assert [float(r["time_h"]) for r in rows] == list(TIMES) and all(r["status"] == "ok" for r in rows)
     assert all(float(r["count_lo"]) <= float(r["count"]) <= float(r["count_hi"]) for r in rows)  # calibrated model
+    with open(tmp_path / "out" / "growth.csv", newline="") as fh:
+        growth = list(csv.DictReader(fh))
+    field, part = ([float(r["count"]) for r in growth if r["region"] == n] for n in ("(field)", "left"))
+    assert field == pytest.approx(s["counts"], abs=1e-3) and len(part) == 3
+    assert all(0 < p < f for p, f in zip(part, field)) and s["growth"]["regions"]["left"]["window"]["frames"] == 3
     g = s["growth"]["field"]
     assert g["doubling_time_h"] == pytest.approx(10.0, rel=0.25) and g["window"]["frames"] == 3
     lay = StackLayout(tmp_path / "out")

@@ -42,3 +42,6 @@ def test_study_row_from_summary():
     summary["growth"] = {"field": {"doubling_time_h": 12.25, "ci_h": [10.0, 15.5]}}
     r = study_row("W3", summary)
     assert (r["doubling_time_h"], r["doubling_time_lo_h"], r["doubling_time_hi_h"]) == ("12.250", "10.000", "15.500")
+    series = {"frames": 4, "failed_frames": [], "growth": summary["growth"]}  # a whole-slide series: no stages
+    r = study_row("W4", series)
+    assert r["status"] == "ok" and r["t2_h"] == "" and r["doubling_time_h"] == "12.250"

@@ -17,8 +17,9 @@ error, counted as missing (NaN; the stage fit bridges it) and reported in summar
 Outputs in ``OUT``: ``density.ome.zarr`` (t, y, x) float32 cells/px at the network's pixel
 size; ``cells.csv`` (t, time_h, x, y in frame pixels); ``timeline.csv``
 (frame, time_h, count, count_lo, count_hi, stage, planes, status); ``summary.json`` (cleavage
-times t2..t8, cc2, s2, focus mode, the count interval's method and level, unreadable frames);
-``timeline.png``.
+times t2..t8, cc2, s2, focus mode, the count interval's method and level, the growth fits,
+unreadable frames); ``growth.csv`` (the field's and each ``regions`` region's count per frame, see
+:mod:`.growth`); ``timeline.png``.
 
 Per-frame intervals: each frame is one calibration unit of the model card's split-conformal
 calibration (:class:`wsicount.uncertainty.Calibration`, as ``wsicount evaluate`` scores whole

@@ -43,16 +43,18 @@ def study_row(embryo: str, summary: dict | None, error: str = "") -> dict[str, A
     if summary is None:
         row.update(status="error", error=error)
         return row
-    cl = summary["cleavage"]
-    row.update(status="ok", frames=summary["frames"], unreadable_frames=len(summary["unreadable_frames"]),
-               censored=" ".join(cl["censored_at_first_frame"]))
-    for k in CLEAVAGES:
-        h, f = cl["hours"][k], cl["frames"][k]
-        row[f"{k}_h"] = "" if h is None else f"{h:.3f}"
-        row[f"{k}_frame"] = "" if f is None else f
-    for n, _, _ in DURATIONS:
-        v = cl["durations_h"][n]
-        row[f"{n}_h"] = "" if v is None else f"{v:.3f}"
+    bad = summary.get("unreadable_frames", summary.get("failed_frames", []))
+    row.update(status="ok", frames=summary["frames"], unreadable_frames=len(bad))
+    cl = summary.get("cleavage")  # a whole-slide time series fits no stages
+    if cl is not None:
+        row["censored"] = " ".join(cl["censored_at_first_frame"])
+        for k in CLEAVAGES:
+            h, f = cl["hours"][k], cl["frames"][k]
+            row[f"{k}_h"] = "" if h is None else f"{h:.3f}"
+            row[f"{k}_frame"] = "" if f is None else f
+        for n, _, _ in DURATIONS:
+            v = cl["durations_h"][n]
+            row[f"{n}_h"] = "" if v is None else f"{v:.3f}"
     fit = (summary.get("growth") or {}).get("field") or {}
     if fit.get("doubling_time_h"):
         row["doubling_time_h"] = f"{fit['doubling_time_h']:.3f}"
@@ -70,17 +72,29 @@ def write_study_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def count_stacks(paths: list[str | Path], out: str | Path, model: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
-    """Count each stack into ``out/<embryo>/`` and write ``out/study_timelapse.csv``; failures are rows too."""
+    """Count each stack into ``out/<embryo>/`` and write ``out/study_timelapse.csv``; failures are rows too.
+
+    A whole-slide time series among them goes through :func:`~.series.count_slide_series` with
+    ``model`` as given (a name or path; None: the slide default).
+    """
     outp = Path(out)
     outp.mkdir(parents=True, exist_ok=True)
-    if model is None or isinstance(model, (str, Path)):
-        from wsicount.models import load_model
+    from wsicount.models import LoadedModel, load_model
 
+    # a whole-slide series is counted by the slide path (a model name or card path; None: the slide default)
+    given = model.path if isinstance(model, LoadedModel) else model
+    if model is None or isinstance(model, (str, Path)):
         model = load_model(model or "blastomere")  # loaded once for every stack
+    from .series import count_slide_series, is_slide_series
+
     rows = []
     for p in map(Path, paths):
         name = _name(p)
         try:
+            if is_slide_series(p):  # whole slides per time point: the slide path (stack-only options do not apply)
+                series_opts = {k: v for k, v in kwargs.items() if k in ("mpp", "overwrite")}
+                rows.append(study_row(name, count_slide_series(p, outp / name, given, **series_opts)))
+                continue
             rows.append(study_row(name, count_stack(p, outp / name, model, **kwargs)))
         except WsicountError as e:
             rows.append(study_row(name, None, str(e)))
