@@ -176,6 +176,7 @@ def test_scale_jitter_moves_points_with_the_pixels():
 
 
 def test_points_with_ellipse_columns_are_read_in_radians_and_checked(tmp_path):
+    from wsicount.errors import InputError
     from wsicount.training.data import read_annotations
 
     p = tmp_path / "a.csv"
@@ -188,10 +189,10 @@ def test_points_with_ellipse_columns_are_read_in_radians_and_checked(tmp_path):
     p.write_text("x,y\n1,2\n")
     assert read_annotations(p)[1] is None
     p.write_text("x,y,a,b,angle\n1,2,6,3,0\n3,4,,2,0\n")
-    with pytest.raises(ValueError, match="line 3"):
+    with pytest.raises(InputError, match="line 3"):
         read_annotations(p)
     p.write_text("x,y,a,b,angle\n1,2,0,3,0\n")
-    with pytest.raises(ValueError, match="semi-axes"):
+    with pytest.raises(InputError, match="semi-axes"):
         read_annotations(p)
 
 

@@ -30,6 +30,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..errors import InputError
+
 __all__ = ["Sample", "load_dataset", "load_vgg_dots", "read_annotations", "resample_samples", "Augmenter",
            "dihedral"]
 
@@ -55,7 +57,10 @@ class Sample:
 
 
 def read_annotations(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Points (N, 2) of an ``x,y[,a,b,angle]`` CSV, and (N, 3) ellipses (a, b px; angle in radians) or None."""
+    """Points (N, 2) of an ``x,y[,a,b,angle]`` CSV, and (N, 3) ellipses (a, b px; angle in radians) or None.
+
+    A missing or unparsable value is an :class:`~wsicount.errors.InputError` naming the file and line.
+    """
     path = Path(path)
     rows, ells = [], []
     with open(path, newline="") as f:
@@ -69,8 +74,8 @@ def read_annotations(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
                     if not (a > 0 and b > 0):
                         raise ValueError("semi-axes must be > 0")
                     ells.append((a, b, np.deg2rad(float(r.get("angle") or 0.0))))
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}, line {i}: {e}") from None
+            except (TypeError, ValueError) as e:  # a bad annotation file is bad input: one line, exit code 10
+                raise InputError(f"{path}, line {i}: {e}") from None
     pts = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
     return pts, (np.asarray(ells, dtype=np.float64).reshape(-1, 3) if has_ell else None)
 
