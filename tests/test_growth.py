@@ -109,6 +109,10 @@ def test_growth_per_region_on_a_stack_doubling_at_a_known_rate(tmp_path, oracle)
     assert gl["window"]["frames"] == T.size
     assert g["regions"]["right"]["doubling_time_h"] is None and "flat" in g["regions"]["right"]["reason"]
     assert set(g["field"]) >= {"doubling_time_h", "ci_h", "window", "reason"}
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "out" / "timeline.png").convert("RGB"))
+    assert ((img == (20, 150, 60)).all(axis=-1).sum() > 50) == (g["field"]["doubling_time_h"] is not None)
 
 
 def test_regions_from_a_label_image_and_interval_columns_when_calibrated(tmp_path, oracle):

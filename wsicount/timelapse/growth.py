@@ -94,7 +94,7 @@ def doubling_time(times_h: np.ndarray, counts: np.ndarray, min_count: float = 0.
     q = float(stats.t.ppf(0.5 + level / 2, dof)) if dof > 0 else math.inf
     r_lo, r_hi = rate - q * se, rate + q * se
     out.update(rate_per_h=float(rate), r2=1.0 - float((resid**2).sum()) / ss if ss > 0 else None,
-               rate_ci_per_h=[float(r_lo), float(r_hi)])
+               rate_ci_per_h=[float(r_lo), float(r_hi)], log_count_at_0h=float(icpt))
     if r_lo <= 0 or rate * np.ptp(t) < FLAT * math.log(2):
         out["reason"] = (f"counts are flat or decreasing: the growth rate's {100 * level:g} % interval "
                          f"({r_lo:.3g} to {r_hi:.3g} per h) does not lie above 0, or the fit grows by less than "

@@ -3,7 +3,8 @@
 House style of :mod:`wsicount.report.pictures`: DejaVu Sans, a framed box with 1-2-2.5-5 ticks, the
 title and the legend above it. Counts are grey dots inside their interval's light blue band (when the
 model is calibrated; the band breaks at unreadable frames), the fitted stage a blue step line, each cleavage time a
-dashed orange vertical line labelled at the top; unreadable frames are red ticks on the axis.
+dashed orange vertical line labelled at the top, a fitted exponential growth a green curve over its fit
+window; unreadable frames are red ticks on the axis.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def _segments(ok: np.ndarray) -> list[tuple[int, int]]:
 
 def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: dict[str, float | None],
                  title: str, xlabel: str = "time since insemination (h)",
-                 band: tuple[np.ndarray, np.ndarray, float] | None = None) -> bytes:
+                 band: tuple[np.ndarray, np.ndarray, float] | None = None,
+                 growth: dict | None = None) -> bytes:
     """PNG of counts (NaN = unreadable frame) and stages against ``x`` (hours or frames); events on the same axis.
 
     ``band`` = (lo, hi, level): each frame's count interval, drawn as a band behind the counts.
+    ``growth``: a fitted :func:`wsicount.timelapse.growth.doubling_time` (``x`` in hours), drawn as
+    its exponential curve over the fit window.
     """
     from PIL import Image, ImageDraw
 
@@ -102,7 +106,16 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
             d.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(110, 110, 110))
         else:
             d.line((float(px(xi)), y1 - 6, float(px(xi)), y1), fill=(210, 30, 30), width=2)
+    fitted = growth is not None and growth.get("doubling_time_h") is not None
+    if fitted:
+        tt = np.linspace(growth["window"]["start_h"], growth["window"]["end_h"], 200)
+        yy = np.exp(growth["log_count_at_0h"] + growth["rate_per_h"] * tt)
+        keep = yy <= top  # the curve leaves the box at the top rather than running along it
+        if keep.sum() > 1:
+            d.line([(float(a), float(b)) for a, b in zip(px(tt[keep]), py(yy[keep]))], fill=(20, 150, 60), width=2)
     legend = "• count" + ("   — stage   ┆ cleavage" if s.size else "")
+    if fitted:
+        legend += f"   — doubling {growth['doubling_time_h']:.3g} h"
     if band is not None:  # a swatch of the band's colour before its label
         legend = f"{100 * band[2]:g} % interval   " + legend
         xs = x1 - d.textlength(legend, font=small)

@@ -46,7 +46,7 @@ from wsicount.store.layout import STACK_DENSITY, STACK_STATE, StackLayout
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
-from .growth import GROWTH_COLUMNS, growth_table, load_stack_regions, region_series
+from .growth import GROWTH_COLUMNS, doubling_time, growth_table, load_stack_regions, region_series
 from .stages import cleavage_times, fit_stages
 
 __all__ = ["StackOptions", "count_stack", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
@@ -352,7 +352,8 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
     events = ct.hours if have_times else {k: (None if v is None else float(v)) for k, v in ct.frames.items()}
     png = timeline_png(times if have_times else np.arange(len(records)), counts, stages, events,
                        f"{stack.path.name}: cells per frame", "time (h)" if have_times else "frame",
-                       band=(lo, hi, interval["level"]) if interval["method"] else None)
+                       band=(lo, hi, interval["level"]) if interval["method"] else None,
+                       growth=doubling_time(times, counts) if have_times else None)
     atomic_write(lay.file("timeline.png"), png)
     summary = {
         "input": str(stack.path), "kind": stack.kind, "frames": stack.n_frames, "planes": int(stack.data.sizes["z"]),

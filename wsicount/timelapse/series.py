@@ -137,7 +137,8 @@ def _write(lay: StackLayout, path: Path, stack: Any, rows: list[dict], seconds: 
     x = stack.times_h if have_times else np.arange(len(rows), dtype=float)
     atomic_write(lay.file("timeline.png"), timeline_png(
         x, field["count"], np.zeros(0, int), {}, f"{path.name}: cells per time point",
-        "time (h)" if have_times else "frame", band=(field["lo"], field["hi"], ci["level"]) if ci else None))
+        "time (h)" if have_times else "frame", band=(field["lo"], field["hi"], ci["level"]) if ci else None,
+        growth=growth.get("field")))
     summary = {
         "input": str(path), "kind": "slide-series", "frames": len(rows), "time_source": stack.time_source,
         "counts": [None if not np.isfinite(c) else round(float(c), 3) for c in field["count"]],
