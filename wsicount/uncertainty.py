@@ -27,7 +27,9 @@ tile record carries its per-view sums (:mod:`wsicount.views`).
 Methods: ``poisson`` (pred, area), ``shared`` (the default: adds pred2) -- both computed from
 the prediction itself, no extra compute -- ``tta`` (adds tta_var and counts the mean of the 8
 dihedral transforms: 8x the compute of a run) and ``ensemble`` (adds ens_var, the spread of
-K member models' counts, and counts their mean: K x the compute). A card's ``calibration`` is
+K member models' counts, and counts their mean: K x the compute) and ``hetero`` (adds
+het_var, the summed per-pixel variances of a variance head trained with a Gaussian likelihood
+on the frozen model, :mod:`wsicount.models.variance`; additive over tiles). A card's ``calibration`` is
 its default method's record; other calibrated methods sit under its ``methods`` key
 (:func:`card_calibration`). MC dropout is not offered: the bundled architectures were
 trained without dropout.
@@ -54,9 +56,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     "shared": ("pred", "area", "pred2"),
     "tta": ("pred", "area", "pred2", "tta_var"),
     "ensemble": ("pred", "area", "pred2", "ens_var"),
+    "hetero": ("pred", "area", "pred2", "het_var"),
 }
 #: terms that add over disjoint tiles: a tile record's ``var`` is their weighted sum (:meth:`Calibration.tile_var`)
-ADDITIVE = ("pred", "area")
+ADDITIVE = ("pred", "area", "het_var")
 #: the method of a new calibration: free at run time, and covers a bias shared within an area
 DEFAULT_METHOD = "shared"
 #: nominal levels reported by evaluation and benchmarks
@@ -107,9 +110,11 @@ class Calibration:
             raise ModelError(f"calibration method {self.method!r} needs the term {e.args[0]!r}") from None
         return np.maximum(v, self.floor)
 
-    def tile_var(self, count: float, area: float) -> float:
-        """A tile's additive variance term (what its record's ``var`` holds): from its count and tissue pixels."""
-        return self.weights.get("pred", 0.0) * max(float(count), 0.0) + self.weights.get("area", 0.0) * float(area)
+    def tile_var(self, count: float, area: float, het: float = 0.0) -> float:
+        """A tile's additive variance term (what its record's ``var`` holds): from its count, tissue pixels
+        and (``hetero``) the sum of its pixels' predicted variances."""
+        w = self.weights
+        return w.get("pred", 0.0) * max(float(count), 0.0) + w.get("area", 0.0) * float(area) + w.get("het_var", 0.0) * het
 
     def quantile(self, level: float) -> float:
         """Conformal multiplier ``q`` of the normalised score at ``level``."""
@@ -195,19 +200,21 @@ def image_terms(model: Any, image: np.ndarray, dens: np.ndarray, method: str, de
 
 
 def crop_terms(dens: np.ndarray, points: np.ndarray, weight: float, grid: int,
-               views: np.ndarray | None = None, spread: str = "tta_var") -> dict[str, np.ndarray]:
+               views: np.ndarray | None = None, spread: str = "tta_var",
+               het: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """True (``true``) and predicted (``count``) counts and variance terms of a ``grid x grid`` split.
 
     ``points`` are (x, y) pixel centres, each worth ``weight`` cells; a point belongs to the
     crop holding its pixel. ``views`` (V, H, W) adds each crop's V ``view_sums`` and their
-    variance as the term named ``spread`` (``tta_var``, ``ens_var``).
+    variance as the term named ``spread`` (``tta_var``, ``ens_var``); ``het`` (H, W), a
+    variance head's per-pixel variances, adds their sum ``het_var``.
     """
     h, w = dens.shape
     ys = np.linspace(0, h, grid + 1).round().astype(int)
     xs = np.linspace(0, w, grid + 1).round().astype(int)
     pr = np.clip(np.round(points[:, 1]).astype(int), 0, h - 1) if len(points) else np.zeros(0, int)
     pc = np.clip(np.round(points[:, 0]).astype(int), 0, w - 1) if len(points) else np.zeros(0, int)
-    rows: dict[str, list] = {"true": [], "count": [], "area": [], "view_sums": []}
+    rows: dict[str, list] = {"true": [], "count": [], "area": [], "view_sums": [], "het_var": []}
     for i in range(grid):
         for j in range(grid):
             sl = np.s_[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
@@ -217,6 +224,8 @@ def crop_terms(dens: np.ndarray, points: np.ndarray, weight: float, grid: int,
             rows["area"].append((ys[i + 1] - ys[i]) * (xs[j + 1] - xs[j]))
             if views is not None:
                 rows["view_sums"].append(views[(slice(None), *sl)].sum(axis=(1, 2), dtype=np.float64))
+            if het is not None:
+                rows["het_var"].append(float(het[sl].sum(dtype=np.float64)))
     out = {k: np.asarray(v, dtype=np.float64) for k, v in rows.items() if v}
     if views is not None:
         out[spread] = out["view_sums"].var(axis=1)
