@@ -146,6 +146,10 @@ def _domain_options(f):
               help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
 @click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Label image: level-0 pixels per label pixel.")
+@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "tta", "ensemble"]), default=None,
+              help="Count-interval method, one the model card is calibrated for [the card's default, shared: "
+                   "no extra compute]. tta counts the mean of the 8 rotated/flipped views of every tile (8x the "
+                   "compute); ensemble the mean of the card's member models (one pass each).")
 @click.option("--frame-interval", type=POSITIVE, default=None,
               help="Time-lapse stacks: minutes between frames, when the stack states no times.")
 @click.option("--times", type=click.Path(path_type=Path), default=None,
@@ -195,7 +199,7 @@ def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float 
     """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
     if focus not in ("best", "all") and not focus.isdigit():
         raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
-    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler"):
+    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler", "uncertainty"):
         if opts.get(name):
             raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
     if times is not None:
