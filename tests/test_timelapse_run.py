@@ -179,3 +179,21 @@ def test_run_cli_on_a_stack_with_regions_writes_growth(tmp_path, stack):
     assert [r["region"] for r in rows] == ["(field)"] * 9 + ["left"] * 9
     assert all(float(r["count"]) <= float(f["count"]) + 1e-3 for r, f in zip(rows[9:], rows[:9]))
     assert set(json.loads((tmp_path / "o" / "summary.json").read_text())["growth"]["regions"]) == {"left"}
+
+
+def test_frame_intervals_use_a_method_a_frame_can_compute():
+    from wsicount.timelapse.run import frame_intervals
+    from wsicount.uncertainty import fit_calibration
+
+    rng = np.random.default_rng(2)
+    p = rng.uniform(1, 20, 100)
+    terms = {"pred": p, "area": np.full(100, 900.0), "tta_var": rng.uniform(0, 1, 100)}
+    tta = {**fit_calibration(p + rng.normal(0, 1, 100), p, terms, "tta").to_dict(), "data": "d"}
+    shared = {**fit_calibration(p + rng.normal(0, 1, 100), p, terms, "shared").to_dict(), "data": "s"}
+    card = ModelCard(name="m", arch="cellnet", calibration=tta)
+    lo, hi, info = frame_intervals(card, np.array([3.0, np.nan]), 900)
+    assert np.isnan(lo).all() and info["method"] is None and "tta" in info["note"]
+    card.calibration = {**tta, "methods": {"shared": shared}}
+    lo, hi, info = frame_intervals(card, np.array([3.0, np.nan]), 900)
+    assert info["method"] == "shared" and info["calibration"] == {"data": "s"}
+    assert lo[0] < 3.0 * (1 + shared["bias"]) < hi[0] and np.isnan(lo[1])

@@ -146,6 +146,10 @@ def _domain_options(f):
               help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
 @click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Label image: level-0 pixels per label pixel.")
+@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "tta", "ensemble"]), default=None,
+              help="Count-interval method, one the model card is calibrated for [the card's default, shared: "
+                   "no extra compute]. tta counts the mean of the 8 rotated/flipped views of every tile (8x the "
+                   "compute); ensemble the mean of the card's member models (one pass each).")
 @click.option("--frame-interval", type=POSITIVE, default=None,
               help="Time-lapse stacks: minutes between frames, when the stack states no times.")
 @click.option("--times", type=click.Path(path_type=Path), default=None,
@@ -158,9 +162,8 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
         focus: str, **opts) -> None:
     """Count cells on SLIDE (a whole slide, or a time-lapse stack) and write maps, tables and reports to --out."""
     checks.require_path(slide, "slide")
-    from .timelapse.stack import is_stack
-
     from .timelapse.series import is_slide_series
+    from .timelapse.stack import is_stack
 
     if is_slide_series(slide):  # one pyramid per time point: the slide path, frame by frame
         from .cli_stacks import run_series

@@ -17,7 +17,7 @@ def run_stack(stack: Path, out: Path, model: str | None, frame_interval: float |
     """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
     if focus not in ("best", "all") and not focus.isdigit():
         raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
-    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler"):
+    for name in ("channel", "model_mpp", "mask", "tissue_mode", "workers", "scheduler", "uncertainty"):
         if opts.get(name):
             raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
     if times is not None:

@@ -49,7 +49,7 @@ from .stack import Stack, open_stack
 from .growth import GROWTH_COLUMNS, doubling_time, growth_table, load_stack_regions, region_series
 from .stages import cleavage_times, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "frame_calibration", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
 STATE_DIR = STACK_STATE
 #: nominal coverage of the per-frame count intervals (the slide runs' default level)
@@ -297,26 +297,38 @@ def _csv_bytes(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
+def frame_calibration(card) -> tuple[Any, dict, str]:
+    """The card's calibration a frame's own prediction can use (``poisson``/``shared``: terms pred, area, pred2),
+    its record, and a note; (None, {}, why) when there is none."""
+    from wsicount.uncertainty import METHODS, calibrated_methods, card_calibration
+
+    rec = card.calibration or {}
+    usable = [m for m in calibrated_methods(rec) if set(METHODS[m]) <= {"pred", "area", "pred2"}]
+    if not usable:
+        why = (f"model {card.name!r} carries no count calibration" if not rec else
+               f"model {card.name!r} is calibrated only for {', '.join(calibrated_methods(rec))}, whose extra terms a "
+               "stack run does not compute")
+        return None, {}, (f"{why}, so no interval is given (calibrate it: python -m wsicount.training.calibrate "
+                          f"{card.name} DATA --method shared --save)")
+    m = usable[0]
+    return card_calibration(rec, m), (rec if m == rec.get("method") else rec["methods"][m]), ""
+
+
 def frame_intervals(card, counts: np.ndarray, area_px: int,
                     level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Per-frame ``(lo, hi)`` at ``level`` from the card's calibration (NaN where a frame has no count),
     and the summary's description of the interval; all NaN and a note when the card has none."""
-    from wsicount.uncertainty import Calibration
-
     c = np.asarray(counts, dtype=np.float64)
     nan = np.full(c.shape, np.nan)
-    if not card.calibration:
-        return nan, nan.copy(), {
-            "method": None, "level": None,
-            "note": f"model {card.name!r} carries no count calibration, so no interval is given (calibrate it: "
-                    f"python -m wsicount.training.calibrate {card.name} DATA --save)"}
-    cal = Calibration.from_dict(card.calibration)
+    cal, rec, why = frame_calibration(card)
+    if cal is None:
+        return nan, nan.copy(), {"method": None, "level": None, "note": why}
     ok = np.isfinite(c)
     lo, hi = nan, nan.copy()
     if ok.any():
         lo[ok], hi[ok] = cal.interval(c[ok], {"pred": np.maximum(c[ok], 0.0), "area": np.full(ok.sum(), float(area_px))},
                                       level)
-    meta = {k: card.calibration[k] for k in ("data", "split", "units", "n_units", "date") if k in card.calibration}
+    meta = {k: rec[k] for k in ("data", "split", "units", "n_units", "date") if k in rec}
     return lo, hi, {"method": cal.method, "level": level, "unit": "one frame (as one calibration image)",
                     "calibration": meta,
                     "note": "split-conformal interval of the model card's calibration: it covers a frame's true "
@@ -374,14 +386,12 @@ def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: l
 
 def _write_growth(out: Path, stack: Stack, card, summary: dict, density, regions, scale: float) -> dict:
     """growth.csv (the field and each user region per frame), the doubling times, then summary.json (written last)."""
-    from wsicount.uncertainty import Calibration
-
     lay, nan = StackLayout(out), np.nan
     field = {k: np.array([nan if v is None else v for v in summary[key]])
              for k, key in (("count", "counts"), ("lo", "count_lo"), ("hi", "count_hi"))}
     per_region = {}
     if regions is not None:
-        cal = Calibration.from_dict(card.calibration) if card.calibration else None
+        cal = frame_calibration(card)[0]
         per_region = region_series(regions, density, np.isfinite(field["count"]), scale, card.mpp or stack.mpp, cal,
                                    INTERVAL_LEVEL)
     times = stack.times_h if np.isfinite(stack.times_h).all() else None

@@ -30,7 +30,8 @@ from .evaluate import _load, evaluate
 from ..errors import InputError
 from ..models import LoadedModel, read_card
 from ..store.atomic import atomic_write
-from ..uncertainty import DEFAULT_METHOD, LEVELS, METHODS, coverage_report, crop_terms, fit_calibration, predict_tta
+from ..uncertainty import DEFAULT_METHOD, LEVELS, METHODS, coverage_report, crop_terms, fit_calibration
+from ..views import VIEW_METHODS, load_members, predict_views
 
 __all__ = ["calibrate", "calibration_names", "save_calibration"]
 
@@ -51,27 +52,31 @@ def calibration_names(lm: LoadedModel, root: Path, split: str) -> tuple[str | No
 
 def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.PathLike, split: str = "val",
               method: str = DEFAULT_METHOD, grids: tuple[int, ...] = (2, 1), device: str = "cpu",
-              precision: str = "fp32") -> dict[str, Any]:
+              precision: str = "fp32", members: list[str | os.PathLike] | None = None) -> dict[str, Any]:
     """Fit ``method``'s interval on the calibration images and their crops; the card's record.
 
     The record holds the method, data, split, units, the fitted terms (bias, weights, floor,
     sorted scores) and the coverage reached on the calibration units and images (in-sample,
-    so >= nominal by construction over all units).
+    so >= nominal by construction over all units). ``ensemble`` needs ``members`` (>= 2 model
+    cards; the record lists them relative to ``model``'s card, which is usually one of them).
     """
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; choose from {sorted(METHODS)}")
     if not grids or min(grids) < 1:
         raise InputError(f"grids must be crops per side >= 1, got {grids}")
+    if (method == "ensemble") != bool(members) or (members and len(members) < 2):
+        raise InputError("the ensemble method, and only it, takes --members: two or more model cards")
     lm = _load(model, device)
+    models = load_members([read_card(m)[1] for m in members], device) if members else [lm]
     root = Path(data)
     load_split, names, what = calibration_names(lm, root, split)
     units: dict[int, list[dict[str, np.ndarray]]] = {g: [] for g in {*grids, 1}}
 
     def collect(s: Sample, dens: np.ndarray) -> None:
-        tta = predict_tta(lm, s.image, device, precision) if method == "tta" else None
-        d = tta.mean(axis=0) if tta is not None else dens
+        views = predict_views(models, s.image, device, precision, method == "tta") if method in VIEW_METHODS else None
+        d = views.mean(axis=0) if views is not None else dens
         for g, acc in units.items():
-            acc.append(crop_terms(d, s.points, s.point_weight, g, tta))
+            acc.append(crop_terms(d, s.points, s.point_weight, g, views, VIEW_METHODS.get(method, "tta_var")))
 
     card = lm.card
     saved, card.calibration = card.calibration, {}  # score the raw model, not a previous calibration
@@ -82,8 +87,9 @@ def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.Path
     u = _stack([x for g in grids for x in units[g]])
     img = _stack(units[1])
     cal = fit_calibration(u["true"], u["count"], u, method)
+    extra = {"members": [os.path.relpath(read_card(m)[1], lm.path.parent) for m in members]} if members else {}
     return {
-        **cal.to_dict(), "data": root.name, "split": what, "n_images": len(res.images),
+        **cal.to_dict(), **extra, "data": root.name, "split": what, "n_images": len(res.images),
         "units": "whole images" if tuple(grids) == (1,) else
                  "each image and its " + ", ".join(f"{g}x{g}" for g in grids if g > 1) + " crops",
         "n_units": int(u["true"].size), "levels": list(LEVELS),
@@ -94,14 +100,29 @@ def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.Path
 
 
 def _stack(units: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Concatenate per-image unit arrays (``tta_sums`` rows included)."""
+    """Concatenate per-image unit arrays (``view_sums`` rows included)."""
     return {k: np.concatenate([x[k] for x in units]) for k in units[0]}
 
 
-def save_calibration(model: str | os.PathLike | None, record: dict[str, Any]) -> Path:
-    """Write ``record`` into the model's card (atomically); returns the card path."""
+def save_calibration(model: str | os.PathLike | None, record: dict[str, Any], default: bool = False) -> Path:
+    """Write ``record`` into the model's card (atomically); returns the card path.
+
+    The record becomes the card's default calibration when ``default``, when the card has none
+    or when it recalibrates the default method; otherwise it is kept under ``methods`` (chosen
+    at run time with ``--uncertainty``). A replaced default moves under ``methods``.
+    """
     card, cpath = read_card(model)
-    card.calibration = record
+    old = dict(card.calibration or {})
+    others = dict(old.pop("methods", None) or {})
+    method = record["method"]
+    if default or not old or old.get("method") == method:
+        if old and old.get("method") != method:
+            others[old["method"]] = old
+        others.pop(method, None)
+        card.calibration = {**record, **({"methods": others} if others else {})}
+    else:
+        others[method] = record
+        card.calibration = {**old, "methods": others}
     atomic_write(cpath, card.to_json() + "\n")
     return cpath
 
@@ -114,16 +135,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", default="val")
     ap.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     ap.add_argument("--grids", type=int, nargs="+", default=[2, 1], help="crops per image side, one unit set each")
+    ap.add_argument("--members", nargs="+", default=None, help="ensemble: the member models' cards (>= 2)")
     ap.add_argument("--save", action="store_true", help="store the record in the model's card")
+    ap.add_argument("--default", action="store_true", help="with --save: make this method the card's default")
     a = ap.parse_args(argv)
-    rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids))
+    rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids), members=a.members)
     rec["command"] = " ".join(["python -m wsicount.training.calibrate", a.model, Path(a.data).as_posix(),
-                               "--split", a.split, "--method", a.method, "--grids", *map(str, a.grids)])
+                               "--split", a.split, "--method", a.method, "--grids", *map(str, a.grids),
+                               *(["--members", *a.members] if a.members else [])])
     cov = rec["coverage"]
     print(f"{a.model}: {rec['n_images']} images, {rec['n_units']} units; coverage units {cov['units']}, "
           f"images {cov['images']}")
     if a.save:
-        print(f"saved in {save_calibration(a.model, rec)}")
+        print(f"saved in {save_calibration(a.model, rec, a.default)}")
 
 
 if __name__ == "__main__":
