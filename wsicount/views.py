@@ -24,7 +24,7 @@ import numpy as np
 from .errors import ModelError
 
 __all__ = ["VIEW_METHODS", "DIHEDRAL", "undo_dihedral", "predict_views_batch", "predict_views", "ensemble_members",
-           "load_members"]
+           "head_path", "load_members"]
 
 #: methods whose count is the mean of several views, and the name of their spread term
 VIEW_METHODS = {"tta": "tta_var", "ensemble": "ens_var"}
@@ -91,6 +91,17 @@ def ensemble_members(record: Mapping[str, Any], card_path: str | os.PathLike) ->
     if missing:
         raise ModelError(f"ensemble member(s) not found: {', '.join(missing)}")
     return paths
+
+
+def head_path(record: Mapping[str, Any], card_path: str | os.PathLike) -> Path:
+    """The variance head a ``hetero`` calibration names (relative to the card's folder)."""
+    name = record.get("head")
+    if not name:
+        raise ModelError("a hetero calibration must name its variance head ('head')")
+    p = Path(name) if Path(name).is_absolute() else Path(card_path).parent / name
+    if not p.exists():
+        raise ModelError(f"variance head not found: {p}")
+    return p
 
 
 def load_members(paths: Sequence[str | os.PathLike], device: Any = "cpu") -> list[Any]:

@@ -111,3 +111,36 @@ def test_an_uncalibrated_method_is_refused_before_any_tile(setup, tmp_path):
     with pytest.raises(ModelError, match="no 'tta' calibration"):
         _run(tmp_path, bare, img, "x", uncertainty="tta")
     assert not (tmp_path / "x" / "summary.json").exists()
+
+
+def test_hetero_run_adds_the_heads_variance_of_the_whole_image(setup, tmp_path):
+    """The slide interval under hetero uses Σ of the head's per-pixel variance, whatever the tile size."""
+    from wsicount.models import load_model, read_card
+    from wsicount.models.variance import VarianceHead, predict_variance, save_head
+    from wsicount.uncertainty import card_calibration
+
+    d, _, img = setup
+    model = _model(tmp_path, 0)
+    import torch
+
+    torch.manual_seed(4)
+    head = VarianceHead(8).eval()
+    save_head(head, tmp_path / "tiny0.variance.safetensors")
+    from wsicount.uncertainty import Calibration
+
+    # the head's variance alone sets the width: a wrong or missing het sum changes the interval
+    rec = Calibration("hetero", {"pred": 0.0, "area": 0.0, "pred2": 0.0, "het_var": 1e4}, 1e-9,
+                      tuple(np.linspace(0.5, 2.5, 40))).to_dict()
+    save_calibration(model, _cal("shared"))
+    save_calibration(model, {**rec, "head": "tiny0.variance.safetensors"})
+    runs = {ts: _run(tmp_path, model, img, f"h{ts}", uncertainty="hetero", tile_size=ts) for ts in (192, 512)}
+    lm = load_model(model)
+    dens, var = predict_variance(lm, head, img)
+    cal = card_calibration(read_card(model)[0].calibration, "hetero")
+    total = runs[512]["total_cells"]
+    lo, hi = cal.interval(total, {"pred": max(total, 0.0), "area": float(img.size), "het_var": float(var.sum())})
+    for s in runs.values():
+        assert s["total_cells"] == pytest.approx(float(dens.sum()), rel=1e-4)
+        assert (s["total_cells_ci"]["lo"], s["total_cells_ci"]["hi"]) == pytest.approx((lo, hi), rel=1e-4)
+        assert s["total_cells_ci"]["method"] == "hetero"
+    assert hi - lo > 0.01 * total
