@@ -144,3 +144,51 @@ def test_hetero_run_adds_the_heads_variance_of_the_whole_image(setup, tmp_path):
         assert (s["total_cells_ci"]["lo"], s["total_cells_ci"]["hi"]) == pytest.approx((lo, hi), rel=1e-4)
         assert s["total_cells_ci"]["method"] == "hetero"
     assert hi - lo > 0.01 * total
+
+
+def _dataset(root, n: int = 8, size: int = 48):
+    """A manifest-layout dataset of ``n`` validation images with bright blobs at the annotated points."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["name,count,split,um_per_px,n_points"]
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        pts = rng.uniform(5, size - 5, (int(rng.integers(1, 6)), 2)).round(1)
+        img = np.full((size, size), 20.0)
+        for x, y in pts:
+            img += 200 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 8.0)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"v{i}.png")
+        np.savetxt(root / "points" / f"v{i}.csv", pts, delimiter=",", header="x,y", comments="")
+        lines.append(f"v{i},{len(pts)},val,{MPP},{len(pts)}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_calibrate_ensemble_and_hetero_records_name_their_parts(tmp_path):
+    """calibrate: the ensemble's units count the members' mean; records name members / head relative to the card."""
+    from wsicount.errors import InputError
+    from wsicount.models import load_model
+    from wsicount.models.variance import VarianceHead, save_head
+    from wsicount.training.calibrate import calibrate
+    from wsicount.training.data import load_dataset
+    from wsicount.views import predict_views
+
+    data = _dataset(tmp_path / "blobs")
+    cards = [_model(tmp_path / "m", i) for i in range(3)]
+    rec = calibrate(cards[0], data, split="val", method="ensemble", grids=(3,), members=cards)
+    assert rec["members"] == ["tiny0.json", "tiny1.json", "tiny2.json"] and rec["n_units"] == 8 * 9
+    models = [load_model(c) for c in cards]
+    mean = sum(predict_views(models, s.image, tta=False).mean(axis=0).sum() for s in load_dataset(data))
+    truth = sum(s.count for s in load_dataset(data))
+    # the fitted bias is Σ(true - count) / Σ count over the units, whose counts add to the members' mean
+    assert rec["bias"] == pytest.approx((truth - mean) / mean, rel=1e-3)
+    save_head(VarianceHead(8), tmp_path / "h" / "head.safetensors")
+    rec = calibrate(cards[0], data, split="val", method="hetero", grids=(3,), head=tmp_path / "h" / "head.safetensors")
+    assert rec["head"] == "../h/head.safetensors" and rec["method"] == "hetero"
+    with pytest.raises(InputError, match="ensemble"):
+        calibrate(cards[0], data, split="val", method="ensemble", grids=(3,))
+    with pytest.raises(InputError, match="hetero"):
+        calibrate(cards[0], data, split="val", method="shared", grids=(3,), head=tmp_path / "h" / "head.safetensors")
