@@ -9,7 +9,9 @@ no test split here, by 4-fold cross-fitting over its 16 validation images (calib
 score the other 4). Methods: ``poisson`` and ``shared`` (variance terms from the prediction,
 no extra compute), ``tta`` (8 dihedral transforms, 8x compute; the count is their mean),
 ``hetero`` (a variance head on the frozen model, ``wsicount.models.variance``; needs
-``--heads``) and ``ensemble`` (K models' mean and spread; needs ``--ensemble``).
+``--heads``), ``ensemble`` (K models' mean and spread; needs ``--ensemble``) and
+``mcdropout`` (8 bottleneck channel-dropout sub-networks, p = 0.2: test-time dropout on
+models trained without it).
 
 The default method is chosen on the calibration images alone: 5-fold cross-fitting over them
 (calibrate on 4/5, score the other 1/5's units), among the methods that cost no more than
@@ -75,15 +77,16 @@ def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
 
 
 def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
-           members: list[str] | None) -> dict[str, np.ndarray]:
-    """Per-image variance-head maps (``het``) and ensemble member densities (``ens``), cached beside the views."""
+           members: list[str] | None, mc: bool = True) -> dict[str, np.ndarray]:
+    """Per-image variance-head maps (``het``), ensemble member densities (``ens``) and MC-dropout pass
+    densities (``mc``: 8 passes, p = 0.2), cached beside the views."""
     import torch
 
     from wsicount.training.data import load_dataset
 
     out: dict[str, np.ndarray] = {}
     data = DATA / MODELS[model][0]
-    todo = {"het": head, "ens": members}
+    todo = {"het": head, "ens": members, "mc": mc}
     for key, src in todo.items():
         if not src:
             continue
@@ -102,9 +105,10 @@ def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
             lm, hd = load_model(model), load_head(src)
             out[key] = np.stack([predict_variance(lm, hd, im)[1] for im in images]).astype(np.float32)
         else:
-            from wsicount.views import load_members, predict_views
+            from wsicount.models import load_model
+            from wsicount.views import load_members, mc_members, predict_views
 
-            ms = load_members(src)
+            ms = load_members(src) if key == "ens" else mc_members(load_model(model))
             out[key] = np.stack([predict_views(ms, im, tta=False) for im in images]).astype(np.float16)
         np.savez(path, **{key: out[key]})
         print(f"{model}: {key} cached", flush=True)
@@ -119,7 +123,8 @@ def image_units(z: dict[str, np.ndarray], idx: np.ndarray, method: str, grid: in
     starts = np.concatenate([[0], np.cumsum(z["npts"])])
     units = []
     for i in idx:
-        views = {"tta": z["tta"][i], "ensemble": z["ens"][i] if "ens" in z else None}.get(method)
+        views = {"tta": z["tta"][i], "ensemble": z["ens"][i] if "ens" in z else None,
+                 "mcdropout": z["mc"][i] if "mc" in z else None}.get(method)
         views = None if views is None else views.astype(np.float32)
         dens = views.mean(axis=0) if views is not None else z["tta"][i][0].astype(np.float32)
         het = z["het"][i] if method == "hetero" else None
@@ -246,8 +251,9 @@ def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) 
     out = {"tta": counts(lambda i: z["tta"][i]), "truth": truth, "kinds": kinds}
     out["n_px"] = np.array([row["n_px"] for row in region_counts(regions, np.zeros((rows * h, cols * w)), None, 1.0)],
                            dtype=np.float64)
-    if "ens" in z:
-        out["ens"] = counts(lambda i: z["ens"][i])
+    for key in ("ens", "mc"):
+        if key in z:
+            out[key] = counts(lambda i: z[key][i])
     if "het" in z:
         out["het"] = counts(lambda i: z["het"][i][None])[0]
     return out
@@ -256,9 +262,10 @@ def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) 
 def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     """Region-level coverage and width of ``method`` from :func:`mosaic_counts`."""
     truth, kinds = mc["truth"], mc["kinds"]
-    per = mc["ens"] if method == "ensemble" else mc["tta"]
-    count = per.mean(axis=0) if method in ("tta", "ensemble") else per[0]
-    terms = {"pred": np.maximum(count, 0.0), "area": mc["n_px"], "tta_var": per.var(axis=0), "ens_var": per.var(axis=0),
+    per = {"ensemble": mc.get("ens"), "mcdropout": mc.get("mc")}.get(method, mc["tta"])
+    count = per.mean(axis=0) if method in ("tta", "ensemble", "mcdropout") else per[0]
+    spread = per.var(axis=0)
+    terms = {"pred": np.maximum(count, 0.0), "area": mc["n_px"], "tta_var": spread, "ens_var": spread, "mc_var": spread,
              "het_var": mc.get("het", np.zeros_like(count))}
     flags = intervals(cal, truth, count, terms)
     out = {}
@@ -279,7 +286,7 @@ def costs(model: str, z: dict[str, np.ndarray], head: Path | None, members: list
     from wsicount.infer import predict_image
     from wsicount.models import load_model
     from wsicount.training.data import load_dataset
-    from wsicount.views import load_members, predict_views
+    from wsicount.views import load_members, mc_members, predict_views
 
     torch.set_num_threads(1)
     lm = load_model(model)
@@ -293,6 +300,8 @@ def costs(model: str, z: dict[str, np.ndarray], head: Path | None, members: list
     if members:
         ms = load_members(members)
         fns["ensemble"] = lambda: predict_views(ms, img, tta=False)
+    subs = mc_members(lm)
+    fns["mcdropout"] = lambda: predict_views(subs, img, tta=False)
     sec = {}
     for k, fn in fns.items():
         fn()
@@ -392,7 +401,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/uq/cache"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--methods", nargs="*", default=["poisson", "shared", "tta", "hetero", "ensemble"])
+    ap.add_argument("--methods", nargs="*", default=["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"])
     ap.add_argument("--grids", default="2,1;4,2,1", help="calibration unit sets: crops per side, ';' between sets")
     ap.add_argument("--heads", type=Path, default=None, help="folder of MODEL.variance.safetensors heads")
     ap.add_argument("--ensemble", action="append", default=[], help="MODEL=card,card,... (repeatable)")
@@ -417,8 +426,9 @@ def main() -> None:
         head = head if head is not None and head.exists() else None
         members = ens[m].split(",") if m in ens else None
         z.update(extras(m, z, a.cache, head, members))
-        methods = [x for x in a.methods if {"hetero": "het", "ensemble": "ens"}.get(x, "tta") in z]
-        nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or []))}
+        methods = [x for x in a.methods if {"hetero": "het", "ensemble": "ens", "mcdropout": "mc"}.get(x, "tta") in z]
+        nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or [])),
+                   "mcdropout": 8.0}
         cost = nominal if a.no_cost else costs(m, z, head, members)
         rows, regs, defaults[m] = evaluate_model(m, z, methods, grid_sets, cost, a.cols, a.discs)
         img_rows += rows

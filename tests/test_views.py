@@ -192,3 +192,27 @@ def test_calibrate_ensemble_and_hetero_records_name_their_parts(tmp_path):
         calibrate(cards[0], data, split="val", method="ensemble", grids=(3,))
     with pytest.raises(InputError, match="hetero"):
         calibrate(cards[0], data, split="val", method="shared", grids=(3,), head=tmp_path / "h" / "head.safetensors")
+
+
+def test_mcdropout_passes_are_fixed_subnetworks_of_the_whole_slide(setup, tmp_path):
+    """Each MC-dropout pass of a run counts what its sub-network counts on the whole image, at any tile size."""
+    from wsicount.models import load_model
+    from wsicount.uncertainty import Calibration
+    from wsicount.views import mc_members, predict_views
+
+    _, _, img = setup
+    model = _model(tmp_path, 0)
+    save_calibration(model, _cal("shared"))
+    rec = Calibration("mcdropout", {"pred": 0.5, "area": 0.0, "pred2": 0.0, "mc_var": 1.0}, 1e-9,
+                      tuple(np.linspace(0.5, 2.5, 40))).to_dict()
+    save_calibration(model, {**rec, "p": 0.3, "passes": 4})
+    subs = mc_members(load_model(model), 0.3, 4)
+    whole = predict_views(subs, img, tta=False).sum(axis=(1, 2), dtype=np.float64)
+    assert np.ptp(whole) > 1e-3 * whole.mean()  # the masks differ, so do the passes
+    for ts in (192, 512):
+        s = _run(tmp_path, model, img, f"mc{ts}", uncertainty="mcdropout", tile_size=ts)
+        views = np.sum([json.loads(p.read_text())["views"] for p in (tmp_path / f"mc{ts}" / ".wsicount" / "tiles").glob("*.json")],
+                       axis=0)
+        assert views == pytest.approx(whole, rel=1e-4)
+        assert s["total_cells"] == pytest.approx(whole.mean(), rel=1e-4)
+        assert s["total_cells_ci"]["method"] == "mcdropout"

@@ -61,11 +61,13 @@ class RunPlan:
     #: calibration of grid cells and user regions, whose terms hold no per-view sums: the card's
     #: default where the run's method is a view method (tta, ensemble), else ``calibration``
     area_calibration: Any = None
-    #: view methods: "tta" (8 dihedral views) or "ensemble" (its members' card paths in ``members``)
+    #: view methods: "tta" (8 dihedral views), "ensemble" (its members' card paths in ``members``) or
+    #: "mcdropout" (``mc``: dropout probability and passes)
     views: str | None = None
     members: tuple[str, ...] = ()
     #: hetero: the variance head's path (wsicount.models.variance); tiles add its summed variance to their ``var``
     head: str | None = None
+    mc: tuple[float, int] | None = None
 
 
 def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
@@ -144,16 +146,18 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     if area_cal is not None and area_cal.method in mapped:  # such a default: areas get no interval
         area_cal = None
     members: tuple[str, ...] = ()
-    head = None
-    if cal is not None and cal.method in ("ensemble", "hetero"):
+    head, mc = None, None
+    if cal is not None and cal.method in ("ensemble", "hetero", "mcdropout"):
         rec = card.calibration if card.calibration.get("method") == cal.method else card.calibration["methods"][cal.method]
         if cal.method == "ensemble":
             members = tuple(str(p) for p in ensemble_members(rec, card_path))
+        elif cal.method == "mcdropout":
+            mc = (float(rec.get("p", 0.2)), int(rec.get("passes", 8)))
         else:
             head = str(head_path(rec, card_path))
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
                    prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field, area_cal, views,
-                   members, head)
+                   members, head, mc)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,

@@ -271,9 +271,11 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     batch, plan = np.stack([x for _, x, *_ in good]), job.plan
     views = None
     if plan.views:  # tta: 8 dihedral views of this model; ensemble: one view per member
-        from ..views import predict_views_batch
+        from ..views import mc_members, predict_views_batch
 
-        models = worker_members(job.model, plan.members) if plan.views == "ensemble" else [model]
+        models = (worker_members(job.model, plan.members) if plan.views == "ensemble" else
+                  cached(("mc", job.model.path, plan.mc), lambda: mc_members(model, *plan.mc))
+                  if plan.views == "mcdropout" else [model])
         views = predict_views_batch(models, batch, device, job.model.precision, plan.views == "tta")
         dens = views.mean(axis=0)
     elif plan.head:  # hetero: the density and the head's per-pixel variance from one fp32 pass
