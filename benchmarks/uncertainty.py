@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import DATA, machine  # noqa: E402
+from uncertainty_cost import costs, region_speed, slide_cost  # noqa: E402
 
 MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
 
@@ -277,78 +278,6 @@ def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     return out
 
 
-def costs(model: str, z: dict[str, np.ndarray], head: Path | None, members: list[str] | None, reps: int = 5) -> dict:
-    """Seconds per image of each method relative to a plain pass (median of ``reps``, one thread, contended)."""
-    import time
-
-    import torch
-
-    from wsicount.infer import predict_image
-    from wsicount.models import load_model
-    from wsicount.training.data import load_dataset
-    from wsicount.views import load_members, mc_members, predict_views
-
-    torch.set_num_threads(1)
-    lm = load_model(model)
-    img = next(s.image for s in load_dataset(DATA / MODELS[model][0]) if s.name == z["name"][0])
-    fns = {"plain": lambda: predict_image(lm, img), "tta": lambda: predict_views([lm], img)}
-    if head:
-        from wsicount.models.variance import load_head, predict_variance
-
-        hd = load_head(head)
-        fns["hetero"] = lambda: predict_variance(lm, hd, img)
-    if members:
-        ms = load_members(members)
-        fns["ensemble"] = lambda: predict_views(ms, img, tta=False)
-    subs = mc_members(lm)
-    fns["mcdropout"] = lambda: predict_views(subs, img, tta=False)
-    sec = {}
-    for k, fn in fns.items():
-        fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        sec[k] = float(np.median(ts))
-    rel = {k: v / sec["plain"] for k, v in sec.items()}
-    return {"poisson": 1.0, "shared": 1.0, **{k: v for k, v in rel.items() if k != "plain"}}
-
-
-def region_speed(folder: Path, n: int = 8192) -> str:
-    """Seconds per region pixel of region_counts on an (n, n) Zarr density, next to a plain read + sum."""
-    import time
-
-    import zarr
-    from shapely.geometry import Point, Polygon
-
-    from wsicount.regions import LabelRegions, Region, region_counts
-
-    z = zarr.create_array(folder / "density.zarr", shape=(n, n), chunks=(1024, 1024), dtype="float32", overwrite=True)
-    for r in range(0, n, 1024):
-        z[r:r + 1024] = np.random.default_rng(r).random((1024, n), dtype=np.float32) * 0.01
-    s = 2 * n  # level-0 px across the slide: 2 level-0 px per model pixel
-    hole = Point(s / 2, s / 2).buffer(s * 0.18, 32).exterior.coords
-    big = Polygon([(s * .006, s * .006), (s * .98, s * .02), (s * .96, s * .98), (s * .01, s * .97)], [hole])
-    regs = [Region("big", None, big)] + [Region(f"disc{i}", None, Point(s * (.06 + .09 * i), s / 4).buffer(s * .04, 32))
-                                         for i in range(10)]
-    t = time.perf_counter()
-    px = sum(r["n_px"] for r in region_counts(regs, z, 0.5, 2.0))
-    poly = (time.perf_counter() - t) / px
-    t = time.perf_counter()
-    for r in range(0, n, 1024):
-        float(np.asarray(z[r:r + 1024]).sum(dtype=np.float64))
-    plain = (time.perf_counter() - t) / n / n
-    lab = np.zeros((n // 4, n // 4), np.int32)
-    lab[100:1500, 100:1000], lab[200:1800, 1200:2000] = 1, 2
-    t = time.perf_counter()
-    region_counts(LabelRegions(lab, 8.0), z, 0.5, 2.0)
-    label = (time.perf_counter() - t) / n / n
-    return (f"region_counts on a {n}x{n} float32 Zarr density (1024² chunks): 11 polygons (one with a hole) "
-            f"{poly * 1e9:.0f} ns per region pixel; label image {label * 1e9:.0f} ns per grid pixel; "
-            f"plain read + sum {plain * 1e9:.0f} ns per pixel")
-
-
 def table(rows: list[dict], key: str) -> str:
     """Markdown table of coverage and width at 80/90/95 % (with the calibration-set selection score and cost
     where the rows have them)."""
@@ -410,12 +339,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-cost", action="store_true", help="skip timing the methods")
     ap.add_argument("--region-speed", action="store_true", help="time region_counts on a synthetic Zarr density only")
+    ap.add_argument("--slide-cost", default=None, metavar="MODEL",
+                    help="time a synthetic slide run per calibrated method of MODEL against an uncalibrated run, only")
     a = ap.parse_args()
     if a.region_speed:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{datetime.date.today()}; {machine()}\n{region_speed(Path(tmp))}")
+        return
+    if a.slide_cost:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"{datetime.date.today()}; {machine()}; {a.slide_cost}, 2048² synthetic slide, 1 thread, best of 2")
+            print("| method | run s | relative |\n|---|---|---|\n" + slide_cost(Path(tmp), a.slide_cost))
         return
     grid_sets = [[int(g) for g in part.split(",")] for part in a.grids.split(";")]
     ens = dict(e.split("=", 1) for e in a.ensemble)
