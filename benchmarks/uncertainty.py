@@ -9,7 +9,9 @@ no test split here, by 4-fold cross-fitting over its 16 validation images (calib
 score the other 4). Methods: ``poisson`` and ``shared`` (variance terms from the prediction,
 no extra compute), ``tta`` (8 dihedral transforms, 8x compute; the count is their mean),
 ``hetero`` (a variance head on the frozen model, ``wsicount.models.variance``; needs
-``--heads``) and ``ensemble`` (K models' mean and spread; needs ``--ensemble``).
+``--heads``), ``ensemble`` (K models' mean and spread; needs ``--ensemble``) and
+``mcdropout`` (8 bottleneck channel-dropout sub-networks, p = 0.2: test-time dropout on
+models trained without it).
 
 The default method is chosen on the calibration images alone: 5-fold cross-fitting over them
 (calibrate on 4/5, score the other 1/5's units), among the methods that cost no more than
@@ -36,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import DATA, machine  # noqa: E402
+from uncertainty_cost import costs, region_speed, slide_cost  # noqa: E402
 
 MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
 
@@ -75,15 +78,16 @@ def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
 
 
 def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
-           members: list[str] | None) -> dict[str, np.ndarray]:
-    """Per-image variance-head maps (``het``) and ensemble member densities (``ens``), cached beside the views."""
+           members: list[str] | None, mc: bool = True) -> dict[str, np.ndarray]:
+    """Per-image variance-head maps (``het``), ensemble member densities (``ens``) and MC-dropout pass
+    densities (``mc``: 8 passes, p = 0.2), cached beside the views."""
     import torch
 
     from wsicount.training.data import load_dataset
 
     out: dict[str, np.ndarray] = {}
     data = DATA / MODELS[model][0]
-    todo = {"het": head, "ens": members}
+    todo = {"het": head, "ens": members, "mc": mc}
     for key, src in todo.items():
         if not src:
             continue
@@ -102,9 +106,10 @@ def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
             lm, hd = load_model(model), load_head(src)
             out[key] = np.stack([predict_variance(lm, hd, im)[1] for im in images]).astype(np.float32)
         else:
-            from wsicount.views import load_members, predict_views
+            from wsicount.models import load_model
+            from wsicount.views import load_members, mc_members, predict_views
 
-            ms = load_members(src)
+            ms = load_members(src) if key == "ens" else mc_members(load_model(model))
             out[key] = np.stack([predict_views(ms, im, tta=False) for im in images]).astype(np.float16)
         np.savez(path, **{key: out[key]})
         print(f"{model}: {key} cached", flush=True)
@@ -119,7 +124,8 @@ def image_units(z: dict[str, np.ndarray], idx: np.ndarray, method: str, grid: in
     starts = np.concatenate([[0], np.cumsum(z["npts"])])
     units = []
     for i in idx:
-        views = {"tta": z["tta"][i], "ensemble": z["ens"][i] if "ens" in z else None}.get(method)
+        views = {"tta": z["tta"][i], "ensemble": z["ens"][i] if "ens" in z else None,
+                 "mcdropout": z["mc"][i] if "mc" in z else None}.get(method)
         views = None if views is None else views.astype(np.float32)
         dens = views.mean(axis=0) if views is not None else z["tta"][i][0].astype(np.float32)
         het = z["het"][i] if method == "hetero" else None
@@ -246,8 +252,9 @@ def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) 
     out = {"tta": counts(lambda i: z["tta"][i]), "truth": truth, "kinds": kinds}
     out["n_px"] = np.array([row["n_px"] for row in region_counts(regions, np.zeros((rows * h, cols * w)), None, 1.0)],
                            dtype=np.float64)
-    if "ens" in z:
-        out["ens"] = counts(lambda i: z["ens"][i])
+    for key in ("ens", "mc"):
+        if key in z:
+            out[key] = counts(lambda i: z[key][i])
     if "het" in z:
         out["het"] = counts(lambda i: z["het"][i][None])[0]
     return out
@@ -256,9 +263,10 @@ def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) 
 def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     """Region-level coverage and width of ``method`` from :func:`mosaic_counts`."""
     truth, kinds = mc["truth"], mc["kinds"]
-    per = mc["ens"] if method == "ensemble" else mc["tta"]
-    count = per.mean(axis=0) if method in ("tta", "ensemble") else per[0]
-    terms = {"pred": np.maximum(count, 0.0), "area": mc["n_px"], "tta_var": per.var(axis=0), "ens_var": per.var(axis=0),
+    per = {"ensemble": mc.get("ens"), "mcdropout": mc.get("mc")}.get(method, mc["tta"])
+    count = per.mean(axis=0) if method in ("tta", "ensemble", "mcdropout") else per[0]
+    spread = per.var(axis=0)
+    terms = {"pred": np.maximum(count, 0.0), "area": mc["n_px"], "tta_var": spread, "ens_var": spread, "mc_var": spread,
              "het_var": mc.get("het", np.zeros_like(count))}
     flags = intervals(cal, truth, count, terms)
     out = {}
@@ -268,76 +276,6 @@ def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
         out[kind]["n"] = int(sel.sum())
         out[kind]["mean_true"] = float(truth[sel].mean())
     return out
-
-
-def costs(model: str, z: dict[str, np.ndarray], head: Path | None, members: list[str] | None, reps: int = 5) -> dict:
-    """Seconds per image of each method relative to a plain pass (median of ``reps``, one thread, contended)."""
-    import time
-
-    import torch
-
-    from wsicount.infer import predict_image
-    from wsicount.models import load_model
-    from wsicount.training.data import load_dataset
-    from wsicount.views import load_members, predict_views
-
-    torch.set_num_threads(1)
-    lm = load_model(model)
-    img = next(s.image for s in load_dataset(DATA / MODELS[model][0]) if s.name == z["name"][0])
-    fns = {"plain": lambda: predict_image(lm, img), "tta": lambda: predict_views([lm], img)}
-    if head:
-        from wsicount.models.variance import load_head, predict_variance
-
-        hd = load_head(head)
-        fns["hetero"] = lambda: predict_variance(lm, hd, img)
-    if members:
-        ms = load_members(members)
-        fns["ensemble"] = lambda: predict_views(ms, img, tta=False)
-    sec = {}
-    for k, fn in fns.items():
-        fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        sec[k] = float(np.median(ts))
-    rel = {k: v / sec["plain"] for k, v in sec.items()}
-    return {"poisson": 1.0, "shared": 1.0, **{k: v for k, v in rel.items() if k != "plain"}}
-
-
-def region_speed(folder: Path, n: int = 8192) -> str:
-    """Seconds per region pixel of region_counts on an (n, n) Zarr density, next to a plain read + sum."""
-    import time
-
-    import zarr
-    from shapely.geometry import Point, Polygon
-
-    from wsicount.regions import LabelRegions, Region, region_counts
-
-    z = zarr.create_array(folder / "density.zarr", shape=(n, n), chunks=(1024, 1024), dtype="float32", overwrite=True)
-    for r in range(0, n, 1024):
-        z[r:r + 1024] = np.random.default_rng(r).random((1024, n), dtype=np.float32) * 0.01
-    s = 2 * n  # level-0 px across the slide: 2 level-0 px per model pixel
-    hole = Point(s / 2, s / 2).buffer(s * 0.18, 32).exterior.coords
-    big = Polygon([(s * .006, s * .006), (s * .98, s * .02), (s * .96, s * .98), (s * .01, s * .97)], [hole])
-    regs = [Region("big", None, big)] + [Region(f"disc{i}", None, Point(s * (.06 + .09 * i), s / 4).buffer(s * .04, 32))
-                                         for i in range(10)]
-    t = time.perf_counter()
-    px = sum(r["n_px"] for r in region_counts(regs, z, 0.5, 2.0))
-    poly = (time.perf_counter() - t) / px
-    t = time.perf_counter()
-    for r in range(0, n, 1024):
-        float(np.asarray(z[r:r + 1024]).sum(dtype=np.float64))
-    plain = (time.perf_counter() - t) / n / n
-    lab = np.zeros((n // 4, n // 4), np.int32)
-    lab[100:1500, 100:1000], lab[200:1800, 1200:2000] = 1, 2
-    t = time.perf_counter()
-    region_counts(LabelRegions(lab, 8.0), z, 0.5, 2.0)
-    label = (time.perf_counter() - t) / n / n
-    return (f"region_counts on a {n}x{n} float32 Zarr density (1024² chunks): 11 polygons (one with a hole) "
-            f"{poly * 1e9:.0f} ns per region pixel; label image {label * 1e9:.0f} ns per grid pixel; "
-            f"plain read + sum {plain * 1e9:.0f} ns per pixel")
 
 
 def table(rows: list[dict], key: str) -> str:
@@ -392,7 +330,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/uq/cache"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--methods", nargs="*", default=["poisson", "shared", "tta", "hetero", "ensemble"])
+    ap.add_argument("--methods", nargs="*", default=["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"])
     ap.add_argument("--grids", default="2,1;4,2,1", help="calibration unit sets: crops per side, ';' between sets")
     ap.add_argument("--heads", type=Path, default=None, help="folder of MODEL.variance.safetensors heads")
     ap.add_argument("--ensemble", action="append", default=[], help="MODEL=card,card,... (repeatable)")
@@ -401,12 +339,21 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-cost", action="store_true", help="skip timing the methods")
     ap.add_argument("--region-speed", action="store_true", help="time region_counts on a synthetic Zarr density only")
+    ap.add_argument("--slide-cost", default=None, metavar="MODEL",
+                    help="time a synthetic slide run per calibrated method of MODEL against an uncalibrated run, only")
     a = ap.parse_args()
     if a.region_speed:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{datetime.date.today()}; {machine()}\n{region_speed(Path(tmp))}")
+        return
+    if a.slide_cost:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"{datetime.date.today()}; {machine()}; {a.slide_cost}, 2048² synthetic slide, 1 thread, best of 2")
+            print("| method | run s | relative |\n|---|---|---|\n" + slide_cost(Path(tmp), a.slide_cost))
         return
     grid_sets = [[int(g) for g in part.split(",")] for part in a.grids.split(";")]
     ens = dict(e.split("=", 1) for e in a.ensemble)
@@ -417,8 +364,9 @@ def main() -> None:
         head = head if head is not None and head.exists() else None
         members = ens[m].split(",") if m in ens else None
         z.update(extras(m, z, a.cache, head, members))
-        methods = [x for x in a.methods if {"hetero": "het", "ensemble": "ens"}.get(x, "tta") in z]
-        nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or []))}
+        methods = [x for x in a.methods if {"hetero": "het", "ensemble": "ens", "mcdropout": "mc"}.get(x, "tta") in z]
+        nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or [])),
+                   "mcdropout": 8.0}
         cost = nominal if a.no_cost else costs(m, z, head, members)
         rows, regs, defaults[m] = evaluate_model(m, z, methods, grid_sets, cost, a.cols, a.discs)
         img_rows += rows

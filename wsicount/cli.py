@@ -146,10 +146,11 @@ def _domain_options(f):
               help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
 @click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Label image: level-0 pixels per label pixel.")
-@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "tta", "ensemble"]), default=None,
+@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"]), default=None,
               help="Count-interval method, one the model card is calibrated for [the card's default, shared: "
-                   "no extra compute]. tta counts the mean of the 8 rotated/flipped views of every tile (8x the "
-                   "compute); ensemble the mean of the card's member models (one pass each).")
+                   "no extra compute]. hetero adds a variance head (one small convolution); tta counts the mean of "
+                   "the 8 rotated/flipped views of every tile (8x the compute); ensemble the mean of the card's "
+                   "member models (one pass each); mcdropout the mean of T bottleneck-dropout passes (T x).")
 @click.option("--frame-interval", type=POSITIVE, default=None,
               help="Time-lapse stacks: minutes between frames, when the stack states no times.")
 @click.option("--times", type=click.Path(path_type=Path), default=None,

@@ -31,8 +31,9 @@ K member models' counts, and counts their mean: K x the compute) and ``hetero`` 
 het_var, the summed per-pixel variances of a variance head trained with a Gaussian likelihood
 on the frozen model, :mod:`wsicount.models.variance`; additive over tiles). A card's ``calibration`` is
 its default method's record; other calibrated methods sit under its ``methods`` key
-(:func:`card_calibration`). MC dropout is not offered: the bundled architectures were
-trained without dropout.
+(:func:`card_calibration`). ``mcdropout`` (adds mc_var: T passes with fixed bottleneck
+channel-dropout masks, counting their mean; T x the compute) is test-time dropout on nets
+trained without dropout (:mod:`wsicount.views`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "tta": ("pred", "area", "pred2", "tta_var"),
     "ensemble": ("pred", "area", "pred2", "ens_var"),
     "hetero": ("pred", "area", "pred2", "het_var"),
+    "mcdropout": ("pred", "area", "pred2", "mc_var"),
 }
 #: terms that add over disjoint tiles: a tile record's ``var`` is their weighted sum (:meth:`Calibration.tile_var`)
 ADDITIVE = ("pred", "area", "het_var")
@@ -190,8 +192,8 @@ def image_terms(model: Any, image: np.ndarray, dens: np.ndarray, method: str, de
     count = float(dens.sum(dtype=np.float64))
     terms = {"area": float(dens.size)}
     if method in VIEW_METHODS:
-        if method == "ensemble" and not members:
-            raise ModelError("the ensemble method needs its member models")
+        if method in ("ensemble", "mcdropout") and not members:
+            raise ModelError(f"the {method} method needs its member models")
         views = predict_views(members or [model], image, device, precision, tta=method == "tta")
         sums = views.sum(axis=(1, 2), dtype=np.float64)
         count, terms[VIEW_METHODS[method]] = float(sums.mean()), float(sums.var())

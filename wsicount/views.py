@@ -7,6 +7,13 @@
   8 forward passes.
 * ``ensemble``: the same input through K models (members listed in the calibration record,
   paths relative to the card that holds it); the count is the members' mean, at K x the cost.
+* ``mcdropout``: T sub-networks of one U-Net, each dropping a fixed random subset of the
+  bottleneck's output channels (probability ``p``, kept ones scaled by 1/(1-p)) -- channel
+  dropout with a mask drawn once per pass, folded into the bottleneck's batch-norm affine, so
+  every pass is a deterministic fully convolutional net: tiles stay seam-free and a pass's
+  slide count is that sub-network's count. The bundled models were trained **without**
+  dropout, so this is test-time dropout on a net never trained with it; the conformal
+  calibration fits how much of its spread is error. T x the cost.
 
 The spread of the views' counts over an area (their variance) is the method's extra
 variance term; an area's per-view counts add over disjoint tiles, so a tile record carries
@@ -24,10 +31,10 @@ import numpy as np
 from .errors import ModelError
 
 __all__ = ["VIEW_METHODS", "DIHEDRAL", "undo_dihedral", "predict_views_batch", "predict_views", "ensemble_members",
-           "load_members"]
+           "head_path", "load_members", "mc_members"]
 
 #: methods whose count is the mean of several views, and the name of their spread term
-VIEW_METHODS = {"tta": "tta_var", "ensemble": "ens_var"}
+VIEW_METHODS = {"tta": "tta_var", "ensemble": "ens_var", "mcdropout": "mc_var"}
 #: the 8 dihedral transforms as (quarter turns, flip), in :func:`wsicount.training.data.dihedral`'s order
 DIHEDRAL = tuple((k, flip) for k in range(4) for flip in (False, True))
 
@@ -91,6 +98,42 @@ def ensemble_members(record: Mapping[str, Any], card_path: str | os.PathLike) ->
     if missing:
         raise ModelError(f"ensemble member(s) not found: {', '.join(missing)}")
     return paths
+
+
+def head_path(record: Mapping[str, Any], card_path: str | os.PathLike) -> Path:
+    """The variance head a ``hetero`` calibration names (relative to the card's folder)."""
+    name = record.get("head")
+    if not name:
+        raise ModelError("a hetero calibration must name its variance head ('head')")
+    p = Path(name) if Path(name).is_absolute() else Path(card_path).parent / name
+    if not p.exists():
+        raise ModelError(f"variance head not found: {p}")
+    return p
+
+
+def mc_members(lm: Any, p: float = 0.2, passes: int = 8, seed: int = 0) -> list[Any]:
+    """``passes`` copies of a U-Net, copy t with bottleneck channel dropout mask t (see the module docstring)."""
+    import copy
+
+    import torch
+
+    from .models import LoadedModel
+
+    bn = getattr(getattr(lm.module, "bottleneck", None), "__getitem__", None)
+    bn = bn(-1) if bn is not None else None
+    if not isinstance(bn, torch.nn.BatchNorm2d) or not 0 < p < 1:
+        raise ModelError(f"MC dropout needs a U-Net bottleneck ending in batch norm and 0 < p < 1 "
+                         f"({lm.card.arch}, p={p})")
+    out = []
+    for t in range(passes):
+        g = torch.Generator().manual_seed(seed + t)
+        keep = (torch.rand(bn.num_features, generator=g) >= p).float() / (1.0 - p)
+        m = copy.deepcopy(lm.module)
+        with torch.no_grad():
+            m.bottleneck[-1].weight.mul_(keep.to(bn.weight))
+            m.bottleneck[-1].bias.mul_(keep.to(bn.bias))
+        out.append(LoadedModel(m.eval(), lm.card, lm.path))
+    return out
 
 
 def load_members(paths: Sequence[str | os.PathLike], device: Any = "cpu") -> list[Any]:

@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 from ..errors import ModelError
 
-__all__ = ["VarianceHead", "features", "block_nll", "train_variance_head", "predict_variance", "save_head",
-           "load_head"]
+__all__ = ["VarianceHead", "features", "block_nll", "train_variance_head", "predict_variance", "predict_batch_variance",
+           "save_head", "load_head"]
 
 #: log-variance bounds (cells²/px²): keeps exp finite and the likelihood's gradient bounded
 LOGVAR_RANGE = (-25.0, 5.0)
@@ -143,6 +143,14 @@ def predict_variance(lm: Any, head: VarianceHead, image: np.ndarray) -> tuple[np
     f, d = features(lm, torch.from_numpy(np.ascontiguousarray(pad_to_stride(x, lm.card.stride)))[None])
     s = head(f, d)
     return d[0, :h, :w].numpy(), s[0, :h, :w].exp().numpy()
+
+
+@torch.inference_mode()
+def predict_batch_variance(lm: Any, head: VarianceHead, batch: np.ndarray, device: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(density, per-pixel variance), each (N, H, W), of a normalised stride-aligned batch, in fp32 on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+    f, d = features(lm, x)
+    return d.cpu().numpy(), head.to(device)(f, d).exp().cpu().numpy()
 
 
 def save_head(head: VarianceHead, path: str | os.PathLike) -> Path:

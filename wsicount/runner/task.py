@@ -273,11 +273,18 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     batch, plan = np.stack([x for _, x, *_ in good]), job.plan
     views = None
     if plan.views:  # tta: 8 dihedral views of this model; ensemble: one view per member
-        from ..views import predict_views_batch
+        from ..views import mc_members, predict_views_batch
 
-        models = worker_members(job.model, plan.members) if plan.views == "ensemble" else [model]
+        models = (worker_members(job.model, plan.members) if plan.views == "ensemble" else
+                  cached(("mc", job.model.path, plan.mc), lambda: mc_members(model, *plan.mc))
+                  if plan.views == "mcdropout" else [model])
         views = predict_views_batch(models, batch, device, job.model.precision, plan.views == "tta")
         dens = views.mean(axis=0)
+    elif plan.head:  # hetero: the density and the head's per-pixel variance from one fp32 pass
+        from ..models.variance import load_head, predict_batch_variance
+
+        head = cached(("head", plan.head), lambda: load_head(plan.head))
+        dens, var = predict_batch_variance(model, head, batch, device)
     else:
         dens = predict_batch(model, batch, device, job.model.precision)
     # wall and this thread's CPU seconds: less CPU than wall = waiting for a core or the GIL
@@ -288,7 +295,8 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     density = worker_density(job.out)
     for i, ((t, _, t_read, c_read), d) in enumerate(zip(good, dens)):
         t2, c2 = time.perf_counter(), time.thread_time()
-        rec, core = finish_tile(job.plan, t, d, mask)
+        het = float(counted_core(plan, t, var[i], mask)[0].sum(dtype=np.float64)) if plan.head else 0.0
+        rec, core = finish_tile(job.plan, t, d, mask, het)
         if views is not None:  # each view's count of the core, masked as the mean is
             rec.views = [float(counted_core(plan, t, v, mask)[0].sum(dtype=np.float64)) for v in views[:, i]]
         write_chunk(density, t.core[0], t.core[2], core)
@@ -299,8 +307,10 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     return records
 
 
-def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tuple[TileRecord, np.ndarray]:
-    """Mask the tile's density window, crop its core, find its peaks and grid sums: (record, core)."""
+def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray, het: float = 0.0) -> tuple[TileRecord, np.ndarray]:
+    """Mask the tile's density window, crop its core, find its peaks and grid sums: (record, core).
+
+    ``het``: the core's summed head variance (hetero), part of the record's ``var``."""
     from ..detect import density_peaks
 
     y0, y1, x0, x1 = t.core
@@ -321,7 +331,7 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
     rec = TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid, outside=outside)
     if plan.calibration is not None:  # the tile's additive count-variance term, from its count and tissue pixels
         area = (oy1 - oy0) * (ox1 - ox0) if inside else int(on[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0].sum())
-        rec.var = plan.calibration.tile_var(rec.sum, area)
+        rec.var = plan.calibration.tile_var(rec.sum, area, het)
     return rec, core
 
 

@@ -31,7 +31,8 @@ from ..errors import InputError
 from ..models import LoadedModel, read_card
 from ..store.atomic import atomic_write
 from ..uncertainty import DEFAULT_METHOD, LEVELS, METHODS, coverage_report, crop_terms, fit_calibration
-from ..views import VIEW_METHODS, load_members, predict_views
+from ..models.variance import load_head, predict_variance
+from ..views import VIEW_METHODS, load_members, mc_members, predict_views
 
 __all__ = ["calibrate", "calibration_names", "save_calibration"]
 
@@ -52,13 +53,17 @@ def calibration_names(lm: LoadedModel, root: Path, split: str) -> tuple[str | No
 
 def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.PathLike, split: str = "val",
               method: str = DEFAULT_METHOD, grids: tuple[int, ...] = (2, 1), device: str = "cpu",
-              precision: str = "fp32", members: list[str | os.PathLike] | None = None) -> dict[str, Any]:
+              precision: str = "fp32", members: list[str | os.PathLike] | None = None,
+              head: str | os.PathLike | None = None, p: float = 0.2, passes: int = 8) -> dict[str, Any]:
     """Fit ``method``'s interval on the calibration images and their crops; the card's record.
 
     The record holds the method, data, split, units, the fitted terms (bias, weights, floor,
     sorted scores) and the coverage reached on the calibration units and images (in-sample,
     so >= nominal by construction over all units). ``ensemble`` needs ``members`` (>= 2 model
-    cards; the record lists them relative to ``model``'s card, which is usually one of them).
+    cards; the record lists them relative to ``model``'s card, which is usually one of them);
+    ``hetero`` needs ``head`` (a variance head, :mod:`wsicount.models.variance`; the record names
+    it relative to the card); ``mcdropout`` uses ``passes`` sub-networks dropping bottleneck
+    channels with probability ``p`` (:func:`wsicount.views.mc_members`).
     """
     if method not in METHODS:
         raise InputError(f"unknown calibration method {method!r}; choose from {sorted(METHODS)}")
@@ -66,8 +71,13 @@ def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.Path
         raise InputError(f"grids must be crops per side >= 1, got {grids}")
     if (method == "ensemble") != bool(members) or (members and len(members) < 2):
         raise InputError("the ensemble method, and only it, takes --members: two or more model cards")
+    if (method == "hetero") != (head is not None):
+        raise InputError("the hetero method, and only it, takes --head: a variance head's safetensors file")
     lm = _load(model, device)
+    hd = load_head(head) if head is not None else None
     models = load_members([read_card(m)[1] for m in members], device) if members else [lm]
+    if method == "mcdropout":
+        models = mc_members(lm, p, passes)
     root = Path(data)
     load_split, names, what = calibration_names(lm, root, split)
     units: dict[int, list[dict[str, np.ndarray]]] = {g: [] for g in {*grids, 1}}
@@ -75,8 +85,9 @@ def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.Path
     def collect(s: Sample, dens: np.ndarray) -> None:
         views = predict_views(models, s.image, device, precision, method == "tta") if method in VIEW_METHODS else None
         d = views.mean(axis=0) if views is not None else dens
+        het = predict_variance(lm, hd, s.image)[1] if hd is not None else None
         for g, acc in units.items():
-            acc.append(crop_terms(d, s.points, s.point_weight, g, views, VIEW_METHODS.get(method, "tta_var")))
+            acc.append(crop_terms(d, s.points, s.point_weight, g, views, VIEW_METHODS.get(method, "tta_var"), het))
 
     card = lm.card
     saved, card.calibration = card.calibration, {}  # score the raw model, not a previous calibration
@@ -88,6 +99,10 @@ def calibrate(model: str | os.PathLike | LoadedModel | None, data: str | os.Path
     img = _stack(units[1])
     cal = fit_calibration(u["true"], u["count"], u, method)
     extra = {"members": [os.path.relpath(read_card(m)[1], lm.path.parent) for m in members]} if members else {}
+    if method == "mcdropout":
+        extra.update(p=p, passes=passes)
+    if head is not None:
+        extra["head"] = os.path.relpath(Path(head).resolve(), lm.path.parent.resolve())
     return {
         **cal.to_dict(), **extra, "data": root.name, "split": what, "n_images": len(res.images),
         "units": "whole images" if tuple(grids) == (1,) else
@@ -136,13 +151,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", default=DEFAULT_METHOD, choices=sorted(METHODS))
     ap.add_argument("--grids", type=int, nargs="+", default=[2, 1], help="crops per image side, one unit set each")
     ap.add_argument("--members", nargs="+", default=None, help="ensemble: the member models' cards (>= 2)")
+    ap.add_argument("--head", default=None, help="hetero: the variance head (python -m wsicount.models.variance)")
+    ap.add_argument("--p", type=float, default=0.2, help="mcdropout: bottleneck channel-dropout probability")
+    ap.add_argument("--passes", type=int, default=8, help="mcdropout: sub-networks (passes)")
     ap.add_argument("--save", action="store_true", help="store the record in the model's card")
     ap.add_argument("--default", action="store_true", help="with --save: make this method the card's default")
     a = ap.parse_args(argv)
-    rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids), members=a.members)
+    rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids), members=a.members,
+                    head=a.head, p=a.p, passes=a.passes)
     rec["command"] = " ".join(["python -m wsicount.training.calibrate", a.model, Path(a.data).as_posix(),
                                "--split", a.split, "--method", a.method, "--grids", *map(str, a.grids),
-                               *(["--members", *a.members] if a.members else [])])
+                               *(["--members", *a.members] if a.members else []),
+                               *(["--head", a.head] if a.head else []),
+                               *(["--p", str(a.p), "--passes", str(a.passes)] if a.method == "mcdropout" else [])])
     cov = rec["coverage"]
     print(f"{a.model}: {rec['n_images']} images, {rec['n_units']} units; coverage units {cov['units']}, "
           f"images {cov['images']}")
