@@ -12,6 +12,9 @@ DEMO_DIR ?= demo-out
 SLIDE ?=
 DEMO_SIZE ?= 12288 12288
 DEMO_SLIDE = $(if $(SLIDE),$(SLIDE),$(DEMO_DIR)/demo.ndpi)
+# a real Hamamatsu DAPI scan, counted too when the shared data folder is there (not part of the repository)
+SLIDES_DIR ?= ../shared/data/slides
+DAPI_NDPI = $(SLIDES_DIR)/test3-DAPI-2-(387).ndpi
 
 .PHONY: setup test test-all demo clean
 
@@ -49,6 +52,13 @@ demo: setup
 	$(SAY) "[demo 3/3] wsicount run $(DEMO_SLIDE) --out $(DEMO_DIR)/result"
 	$(BIN)/wsicount run $(DEMO_SLIDE) --out $(DEMO_DIR)/result --overwrite
 	@echo "report: $(DEMO_DIR)/result/report.html (open it in a web browser)"
+	@if [ -f "$(DAPI_NDPI)" ]; then \
+	  printf '\n==> %s\n' "[demo +] a real DAPI slide: wsicount run $(DAPI_NDPI) --model nuclei-fluo --channel dapi"; \
+	  $(BIN)/wsicount run "$(DAPI_NDPI)" --model nuclei-fluo --channel dapi --out $(DEMO_DIR)/dapi --overwrite && \
+	  printf '\n==> %s\n' "[demo +] its count beside a classical scikit-image count (benchmarks/classical_count.py)" && \
+	  $(BIN)/python benchmarks/classical_count.py "$(DAPI_NDPI)" --channel dapi --mask-of $(DEMO_DIR)/dapi --beside && \
+	  echo "report: $(DEMO_DIR)/dapi/report.html"; \
+	else echo "(no real slide: $(DAPI_NDPI) not found; the shared data folder is optional)"; fi
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -13,7 +13,8 @@ Two standard detectors on the channel (e.g. DAPI), both on the level nearest ``-
 Prints both counts, the tissue (foreground) area and the parameters. Saturated touching
 nuclei share one flat top, which h-maxima counts once; the LoG separates them by shape.
 ``--mask-of OUT`` also counts the detections inside the tissue mask a ``wsicount run`` wrote
-to OUT (its tissue label), to compare with that run's count.
+to OUT (its tissue label), to compare with that run's count; ``--beside`` then prints one line
+with that run's count next to the classical ones (what ``make demo`` shows).
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     ap.add_argument("--smooth-um", type=float, default=1.0, help="Gaussian smoothing sigma before h-maxima")
     ap.add_argument("--h", type=float, default=10.0, help="h-maxima height in grey levels (0-255)")
     ap.add_argument("--mask-of", default=None, help="a wsicount run's output folder: also count inside its tissue mask")
+    ap.add_argument("--beside", action="store_true", help="with --mask-of: one line, the run's count beside these")
     args = ap.parse_args()
     t = time.perf_counter()
     img, px = read_channel(args.slide, args.channel, args.mpp)
@@ -98,7 +100,21 @@ def main() -> None:
         res["in_mask_of"] = {"run": args.mask_of, "log_count": inside_mask(log_pk, px, args.mask_of),
                              "hmaxima_count": inside_mask(hmax_pk, px, args.mask_of)}
     res["seconds"] = round(time.perf_counter() - t, 1)
-    print(json.dumps(res, indent=1))
+    if args.beside and args.mask_of:
+        print(beside_line(args.mask_of, res))
+    else:
+        print(json.dumps(res, indent=1))
+
+
+def beside_line(run: str, res: dict) -> str:
+    """One line: a wsicount run's count (summary.json) beside the classical counts inside its tissue mask."""
+    with open(f"{run}/summary.json") as f:
+        summ = json.load(f)
+    inside = res["in_mask_of"]
+    return (f"wsicount {summ['model']['name']}: "
+            f"{summ['total_cells']:.0f} nuclei | classical (scikit-image, same tissue mask): "
+            f"LoG {inside['log_count']}, h-maxima {inside['hmaxima_count']} "
+            f"(whole slide: LoG {res['log_count']}, h-maxima {res['hmaxima_count']})")
 
 
 if __name__ == "__main__":

@@ -36,15 +36,23 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
         name="adipocyte-he", arch="unet", channels=[0, 1, 2], sigma_px=4.0, n_val=10, epochs=30,
         batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="auto",
         modality="brightfield")),
-    # DAPI/Hoechst nuclei (Coelho U2OS/NIH3T3 gray, Koyuncu HepG2/Huh7 RGB with the blue channel):
-    # reads the blue channel of RGB, a gray image as is; scale jitter spans the ~3x nucleus-size
-    # gap between the two sources; 384^2 crops (a Coelho nucleus is ~60-80 px wide) and a
-    # 16-filter U-Net (a 32-filter step costs ~6x more on one core)
+    # DAPI/Hoechst nuclei (Coelho U2OS/NIH3T3 gray, Koyuncu HepG2/Huh7 RGB: the blue channel). The two
+    # sources' nuclei differ ~3x in pixels and neither states um/px, so every image is resampled until
+    # its nuclei measure 16 px by an estimate from its pixels (wsicount.training.scale; the card's
+    # input_scale, applied identically by `wsicount evaluate`); the card's mpp 0.5 um/px states the
+    # assumption that a nucleus measures ~8 um by that estimate (its inscribed diameter: cultured-cell
+    # nuclei ~10-12 um, tissue nuclei ~7 um, e.g. 7.5 um on the DAPI NDPI in ../shared/data/slides);
+    # scale jitter 0.7-1.4 covers that spread. At that scale the U-Net's ~50 px receptive radius spans a
+    # nucleus and its neighbours. Koyuncu (14 train images, 0 val) is oversampled 3x and 3 of its
+    # train images (dense HepG2, sparse HepG2, Huh7) validate beside Coelho's 14 val images.
     "nuclei-fluo": ("nuclei_fluo", TrainConfig(
         name="nuclei-fluo", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[2],
-        epochs=400, batch_size=4, crop=384, lr=1e-3, loss="l1", count_weight=0.02, monitor="val_mae",
-        patience=30, val_every=6, bn_images=12, bn_final_images=24, scale_jitter=(0.6, 1.25), max_minutes=34,
-        modality="fluorescence", stain="DNA (DAPI/Hoechst)")),
+        sigma_px=3.0, epochs=400, batch_size=8, crop=192, lr=1e-3, loss="l1", count_weight=0.02,
+        monitor="val_mae", patience=400, val_every=2, bn_images=16, bn_final_images=48,
+        scale_jitter=(0.7, 1.4), max_minutes=38, mpp=0.5,
+        input_scale={"kind": "nucleus_diameter", "target_px": 16.0, "assumed_nucleus_um": 8.0},
+        oversample={"koyuncu_": 3}, val_names=["koyuncu_07", "koyuncu_09", "koyuncu_33"],
+        modality="fluorescence", stain="DNA (DAPI/Hoechst)", cell_diameter_um=8.0)),
     # H&E nuclei (MoNuSeg 40x tissue, TNBC): RGB, stain variation by intensity jitter
     "nuclei-he": ("nuclei_he", TrainConfig(
         name="nuclei-he", arch="unet", arch_kwargs={"base_filters": 16, "head": "relu"}, channels=[0, 1, 2],

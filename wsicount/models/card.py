@@ -43,6 +43,10 @@ class ModelCard:
     normalization: dict[str, Any] = field(default_factory=lambda: {"kind": "percentile", "low": 1.0, "high": 99.5})
     #: expected micrometres per pixel of the network input (None: unknown, use image pixels)
     mpp: float | None = None
+    #: how an image without µm/px is brought to the input scale before the network sees it
+    #: (training and ``wsicount evaluate`` alike, see :mod:`wsicount.training.scale`):
+    #: {"kind": "nucleus_diameter", "target_px": D} resamples so nuclei measure D px; {} = as is
+    input_scale: dict[str, Any] = field(default_factory=dict)
     density_scale: float = 100.0
     sigma_px: float = 6.0
     stride: int = 8

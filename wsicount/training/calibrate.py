@@ -6,9 +6,10 @@ and its ``g x g`` crops for every ``g`` in ``grids`` (default: the image and its
 quarters). Crops give enough units for a finite 95 % quantile from 10-16 images and are the
 scale of a slide's tiles; whole images put the error of larger areas (a shared bias) into
 the variance fit. :func:`wsicount.uncertainty.fit_calibration` fits the terms, and the
-returned record is what ``ModelCard.calibration`` holds. ``split="val"`` means the dataset's
-``val`` rows or, when the manifest has none, the images the card's training held out
-(``training.val_names``), so a model is never calibrated on its test split.
+returned record is what ``ModelCard.calibration`` holds. ``split="val"`` means the images the
+card's training validated on (``training.val_names``: the dataset's ``val`` rows plus any training
+images it held out) or, for a card that lists none, the dataset's ``val`` rows, so a model is never
+calibrated on its test split.
 
 Recalibrate a bundled model in one line (``--save`` rewrites its card)::
 
@@ -42,11 +43,11 @@ def calibration_names(lm: LoadedModel, root: Path, split: str) -> tuple[str | No
     if split != "val":
         return split, None, split
     try:
-        has_val = bool(load_dataset(root, split="val"))
+        load_dataset(root, split="val")  # a missing or malformed folder is the user's error here
     except FileNotFoundError as e:
         raise InputError(str(e)) from None
     names = lm.card.training.get("val_names")
-    if has_val or not names:
+    if not names:
         return "val", None, "val"
     return None, list(names), "training.val_names (held out of training)"
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Collection
 import numpy as np
 
 from .data import Sample, load_dataset
+from .scale import to_input_scale
 from ..channels import resolve_channel
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
@@ -151,6 +152,38 @@ def _load(model: str | os.PathLike | LoadedModel | None, device: str) -> LoadedM
     return load_model(model, device=pick_device(device))
 
 
+def _samples(root: Path, split: str | None, names: Collection[str] | None, lm: LoadedModel) -> list[Sample]:
+    """The split's samples (only ``names`` when given), at the card's input scale (:mod:`.scale`)."""
+    if not root.exists():
+        raise InputError(f"dataset folder {root} does not exist")
+    try:
+        samples = load_dataset(root, split=split)
+    except FileNotFoundError as e:
+        raise InputError(str(e)) from None
+    if names is not None:
+        keep = set(names)
+        samples = [s for s in samples if s.name in keep]
+    if not samples:
+        raise InputError(f"dataset {root} has no images in split {split!r}" + (" with those names" if names else ""))
+    card = lm.card
+    return to_input_scale(samples, card.input_scale, card.channels, card.mpp)
+
+
+def _score_image(lm: LoadedModel, s: Sample, dens: np.ndarray, pred: float, radius: float) -> tuple[ImageResult, Any]:
+    """The image's row and its peak-to-point match."""
+    card = lm.card
+    peaks = density_peaks(dens, card.sigma_px, min_distance=card.peak_min_distance_px)
+    m = match_points(peaks, s.points[:, ::-1], radius)  # points are (x, y); peaks (y, x)
+    err = abs(pred - s.count)
+    row = ImageResult(
+        name=s.name, true=float(s.count), pred=pred, abs_err=err,
+        rel_err=err / s.count if s.count > 0 else math.nan, n_points=len(s.points),
+        n_peaks=len(peaks), tp=m.tp, fp=m.fp, fn=m.fn,
+        mean_dist_px=float(m.distances.mean()) if m.tp else math.nan,
+    )
+    return row, m
+
+
 def evaluate(
     model: str | os.PathLike | LoadedModel | None,
     data: str | os.PathLike,
@@ -172,7 +205,9 @@ def evaluate(
     A calibrated model (``card.calibration``) adds each image's interval and the ``coverage``
     and ``mean_width`` of its method at the nominal levels. ``channel`` (a name or index, see
     :func:`wsicount.channels.resolve_channel`) replaces the card's channel of a one-channel model
-    on RGB images; a gray image is that channel already. ``context``: ``none`` predicts each image
+    on RGB images; a gray image is that channel already. A card with an ``input_scale`` rule has
+    each image resampled by it first; points, pixel distances and the match radius are then in
+    network-input pixels, and the count is the same cells'. ``context``: ``none`` predicts each image
     alone (:func:`wsicount.infer.predict_image`, the framing the network was trained in);
     ``background`` lays it on the slide background and counts the image grown by the receptive
     radius (:func:`wsicount.infer.predict_in_context`: what ``wsicount run`` counts for it on a
@@ -185,17 +220,7 @@ def evaluate(
         picked = resolve_channel(channel, ["R", "G", "B"], lm.card.channels, len(lm.card.channels))
         lm = replace(lm, card=replace(lm.card, channels=picked))
     root = Path(data)
-    if not root.exists():
-        raise InputError(f"dataset folder {root} does not exist")
-    try:
-        samples = load_dataset(root, split=split)
-    except FileNotFoundError as e:
-        raise InputError(str(e)) from None
-    if names is not None:
-        keep = set(names)
-        samples = [s for s in samples if s.name in keep]
-    if not samples:
-        raise InputError(f"dataset {root} has no images in split {split!r}" + (" with those names" if names else ""))
+    samples = _samples(root, split, names, lm)
     card = lm.card
     radius = float(match_radius_px) if match_radius_px is not None else 1.5 * card.sigma_px
     dev = pick_device(device)
@@ -213,16 +238,9 @@ def evaluate(
             else:
                 t["pred"] = max(pred, 0.0)
             terms.append(t)
-        peaks = density_peaks(dens, card.sigma_px, min_distance=card.peak_min_distance_px)
-        m = match_points(peaks, s.points[:, ::-1], radius)  # points are (x, y); peaks (y, x)
+        row, m = _score_image(lm, s, dens, pred, radius)
+        rows.append(row)
         matches.append(m)
-        err = abs(pred - s.count)
-        rows.append(ImageResult(
-            name=s.name, true=float(s.count), pred=pred, abs_err=err,
-            rel_err=err / s.count if s.count > 0 else math.nan, n_points=len(s.points),
-            n_peaks=len(peaks), tp=m.tp, fp=m.fp, fn=m.fn,
-            mean_dist_px=float(m.distances.mean()) if m.tp else math.nan,
-        ))
         if progress is not None:
             progress(i + 1, len(samples))
     metrics = count_metrics([r.true for r in rows], [r.pred for r in rows])

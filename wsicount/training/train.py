@@ -30,6 +30,7 @@ from ..models import ModelCard, build_model, save_model
 from ..models.heads import output_activation
 from ..normalize import training_field
 from ..preprocess import normalize_image
+from .scale import to_input_scale
 from .targets import ellipse_endpoints, ellipses_from_endpoints, target_map
 
 __all__ = ["TrainConfig", "train", "recalibrate_bn", "split_train_val"]
@@ -62,6 +63,14 @@ class TrainConfig:
     modality: str = "fluorescence"
     stain: str | None = None
     cell_diameter_um: float | None = None
+    #: µm/px of the network input, stated for data without a pixel size (goes into the card)
+    mpp: float | None = None
+    #: the card's ``input_scale`` rule (see :mod:`.scale`); train and val images are resampled by it
+    input_scale: dict[str, Any] = field(default_factory=dict)
+    #: name prefix -> copies of each matching training image per epoch (a source with few images)
+    oversample: dict[str, int] = field(default_factory=dict)
+    #: training images held out for validation besides the dataset's 'val' split
+    val_names: list[str] = field(default_factory=list)
     n_val: int | None = None
     val_fraction: float = 0.2
     patience: int = 20
@@ -90,8 +99,9 @@ class TrainConfig:
 
 def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """Use the dataset's 'val' split if present, else hold out a seeded subset of 'train'."""
-    train = [s for s in samples if s.split == "train"]
-    val = [s for s in samples if s.split == "val"]
+    held = set(cfg.val_names)
+    train = [s for s in samples if s.split == "train" and s.name not in held]
+    val = [s for s in samples if s.split == "val" or (s.split == "train" and s.name in held)]
     if val:
         return train, val
     n_val = cfg.n_val if cfg.n_val is not None else max(1, round(cfg.val_fraction * len(train)))
@@ -111,10 +121,13 @@ def _sigma_px(cfg: TrainConfig, samples: list[Sample]) -> float:
 
 
 def _crop_size(samples: list[Sample], stride: int, cfg: TrainConfig) -> tuple[int, int]:
-    """Square-ish crop: ``cfg.crop`` or ``max_crop``, never larger than the smallest image (stride multiple)."""
+    """Square-ish crop: ``cfg.crop`` or ``max_crop`` (stride multiple), never larger than the smallest
+    image unless scale jitter is on (the augmenter then resamples a smaller image up to the crop)."""
+    c = cfg.crop or cfg.max_crop
+    if cfg.scale_jitter is not None:
+        return c - c % stride, c - c % stride
     h = min(s.image.shape[0] for s in samples)
     w = min(s.image.shape[1] for s in samples)
-    c = cfg.crop or cfg.max_crop
     h, w = min(h, c), min(w, c)
     return h - h % stride, w - w % stride
 
@@ -198,6 +211,8 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not train_s or not val_s:
         raise ValueError(f"{data}: need training and validation images (got {len(train_s)} / {len(val_s)})")
     channels = cfg.channels if cfg.channels is not None else default_channels(train_s)
+    train_s = to_input_scale(train_s, cfg.input_scale, channels, cfg.mpp)
+    val_s = to_input_scale(val_s, cfg.input_scale, channels, cfg.mpp)
     arch_kwargs = {"head": "relu", **cfg.arch_kwargs}
     module = build_model(cfg.arch, in_channels=len(channels), **arch_kwargs)
     init_weights(cfg, module)
@@ -219,6 +234,68 @@ def _bn_subset(tr: list, n: int, seed: int) -> list[np.ndarray]:
     return [tr[i][0] for i in sorted(idx)]
 
 
+def _oversampled(tr: list[tuple[np.ndarray, Sample]], oversample: dict[str, int]) -> list[tuple[np.ndarray, Sample]]:
+    """Training items with each image whose name starts with a key of ``oversample`` repeated that often."""
+    out = []
+    for item in tr:
+        out.extend([item] * max([n for p, n in oversample.items() if item[1].name.startswith(p)] or [1]))
+    return out
+
+
+def _resume(last: Path, module: nn.Module, opt: torch.optim.Optimizer, aug: Augmenter,
+            order_rng: np.random.Generator) -> dict[str, Any]:
+    """Restore weights, optimiser and random streams from ``last``; returns the run state."""
+    ck = torch.load(last, weights_only=True)  # plain tensors, numbers and dicts: nothing is unpickled
+    module.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    aug.rng.bit_generator.state = ck["aug_rng"]
+    order_rng.bit_generator.state = ck["order_rng"]
+    torch.set_rng_state(ck["torch_rng"])
+    return ck["state"]
+
+
+def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: int, t0: float, budget: float) -> float:
+    """One pass over the (oversampled) training items with the scheduled learning rate; mean loss."""
+    module, opt, items = P["module"], R["opt"], R["items"]
+    module.out_act = P["train_act"]
+    module.train()
+    steps = math.ceil(len(items) / cfg.batch_size)
+    perm = R["order_rng"].permutation(len(items))
+    run_loss = 0.0
+    for i in range(steps):
+        idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        if len(idx) < 2:  # BatchNorm needs more than one sample
+            continue
+        prog = max((epoch + i / steps) / cfg.epochs, (time.monotonic() - t0) / 60 / budget)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(prog)
+        xb, yb = _make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"], cfg.density_scale,
+                             cfg.ellipse_fraction)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=P["precision"] == "bf16"):
+            pred = module(xb)
+        loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale, clamp=P["clamp"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run_loss += float(loss.detach()) * len(idx)
+    return run_loss / len(items)
+
+
+def _check(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], row: dict[str, Any], ckpt_dir: Path) -> None:
+    """Validate (after BN recalibration), keep the best weights, and fill ``row``."""
+    module, state = P["module"], R["state"]
+    module.out_act = P["infer_act"]
+    recalibrate_bn(module, R["bn_set"], module.stride, cfg.batch_size, views=1)
+    row["val_loss"], row["val_mae"] = _validate(module, P["va"], module.stride, P["sigma"], cfg.density_scale, cfg.loss,
+                                                cfg.ellipse_fraction)
+    score = row["val_loss"] if cfg.monitor == "val_loss" else row["val_mae"]
+    if score < state["best"]:
+        state["best"], state["best_epoch"] = score, row["epoch"]
+        torch.save({"model": module.state_dict(), "epoch": row["epoch"]}, ckpt_dir / "best.pt")
+    R["bar"].set_postfix(loss=f"{row['train_loss']:.4f}", val_mae=f"{row['val_mae']:.2f}",
+                         best=f"{state['best']:.3f}@{state['best_epoch']}")
+
+
 def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train on dataset folder ``data``; writes NAME.safetensors/.json in ``out``; returns the card path."""
     from tqdm.auto import tqdm
@@ -230,68 +307,35 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     P = _prepare(data, cfg)
-    module, tr, va, sigma, crop = P["module"], P["tr"], P["va"], P["sigma"], P["crop"]
-    stride = module.stride
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(tr) / cfg.batch_size)
-    aug = Augmenter(seed=cfg.seed, scale=cfg.scale_jitter, min_size=max(crop))
-    order_rng = np.random.default_rng(cfg.seed + 1)
-    bn_set = _bn_subset(tr, cfg.bn_images, cfg.seed)
-    state = {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0}
+    module = P["module"]
+    R: dict[str, Any] = {
+        "opt": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        "aug": Augmenter(seed=cfg.seed, scale=cfg.scale_jitter, min_size=max(P["crop"])),
+        "order_rng": np.random.default_rng(cfg.seed + 1), "items": _oversampled(P["tr"], cfg.oversample),
+        "bn_set": _bn_subset(P["tr"], cfg.bn_images, cfg.seed),
+        "state": {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0},
+    }
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        ck = torch.load(last, weights_only=True)  # plain tensors, numbers and dicts: nothing is unpickled
-        module.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        aug.rng.bit_generator.state = ck["aug_rng"]
-        order_rng.bit_generator.state = ck["order_rng"]
-        torch.set_rng_state(ck["torch_rng"])
-        state = ck["state"]
+        R["state"] = _resume(last, module, R["opt"], R["aug"], R["order_rng"])
+    state = R["state"]
     name = cfg.name or f"{data.name}-{cfg.arch}"
     t0 = time.monotonic() - 60 * state["minutes"]
     budget = cfg.max_minutes if cfg.max_minutes is not None else math.inf
-    bar = tqdm(range(state["epoch"] + 1, cfg.epochs), desc=f"train {name}", disable=not progress,
-               initial=state["epoch"] + 1, total=cfg.epochs)
+    R["bar"] = bar = tqdm(range(state["epoch"] + 1, cfg.epochs), desc=f"train {name}", disable=not progress,
+                          initial=state["epoch"] + 1, total=cfg.epochs)
     for epoch in bar:
-        module.out_act = P["train_act"]
-        module.train()
-        perm = order_rng.permutation(len(tr))
-        run_loss = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs more than one sample
-                continue
-            minutes = (time.monotonic() - t0) / 60
-            prog = max((epoch + i / steps_per_epoch) / cfg.epochs, minutes / budget)
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(prog)
-            xb, yb = _make_batch([tr[j] for j in idx], aug, crop, sigma, cfg.density_scale, cfg.ellipse_fraction)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=P["precision"] == "bf16"):
-                pred = module(xb)
-            loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale, clamp=P["clamp"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run_loss += float(loss.detach()) * len(idx)
+        train_loss = _run_epoch(P, cfg, R, epoch, t0, budget)
         minutes = (time.monotonic() - t0) / 60
         out_of_time = minutes >= budget or epoch == cfg.epochs - 1
-        row = {"epoch": epoch, "train_loss": run_loss / len(tr), "lr": opt.param_groups[0]["lr"], "minutes": minutes}
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": R["opt"].param_groups[0]["lr"], "minutes": minutes}
         if epoch % cfg.val_every == cfg.val_every - 1 or out_of_time:
-            module.out_act = P["infer_act"]
-            recalibrate_bn(module, bn_set, stride, cfg.batch_size, views=1)
-            row["val_loss"], row["val_mae"] = _validate(module, va, stride, sigma, cfg.density_scale, cfg.loss,
-                                                        cfg.ellipse_fraction)
-            score = row["val_loss"] if cfg.monitor == "val_loss" else row["val_mae"]
-            if score < state["best"]:
-                state["best"], state["best_epoch"] = score, epoch
-                torch.save({"model": module.state_dict(), "epoch": epoch}, ckpt_dir / "best.pt")
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_mae=f"{row['val_mae']:.2f}",
-                            best=f"{state['best']:.3f}@{state['best_epoch']}")
+            _check(P, cfg, R, row, ckpt_dir)
         state["history"].append(row)
         state.update(epoch=epoch, minutes=(time.monotonic() - t0) / 60)
-        torch.save({"model": module.state_dict(), "opt": opt.state_dict(), "aug_rng": aug.rng.bit_generator.state,
-                    "order_rng": order_rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                    "state": state}, last)
+        torch.save({"model": module.state_dict(), "opt": R["opt"].state_dict(),
+                    "aug_rng": R["aug"].rng.bit_generator.state, "order_rng": R["order_rng"].bit_generator.state,
+                    "torch_rng": torch.get_rng_state(), "state": state}, last)
         _write_history(out / "history.csv", state["history"])
         if out_of_time or epoch - state["best_epoch"] >= cfg.patience:
             break
@@ -312,7 +356,8 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
         channels=channels,
         normalization={**cfg.normalization, **training_field([s.image.shape[:2] for s in P["train_s"]], P["train_s"][0].mpp)},
-        mpp=P["train_s"][0].mpp, density_scale=cfg.density_scale, sigma_px=sigma, stride=module.stride,
+        mpp=cfg.mpp or P["train_s"][0].mpp, input_scale=dict(cfg.input_scale), density_scale=cfg.density_scale,
+        sigma_px=sigma, stride=module.stride,
         receptive_radius=module.receptive_radius, modality=cfg.modality,
         peak_min_distance_px=max(2, int(round(sigma * 0.75))),
         domain=data_domain(P["train_s"], channels, cfg.modality, cfg.stain, cfg.cell_diameter_um),
@@ -327,7 +372,17 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
                   "threads": torch.get_num_threads(), "torch": torch.__version__},
         metrics={"val_loss": vloss, "val_mae": vmae},
     )
+    if cfg.input_scale and cfg.mpp:
+        card.domain["mpp_source"] = _mpp_source(cfg)
     return save_model(module, card, out / name)
+
+
+def _mpp_source(cfg: TrainConfig) -> str:
+    """How the card's µm/px was set when the training images stated none (an input_scale rule)."""
+    r = cfg.input_scale
+    return (f"assumed: images without a pixel size were resampled so their nuclei measure {r.get('target_px')} px "
+            f"by wsicount.training.scale (area-weighted median inscribed diameter of the foreground blobs), "
+            f"taken as {r.get('assumed_nucleus_um', '?')} um: {cfg.mpp} um/px")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
