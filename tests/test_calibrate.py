@@ -42,12 +42,14 @@ def calset(tmp_path_factory):
 def test_each_frame_is_a_unit_counted_as_a_stack_run_counts_it(tmp_path, model_path, calset):
     d, truths = calset
     lm = load_model(model_path)
-    rec = calibrate_stacks(lm, d, method="shared")
+    rec = calibrate_stacks(lm, d, method="shared", units_csv=tmp_path / "units.csv")
     assert rec["n_stacks"] == 2 and rec["n_units"] == 16 and rec["method"] == "shared"
     assert rec["data"] == "two tiny stacks" and rec["split"] == "all frames (seeds 5-6)"
     counts = np.concatenate([count_stack(d / f"e{s}.ome.tif", tmp_path / str(s), lm)["counts"] for s in (5, 6)])
     true = np.concatenate([t.counts for t in truths]).astype(float)
     want = fit_calibration(true, counts, {"pred": np.maximum(counts, 0), "area": np.full(16, 96.0 * 96.0)}, "shared")
+    units = np.genfromtxt(tmp_path / "units.csv", delimiter=",", names=True, dtype=None, encoding=None)
+    assert units.size == 16 and np.allclose(units["count"], counts) and np.array_equal(units["true"], true)
     got = Calibration.from_dict(rec)
     assert got.weights == pytest.approx(want.weights, rel=1e-6, abs=1e-9)
     assert got.scores == pytest.approx(want.scores, rel=1e-6, abs=1e-9) and got.bias == pytest.approx(want.bias)

@@ -131,14 +131,15 @@ def stack_truths(root: Path) -> list[tuple[Path, np.ndarray]]:
 
 def calibrate_stacks(model: str | os.PathLike | LoadedModel | None, data: str | os.PathLike,
                      method: str = DEFAULT_METHOD, focus: str | int = "best", device: str = "cpu",
-                     precision: str = "fp32") -> dict[str, Any]:
+                     precision: str = "fp32", units_csv: str | os.PathLike | None = None) -> dict[str, Any]:
     """Fit ``method``'s per-frame interval on every frame of the stacks in ``data``; the card's record.
 
     Each frame is counted by ``count_stack`` (as ``wsicount run`` counts it) and is one unit with the
     terms ``pred`` (its count) and ``area`` (its model-grid pixels). Frames of one stack are not
     independent, so the finite-sample guarantee is per frame of a fresh stack from the same settings,
     with an effective sample nearer the number of stacks than of frames. ``calset.json`` in ``data``,
-    when present, describes the set (``description``, ``seeds``) and the record keeps it.
+    when present, describes the set (``description``, ``seeds``) and the record keeps it. ``units_csv``
+    receives every unit (``stack,frame,true,count,area``) for audits such as a split by stack.
     """
     import zarr
 
@@ -150,7 +151,7 @@ def calibrate_stacks(model: str | os.PathLike | LoadedModel | None, data: str | 
     lm = _load(model, device)
     root = Path(data)
     truths = stack_truths(root)
-    true, pred, area = [], [], []
+    true, pred, area, rows = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="wsicount-cal-") as tmp:
         for stack, counts in truths:
             out = Path(tmp) / stack.name
@@ -162,6 +163,9 @@ def calibrate_stacks(model: str | os.PathLike | LoadedModel | None, data: str | 
             true += [counts[i] for i in ok]
             pred += [s["counts"][i] for i in ok]
             area += [px] * len(ok)
+            rows += [f"{stack.name},{i},{counts[i]:g},{s['counts'][i]},{px:g}" for i in ok]
+    if units_csv is not None:
+        atomic_write(Path(units_csv), "stack,frame,true,count,area\n" + "".join(r + "\n" for r in rows))
     t, p = np.asarray(true), np.asarray(pred)
     terms = {"pred": np.maximum(p, 0.0), "area": np.asarray(area)}
     cal = fit_calibration(t, p, terms, method)
@@ -228,14 +232,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stacks", action="store_true",
                     help="DATA is a folder of time-lapse stacks, each with NAME.truth.json (per-frame counts) beside "
                          "it; every frame is one unit, counted as wsicount run counts it")
+    ap.add_argument("--units", default=None, help="with --stacks: write every unit (stack,frame,true,count,area) "
+                                                  "to this CSV")
     ap.add_argument("--save", action="store_true", help="store the record in the model's card")
     ap.add_argument("--default", action="store_true", help="with --save: make this method the card's default")
     a = ap.parse_args(argv)
     if a.stacks and (a.split or a.grids or a.members):
         ap.error("--stacks takes no --split, --grids or --members (every frame of every stack is one unit)")
+    if a.units and not a.stacks:
+        ap.error("--units needs --stacks")
     a.split, a.grids = a.split or "val", a.grids or [2, 1]
     if a.stacks:
-        rec = calibrate_stacks(a.model, a.data, method=a.method)
+        rec = calibrate_stacks(a.model, a.data, method=a.method, units_csv=a.units)
         what = f"{rec['n_stacks']} stacks"
     else:
         rec = calibrate(a.model, a.data, split=a.split, method=a.method, grids=tuple(a.grids), members=a.members)
