@@ -150,6 +150,25 @@ def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
     assert np.mean(np.array(s["stages"]) == np.minimum(truth.counts, 8)) > 0.8
 
 
+def test_bundled_blastomere_gives_calibrated_frame_intervals(tmp_path):
+    from PIL import Image
+
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    p = EmbryoParams(n_frames=8, n_planes=1, start_h=22.0, end_h=62.0)
+    synth_embryo(tmp_path / "e.ome.tif", format="ome-tiff", params=p, seed=4343)  # a seed no training or calibration used
+    s = count_stack(tmp_path / "e.ome.tif", tmp_path / "out", "blastomere")
+    assert s["count_interval"]["method"] == "shared" and s["count_interval"]["level"] == 0.95
+    assert s["count_interval"]["calibration"]["n_units"] > 0
+    for r in _rows(tmp_path / "out" / "timeline.csv"):
+        c, lo, hi = float(r["count"]), float(r["count_lo"]), float(r["count_hi"])
+        assert 0.0 <= lo <= c <= hi and lo < hi, r
+    img = np.asarray(Image.open(tmp_path / "out" / "timeline.png").convert("RGB"))
+    assert (img == (200, 220, 245)).all(axis=-1).sum() > 100  # the interval band is drawn
+
+
 def test_strongest_peaks_agree_with_the_count():
     from wsicount.timelapse.run import strongest_peaks
 
