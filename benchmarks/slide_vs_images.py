@@ -84,7 +84,8 @@ def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: 
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
     summary = wsicount.count(mosaic.path, work / "out", model, precision=precision, progress=False, overwrite=True,
-                             mpp=None if mpp else mpp_fallback / upsample)
+                             mpp=None if mpp else mpp_fallback / upsample,
+                             model_mpp=None if mpp or card.mpp else mpp_fallback)  # a card without µm/px
     t_run = time.perf_counter() - t
     dens = zarr.open_array(str(Layout(work / "out").density / "0"), mode="r")[...]
     per_box = box_counts(dens, mosaic.boxes, rim)

@@ -288,3 +288,19 @@ def test_evaluate_in_background_context_counts_the_image_and_its_rim(tiny_datase
     assert json.loads(paths[0].read_text())["context"] == "background"
     with pytest.raises(InputError, match="context"):
         evaluate(lm, tiny_dataset, split="test", context="mirror")
+
+
+def test_cli_evaluate_context_option(tiny_dataset, tmp_path):
+    """``wsicount evaluate --context background`` gives the library's framing and records it; a bad value is a usage error."""
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+
+    out = tmp_path / "e.json"
+    args = ["evaluate", "melanocyte-trp1", str(tiny_dataset), "--split", "test", "--precision", "fp32"]
+    res = CliRunner().invoke(cli, [*args, "--context", "background", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    lib = evaluate("melanocyte-trp1", tiny_dataset, split="test", precision="fp32", context="background")
+    assert summary["context"] == "background" and summary["mae"] == pytest.approx(lib.metrics["mae"], rel=1e-6)
+    assert CliRunner().invoke(cli, [*args, "--context", "mirror"]).exit_code == 2

@@ -42,7 +42,7 @@ def _compare(*args, **kwargs) -> dict:
 
 
 def _check(r: dict, alone: float = 0.02) -> None:
-    """Totals within 2 % (``alone`` against the lone-image framing); each box within 3 % (>= 20 cells) or 1 cell of evaluate --context background."""
+    """Totals within 2 % (``alone``: the lone-image framing); boxes within 3 % (>= 20 cells) or 1 cell of the reference."""
     assert r["gap"] > 2 * r["rim"]  # boxes are independent
     ref = r["reference"]  # evaluate --context background on the pixels the slide holds
     for c, bar in ((ref, 0.02), (ref.replace("background", "none"), alone)):

@@ -3,10 +3,10 @@
 A failing slide is recorded (status ``failed`` and its one-line error) and the others
 finish. Each row's ``warnings`` holds the slide's domain-guard warnings (``summary.json``'s
 ``warnings``, joined by ``WARNING_SEP``; empty when there are none), so a study table never
-shows an implausible count without its flag. ``study.csv`` is rewritten atomically after every slide, so it always reflects
-what is done. Slides run one after another through :func:`wsicount.runner.count_each`:
-one side worker for all, each slide's tissue mask, normalisation and picture prepared
-while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
+shows an implausible count without its flag. ``study.csv`` is rewritten atomically after
+every slide, so it always reflects what is done. Slides run one after another through
+:func:`wsicount.runner.count_each`: one side worker for all, each slide's tissue mask,
+normalisation and picture prepared while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
 shared by all slides and each slide's tiles are spread over the cluster.
 """
 

@@ -223,19 +223,19 @@ def predict_image(
 
 
 def background_level(card: ModelCard) -> float:
-    """Raw intensity of the slide background of the card's modality: 255 (glass) in brightfield, else 0 (dark mount, black padding)."""
+    """Raw slide-background intensity of the card's modality: 255 (glass) in brightfield, else 0 (dark mount)."""
     return 255.0 if card.modality == "brightfield" else 0.0
 
 
 def context_margin(card: ModelCard) -> int:
-    """Background px around a lone image: 2 x receptive radius, up to a stride multiple (pixels within the radius see no padding)."""
+    """Background px around a lone image: 2 x receptive radius up to a stride multiple (no padding within the radius)."""
     return -(-2 * card.receptive_radius // card.stride) * card.stride
 
 
 def predict_in_context(
     model: LoadedModel, image: np.ndarray, device: str | torch.device = "cpu", precision: str = "fp32"
 ) -> np.ndarray:
-    """Density (H + 2r, W + 2r), r = receptive radius, of one image laid on the slide background, normalised by its own percentiles.
+    """Density (H + 2r, W + 2r), r = receptive radius, of one image on the slide background (its own percentiles).
 
     The image sits at a stride multiple on a :func:`background_level` frame of
     :func:`context_margin` px. A slide run of the same pixels (the image stride-aligned on the
