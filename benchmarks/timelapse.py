@@ -11,7 +11,9 @@ per-frame stage accuracy (fitted stage == true cell number, 1-8 cells, the Cell-
 86.1 % figure); t2, t3, t4, t5, t8 errors in frames and hours and the share within one frame;
 detection F1 (a detection within 10 µm of a blastomere centre, one-to-one) and the mean
 centroid error in frame pixels (0.5 µm/px; the paper reports 6.6 px at its own resolution);
-throughput in frames/s on one CPU thread (the whole pipeline: decode, focus, network, detection).
+throughput in frames/s on one CPU thread (the whole pipeline: decode, focus, network, detection);
+and, when the model card carries a count calibration, the per-frame 95 % interval's coverage
+(share of frames whose true count lies in [count_lo, count_hi]) and its mean width in cells.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ MATCH_UM = 10.0
 def score_stack(summary: dict, out: Path, truth, mpp: float) -> dict:
     """Per-frame and per-event errors of one counted stack against its truth."""
     counts = np.array([np.nan if c is None else c for c in summary["counts"]])
+    lo = np.array([np.nan if v is None else v for v in summary["count_lo"]])
+    hi = np.array([np.nan if v is None else v for v in summary["count_hi"]])
+    has = np.isfinite(lo) & np.isfinite(hi)
     stages = np.array(summary["stages"])
     true = np.minimum(truth.counts, 8)
     cl = summary["cleavage"]["frames"]
@@ -61,7 +66,9 @@ def score_stack(summary: dict, out: Path, truth, mpp: float) -> dict:
     return {"count_ok": int(np.sum(np.round(counts) == truth.counts)), "abs_err": float(np.nansum(np.abs(counts - truth.counts))),
             "stage_ok": int(np.sum(stages == true)), "frames": len(counts), "events": ev, "events_h": ev_h,
             "missed_events": [k for k, v in ev.items() if v is None and truth.cleavage_frames[k] is not None],
-            "tp": tp, "fp": fp, "fn": fn, "dists": dists, "seconds": summary["seconds"]}
+            "tp": tp, "fp": fp, "fn": fn, "dists": dists, "seconds": summary["seconds"],
+            "ci_frames": int(has.sum()), "ci_in": int(np.sum((truth.counts[has] >= lo[has]) & (truth.counts[has] <= hi[has]))),
+            "ci_width": float(np.sum(hi[has] - lo[has]))}
 
 
 def aggregate(scores: list[dict]) -> dict:
@@ -80,7 +87,16 @@ def aggregate(scores: list[dict]) -> dict:
             "missed_events": sum(len(s["missed_events"]) for s in scores),
             "f1": 2 * tp / max(2 * tp + fp + fn, 1), "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1),
             "centroid_err_px": float(np.mean(d)) if d else None,
-            "frames_per_s": n / sum(s["seconds"] for s in scores)}
+            "frames_per_s": n / sum(s["seconds"] for s in scores),
+            **_interval_scores(scores)}
+
+
+def _interval_scores(scores: list[dict]) -> dict:
+    """Per-frame 95 % interval coverage and mean width (None when the model has no calibration)."""
+    m = sum(s["ci_frames"] for s in scores)
+    return {"ci95_coverage": sum(s["ci_in"] for s in scores) / m if m else None,
+            "ci95_mean_width": sum(s["ci_width"] for s in scores) / m if m else None,
+            "ci95_coverage_by_stack": [s["ci_in"] / s["ci_frames"] if s["ci_frames"] else None for s in scores]}
 
 
 def main() -> None:
@@ -122,14 +138,16 @@ def main() -> None:
 def table(r: dict, a: argparse.Namespace) -> str:
     """The BENCHMARKS.md table."""
     lines = ["| setting | frames | count acc. | count MAE | stage acc. (paper 86.1 %) | t2..t8 within 1 frame | "
-             "mean event error (frames / h) | detection F1 | centroid error (px, paper 6.6) | frames/s (1 thread) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean event error (frames / h) | detection F1 | centroid error (px, paper 6.6) | frames/s (1 thread) | "
+             "95 % interval: coverage / mean width (cells) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in ("default", "hard"):
         m = r[k]
+        ci = "-" if m["ci95_coverage"] is None else f"{100 * m['ci95_coverage']:.1f} % / {m['ci95_mean_width']:.2f}"
         ev = "-" if m["event_err_frames"] is None else f"{m['event_err_frames']:.2f} / {m['event_err_h']:.2f}"
         lines.append(f"| {k} | {m['frames']} | {100 * m['count_acc']:.1f} % | {m['count_mae']:.2f} | "
                      f"{100 * m['stage_acc']:.1f} % | {100 * m['events_within_1']:.0f} % of {m['events']} | {ev} | "
-                     f"{m['f1']:.3f} | {m['centroid_err_px']:.1f} | {m['frames_per_s']:.1f} |")
+                     f"{m['f1']:.3f} | {m['centroid_err_px']:.1f} | {m['frames_per_s']:.1f} | {ci} |")
     return "\n".join(lines)
 
 

@@ -1,13 +1,22 @@
 """Coverage and width of calibrated count intervals, per bundled model and method; region-level coverage.
 
-    python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--grids 2 1] [--cols 10] [--discs 60] [--json F]
+    python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--heads /tmp/uq/heads] [--ensemble vgg-cells=A,B,C]
     python benchmarks/uncertainty.py --region-speed     # time region_counts on a synthetic Zarr density
 
 Each model is calibrated on the images its training held out (card: training.val_names) and
 scored on held-out images: VGG cells and adipocytes on their test splits; TRP1, which has
 no test split here, by 4-fold cross-fitting over its 16 validation images (calibrate on 12,
-score the other 4). Methods: ``poisson`` (the default: variance terms from the prediction,
-no extra compute) and ``tta`` (8 dihedral transforms, 8x compute; the count is their mean).
+score the other 4). Methods: ``poisson`` and ``shared`` (variance terms from the prediction,
+no extra compute), ``tta`` (8 dihedral transforms, 8x compute; the count is their mean),
+``hetero`` (a variance head on the frozen model, ``wsicount.models.variance``; needs
+``--heads``), ``ensemble`` (K models' mean and spread; needs ``--ensemble``) and
+``mcdropout`` (8 bottleneck channel-dropout sub-networks, p = 0.2: test-time dropout on
+models trained without it).
+
+The default method is chosen on the calibration images alone: 5-fold cross-fitting over them
+(calibrate on 4/5, score the other 1/5's units), among the methods that cost no more than
+~15 % over a plain pass; the one whose 95 % coverage is within 3 points of nominal (or
+closest) with the narrowest intervals. The test figures are then reported once.
 
 Region level: the test images' density maps are laid side by side into a mosaic "slide"
 (the slide pipeline is not used: densities are the per-image predictions), and
@@ -29,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import DATA, machine  # noqa: E402
+from uncertainty_cost import costs, region_speed, slide_cost  # noqa: E402
 
 MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
 
@@ -67,27 +77,68 @@ def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
     return res
 
 
+def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
+           members: list[str] | None, mc: bool = True) -> dict[str, np.ndarray]:
+    """Per-image variance-head maps (``het``), ensemble member densities (``ens``) and MC-dropout pass
+    densities (``mc``: 8 passes, p = 0.2), cached beside the views."""
+    import torch
+
+    from wsicount.training.data import load_dataset
+
+    out: dict[str, np.ndarray] = {}
+    data = DATA / MODELS[model][0]
+    todo = {"het": head, "ens": members, "mc": mc}
+    for key, src in todo.items():
+        if not src:
+            continue
+        path = cache / f"{model}.{key}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as f:
+                out[key] = f[key]
+            continue
+        torch.set_num_threads(1)
+        by_name = {s.name: s for s in load_dataset(data)}
+        images = [by_name[n].image for n in z["name"]]
+        if key == "het":
+            from wsicount.models import load_model
+            from wsicount.models.variance import load_head, predict_variance
+
+            lm, hd = load_model(model), load_head(src)
+            out[key] = np.stack([predict_variance(lm, hd, im)[1] for im in images]).astype(np.float32)
+        else:
+            from wsicount.models import load_model
+            from wsicount.views import load_members, mc_members, predict_views
+
+            ms = load_members(src) if key == "ens" else mc_members(load_model(model))
+            out[key] = np.stack([predict_views(ms, im, tta=False) for im in images]).astype(np.float16)
+        np.savez(path, **{key: out[key]})
+        print(f"{model}: {key} cached", flush=True)
+    return out
+
+
 def image_units(z: dict[str, np.ndarray], idx: np.ndarray, method: str, grid: int) -> dict[str, np.ndarray]:
-    """Calibration units (``grid x grid`` crops) of images ``idx`` under ``method``."""
+    """Units (``grid x grid`` crops; 1: whole images) of images ``idx`` under ``method``."""
     from wsicount.uncertainty import crop_terms
+    from wsicount.views import VIEW_METHODS
 
     starts = np.concatenate([[0], np.cumsum(z["npts"])])
     units = []
     for i in idx:
-        tta = z["tta"][i].astype(np.float32)
-        dens = tta.mean(axis=0) if method == "tta" else tta[0]
+        views = {"tta": z["tta"][i], "ensemble": z["ens"][i] if "ens" in z else None,
+                 "mcdropout": z["mc"][i] if "mc" in z else None}.get(method)
+        views = None if views is None else views.astype(np.float32)
+        dens = views.mean(axis=0) if views is not None else z["tta"][i][0].astype(np.float32)
+        het = z["het"][i] if method == "hetero" else None
         pts = z["points"][starts[i]:starts[i + 1]]
-        units.append(crop_terms(dens, pts, float(z["weight"][i]), grid, tta if method == "tta" else None))
-    return {k: np.concatenate([u[k] for u in units]) for k in units[0]}
+        units.append(crop_terms(dens, pts, float(z["weight"][i]), grid, views, VIEW_METHODS.get(method, "tta_var"),
+                                het))
+    return {k: np.concatenate([u[k] for u in units]) for k in units[0] if k != "view_sums"}
 
 
-def image_level(z: dict[str, np.ndarray], idx: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """True counts, predicted counts and variance terms of whole images ``idx``."""
-    sums = z["tta"][idx].astype(np.float32).sum(axis=(2, 3), dtype=np.float64)  # (n, 8)
-    count = sums.mean(axis=1) if method == "tta" else sums[:, 0]
-    h, w = z["tta"].shape[-2:]
-    terms = {"pred": np.maximum(count, 0.0), "area": np.full(len(idx), float(h * w)), "tta_var": sums.var(axis=1)}
-    return z["true"][idx].astype(np.float64), count, terms
+def unit_set(z: dict[str, np.ndarray], idx: np.ndarray, method: str, grids: list[int]) -> dict[str, np.ndarray]:
+    """Units of every grid in ``grids``, concatenated."""
+    us = [image_units(z, idx, method, g) for g in grids]
+    return {k: np.concatenate([u[k] for u in us]) for k in us[0]}
 
 
 def intervals(cal, true: np.ndarray, count: np.ndarray, terms: dict) -> dict[str, np.ndarray]:
@@ -104,8 +155,7 @@ def intervals(cal, true: np.ndarray, count: np.ndarray, terms: dict) -> dict[str
 
 def folds(z: dict[str, np.ndarray], held: str, cal_on: str = "val", k: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
     """(calibration, test) index pairs: val -> test, or k-fold cross-fitting over the ``cal_on`` images
-    when they are also the held-out ones (TRP1's val; or the test split itself, to show what a
-    calibration set of 50 images gives)."""
+    when they are also the held-out ones (TRP1's val, or the calibration set itself for selection)."""
     val = np.flatnonzero(z["role"] == cal_on)
     if held != cal_on:
         return [(val, np.flatnonzero(z["role"] == held))]
@@ -114,25 +164,33 @@ def folds(z: dict[str, np.ndarray], held: str, cal_on: str = "val", k: int = 4) 
     return [(np.concatenate(parts[:j] + parts[j + 1:]), parts[j]) for j in range(k)]
 
 
-def score_images(z: dict[str, np.ndarray], held: str, method: str, grids: list[int], cal_on: str = "val",
-                 k: int = 4) -> dict:
-    """Image-level coverage and width of ``method`` on held-out images; the calibrations used."""
+def score(z: dict[str, np.ndarray], splits: list, method: str, grids: list[int], test_grids: list[int]) -> dict:
+    """Coverage and width of ``method`` on the test units (``test_grids``; [1]: whole images) of each split."""
     from wsicount.uncertainty import fit_calibration
 
     flags: dict[str, list] = {}
     cals = []
-    splits = folds(z, held, cal_on, k)
     for cal_idx, test_idx in splits:
-        us = [image_units(z, cal_idx, method, g) for g in grids]
-        u = {key: np.concatenate([x[key] for x in us]) for key in us[0] if key != "tta_sums"}
+        u = unit_set(z, cal_idx, method, grids)
         cal = fit_calibration(u["true"], u["count"], u, method)
         cals.append(cal)
-        for k, v in intervals(cal, *image_level(z, test_idx, method)).items():
+        t = unit_set(z, test_idx, method, test_grids)
+        for k, v in intervals(cal, t["true"], t["count"], t).items():
             flags.setdefault(k, []).append(v)
     res = {k: float(np.mean(np.concatenate(v))) for k, v in flags.items()}
     res["n_units"] = int(len(cals[0].scores))
-    res["n_test"] = int(sum(len(t) for _, t in splits))
+    res["n"] = int(sum(len(v) for v in flags["in0.95"]))
     return {"scores": res, "cals": cals}
+
+
+def choose_default(sel: dict[str, dict], cheap: tuple[str, ...], level: float = 0.95, tol: float = 0.03) -> str:
+    """The cheap method whose cross-fitted 95 % coverage on the calibration set is within ``tol`` of
+    ``level`` with the narrowest width; if none is, the one closest to ``level``."""
+    key, wkey = f"in{level:g}", f"w{level:g}"
+    ok = [m for m in cheap if m in sel and sel[m][key] >= level - tol]
+    if ok:
+        return min(ok, key=lambda m: sel[m][wkey])
+    return min((m for m in cheap if m in sel), key=lambda m: abs(sel[m][key] - level))
 
 
 def mosaic_regions(z: dict[str, np.ndarray], idx: np.ndarray, cols: int, n_discs: int, seed: int = 0):
@@ -176,26 +234,40 @@ def mosaic_regions(z: dict[str, np.ndarray], idx: np.ndarray, cols: int, n_discs
 
 
 def mosaic_counts(z: dict[str, np.ndarray], held: str, cols: int, n_discs: int) -> dict[str, np.ndarray]:
-    """Per-transform region counts (8, R), pixel counts, truths and kinds on the held-out mosaic."""
+    """Per-view region counts (tta: 8, ensemble: K), variance-head sums, pixel counts, truths and kinds."""
     from wsicount.regions import region_counts
 
     idx = np.flatnonzero(z["role"] == held)
     regions, truth, kinds, (rows, cols) = mosaic_regions(z, idx, cols, n_discs)
     h, w = z["tta"].shape[-2:]
-    maps = np.zeros((8, rows * h, cols * w), np.float32)
-    for j, i in enumerate(idx):
-        r, c = divmod(j, cols)
-        maps[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = z["tta"][i]
-    per = [region_counts(regions, maps[t], None, 1.0) for t in range(8)]
-    return {"per": np.array([[row["count"] for row in rows_t] for rows_t in per]), "truth": truth, "kinds": kinds,
-            "n_px": np.array([row["n_px"] for row in per[0]], dtype=np.float64)}
+
+    def counts(maps_of) -> np.ndarray:
+        first = maps_of(idx[0])
+        maps = np.zeros((len(first), rows * h, cols * w), np.float32)
+        for j, i in enumerate(idx):
+            r, c = divmod(j, cols)
+            maps[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = maps_of(i)
+        return np.array([[row["count"] for row in region_counts(regions, m, None, 1.0)] for m in maps])
+
+    out = {"tta": counts(lambda i: z["tta"][i]), "truth": truth, "kinds": kinds}
+    out["n_px"] = np.array([row["n_px"] for row in region_counts(regions, np.zeros((rows * h, cols * w)), None, 1.0)],
+                           dtype=np.float64)
+    for key in ("ens", "mc"):
+        if key in z:
+            out[key] = counts(lambda i: z[key][i])
+    if "het" in z:
+        out["het"] = counts(lambda i: z["het"][i][None])[0]
+    return out
 
 
 def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     """Region-level coverage and width of ``method`` from :func:`mosaic_counts`."""
-    per, truth, kinds, n_px = mc["per"], mc["truth"], mc["kinds"], mc["n_px"]
-    count = per.mean(axis=0) if method == "tta" else per[0]
-    terms = {"pred": np.maximum(count, 0.0), "area": n_px, "tta_var": per.var(axis=0)}
+    truth, kinds = mc["truth"], mc["kinds"]
+    per = {"ensemble": mc.get("ens"), "mcdropout": mc.get("mc")}.get(method, mc["tta"])
+    count = per.mean(axis=0) if method in ("tta", "ensemble", "mcdropout") else per[0]
+    spread = per.var(axis=0)
+    terms = {"pred": np.maximum(count, 0.0), "area": mc["n_px"], "tta_var": spread, "ens_var": spread, "mc_var": spread,
+             "het_var": mc.get("het", np.zeros_like(count))}
     flags = intervals(cal, truth, count, terms)
     out = {}
     for kind in dict.fromkeys(kinds):
@@ -206,67 +278,69 @@ def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     return out
 
 
-def region_speed(folder: Path, n: int = 8192) -> str:
-    """Seconds per region pixel of region_counts on an (n, n) Zarr density, next to a plain read + sum."""
-    import time
-
-    import zarr
-    from shapely.geometry import Point, Polygon
-
-    from wsicount.regions import LabelRegions, Region, region_counts
-
-    z = zarr.create_array(folder / "density.zarr", shape=(n, n), chunks=(1024, 1024), dtype="float32", overwrite=True)
-    for r in range(0, n, 1024):
-        z[r:r + 1024] = np.random.default_rng(r).random((1024, n), dtype=np.float32) * 0.01
-    s = 2 * n  # level-0 px across the slide: 2 level-0 px per model pixel
-    hole = Point(s / 2, s / 2).buffer(s * 0.18, 32).exterior.coords
-    big = Polygon([(s * .006, s * .006), (s * .98, s * .02), (s * .96, s * .98), (s * .01, s * .97)], [hole])
-    regs = [Region("big", None, big)] + [Region(f"disc{i}", None, Point(s * (.06 + .09 * i), s / 4).buffer(s * .04, 32))
-                                         for i in range(10)]
-    t = time.perf_counter()
-    px = sum(r["n_px"] for r in region_counts(regs, z, 0.5, 2.0))
-    poly = (time.perf_counter() - t) / px
-    t = time.perf_counter()
-    for r in range(0, n, 1024):
-        float(np.asarray(z[r:r + 1024]).sum(dtype=np.float64))
-    plain = (time.perf_counter() - t) / n / n
-    lab = np.zeros((n // 4, n // 4), np.int32)
-    lab[100:1500, 100:1000], lab[200:1800, 1200:2000] = 1, 2
-    t = time.perf_counter()
-    region_counts(LabelRegions(lab, 8.0), z, 0.5, 2.0)
-    label = (time.perf_counter() - t) / n / n
-    return (f"region_counts on a {n}x{n} float32 Zarr density (1024² chunks): 11 polygons (one with a hole) "
-            f"{poly * 1e9:.0f} ns per region pixel; label image {label * 1e9:.0f} ns per grid pixel; "
-            f"plain read + sum {plain * 1e9:.0f} ns per pixel")
-
-
 def table(rows: list[dict], key: str) -> str:
-    """Markdown table of coverage and width at 80/90/95 %."""
-    head = (f"| {key} | method | n cal units | n | cov 80 | cov 90 | cov 95 | width 80 | width 90 | width 95 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+    """Markdown table of coverage and width at 80/90/95 % (with the calibration-set selection score and cost
+    where the rows have them)."""
+    head = (f"| {key} | method | units | n cal units | sel cov 95 | n | cov 80 | cov 90 | cov 95 | width 80 | width 90 | "
+            "width 95 | cost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+    def fmt(v: object, spec: str) -> str:
+        return "" if v is None or v == "" else format(v, spec)
+
     body = "".join(
-        f"| {r[key]} | {r['method']} | {r.get('n_units', '')} | {r['n']} | {r['in0.8']:.2f} | {r['in0.9']:.2f} | "
-        f"{r['in0.95']:.2f} | {r['w0.8']:.1f} | {r['w0.9']:.1f} | {r['w0.95']:.1f} |\n" for r in rows)
+        f"| {r[key]} | {r['method']} | {r.get('grids', '')} | {r.get('n_units', '')} | {fmt(r.get('sel95'), '.2f')} | "
+        f"{r['n']} | {r['in0.8']:.2f} | {r['in0.9']:.2f} | {r['in0.95']:.2f} | {r['w0.8']:.1f} | {r['w0.9']:.1f} | "
+        f"{r['w0.95']:.1f} | {fmt(r.get('cost'), '.2f')} |\n" for r in rows)
     return head + body
 
 
+def evaluate_model(m: str, z: dict[str, np.ndarray], methods: list[str], grid_sets: list[list[int]],
+                   cost: dict[str, float], cols: int, discs: int) -> tuple[list[dict], list[dict], str]:
+    """Image rows (every method and unit set), region rows (each method, first unit set) and the chosen default."""
+    held = MODELS[m][1]
+    img_rows, reg_rows, sel, cals = [], [], {}, {}
+    for grids in grid_sets:
+        gname = "+".join(f"{g}x{g}" if g > 1 else "image" for g in grids)
+        for meth in methods:
+            key = f"{meth} ({gname})"
+            sel[key] = score(z, folds(z, "val", "val", k=5), meth, grids, grids)["scores"]
+            res = score(z, folds(z, held, "val", k=4), meth, grids, [1])
+            cals[key] = res["cals"][0]
+            img_rows.append({"model": m, "method": meth, "grids": gname, **res["scores"], "sel95": sel[key]["in0.95"],
+                             "cost": cost.get(meth), "key": key})
+    cheap = tuple(k for k in sel if cost.get(k.split(" ")[0], 99) <= 1.15)
+    default = choose_default(sel, cheap)
+    for r in img_rows:
+        if r.pop("key") == default:
+            r["method"] = f"**{r['method']}**"
+    if held == "test":
+        mc = mosaic_counts(z, held, cols, discs)
+        g0 = "+".join(f"{g}x{g}" if g > 1 else "image" for g in grid_sets[0])
+        for meth in methods:
+            for kind, sc in score_regions(mc, meth, cals[f"{meth} ({g0})"]).items():
+                reg_rows.append({"model": f"{m}: {kind}", "method": meth, "grids": g0, **sc})
+    return img_rows, reg_rows, default
+
+
 def main() -> None:
-    """Predict (cached), calibrate, score images and mosaic regions; print the tables."""
+    """Predict (cached), calibrate, choose defaults on the calibration sets, score images and mosaic regions."""
     import datetime
     import json
-
-    from wsicount.uncertainty import METHODS
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--cache", type=Path, default=Path("/tmp/uq/cache"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
-    ap.add_argument("--methods", nargs="*", default=list(METHODS))
-    ap.add_argument("--grids", type=int, nargs="+", default=[2, 1], help="calibration units: crops per image side")
+    ap.add_argument("--methods", nargs="*", default=["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"])
+    ap.add_argument("--grids", default="2,1;4,2,1", help="calibration unit sets: crops per side, ';' between sets")
+    ap.add_argument("--heads", type=Path, default=None, help="folder of MODEL.variance.safetensors heads")
+    ap.add_argument("--ensemble", action="append", default=[], help="MODEL=card,card,... (repeatable)")
     ap.add_argument("--cols", type=int, default=10, help="images per mosaic row")
     ap.add_argument("--discs", type=int, default=60, help="random disc regions per mosaic")
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--predict-only", action="store_true")
+    ap.add_argument("--no-cost", action="store_true", help="skip timing the methods")
     ap.add_argument("--region-speed", action="store_true", help="time region_counts on a synthetic Zarr density only")
+    ap.add_argument("--slide-cost", default=None, metavar="MODEL",
+                    help="time a synthetic slide run per calibrated method of MODEL against an uncalibrated run, only")
     a = ap.parse_args()
     if a.region_speed:
         import tempfile
@@ -274,29 +348,34 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"{datetime.date.today()}; {machine()}\n{region_speed(Path(tmp))}")
         return
-    data = {m: predictions(m, a.cache) for m in a.models}
-    if a.predict_only:
+    if a.slide_cost:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"{datetime.date.today()}; {machine()}; {a.slide_cost}, 2048² synthetic slide, 1 thread, best of 2")
+            print("| method | run s | relative |\n|---|---|---|\n" + slide_cost(Path(tmp), a.slide_cost))
         return
-    img_rows, reg_rows, mosaic = [], [], {}
-    for m, z in data.items():
-        held = MODELS[m][1]
-        for meth in a.methods:
-            res = score_images(z, held, meth, a.grids)
-            img_rows.append({"model": m, "method": meth, "n": res["scores"]["n_test"], **res["scores"]})
-            if held == "test":  # what a larger calibration set gives: 2-fold cross-fitting over the test images
-                big = score_images(z, held, meth, a.grids, cal_on="test", k=2)["scores"]
-                img_rows.append({"model": f"{m} (calibrated on 50 test images)", "method": meth, "n": big["n_test"],
-                                 **big})
-            if held == "test":
-                if m not in mosaic:
-                    mosaic[m] = mosaic_counts(z, held, a.cols, a.discs)
-                for kind, s in score_regions(mosaic[m], meth, res["cals"][0]).items():
-                    reg_rows.append({"model": f"{m}: {kind}", "method": meth, **s})
-    print(f"{datetime.date.today()}; {machine()}; fp32; calibration units: images and crops {a.grids}")
+    grid_sets = [[int(g) for g in part.split(",")] for part in a.grids.split(";")]
+    ens = dict(e.split("=", 1) for e in a.ensemble)
+    img_rows, reg_rows, defaults = [], [], {}
+    for m in a.models:
+        z = predictions(m, a.cache)
+        head = a.heads / f"{m}.variance.safetensors" if a.heads else None
+        head = head if head is not None and head.exists() else None
+        members = ens[m].split(",") if m in ens else None
+        z.update(extras(m, z, a.cache, head, members))
+        methods = [x for x in a.methods if {"hetero": "het", "ensemble": "ens", "mcdropout": "mc"}.get(x, "tta") in z]
+        nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or [])),
+                   "mcdropout": 8.0}
+        cost = nominal if a.no_cost else costs(m, z, head, members)
+        rows, regs, defaults[m] = evaluate_model(m, z, methods, grid_sets, cost, a.cols, a.discs)
+        img_rows += rows
+        reg_rows += regs
+    print(f"{datetime.date.today()}; {machine()}; fp32; defaults chosen on the calibration sets: {defaults}")
     print(table(img_rows, "model"))
     print(table(reg_rows, "model"))
     if a.json:
-        a.json.write_text(json.dumps({"images": img_rows, "regions": reg_rows}, indent=1))
+        a.json.write_text(json.dumps({"images": img_rows, "regions": reg_rows, "defaults": defaults}, indent=1))
 
 
 if __name__ == "__main__":

@@ -107,3 +107,18 @@ def test_cli_batch_shares_one_side_process(slides, tmp_path):
         assert s["processing"]["side_worker"] == "process"
         alone = wsicount.count(slide, tmp_path / f"alone-{slide.name}", tile_size=256, progress=False)
         assert s["total_cells"] == pytest.approx(alone["total_cells"], rel=1e-6)
+
+
+def test_study_table_lists_each_slides_guard_warnings(slides, tmp_path):
+    """study.csv's ``warnings`` column holds summary.json's warnings: the forced brightfield slide's modality mismatch."""
+    from wsicount.batch import WARNING_SEP
+
+    bf = synth_slide(tmp_path / "bf.ndpi", format="ndpi", size=(2048, 2048), seed=3, look="brightfield").path
+    rows = batch([slides[0], bf], tmp_path / "study", progress=False, force=True, tile_size=512)
+    with open(tmp_path / "study" / "study.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [t["status"] for t in table] == ["ok", "ok"] and [r["status"] for r in rows] == ["ok", "ok"]
+    for t in table:
+        s = json.loads((Path(t["output"]) / "summary.json").read_text())
+        assert t["warnings"] == WARNING_SEP.join(s["warnings"])
+    assert "brightfield" in table[1]["warnings"] and "brightfield" not in table[0]["warnings"], table

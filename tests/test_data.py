@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -182,3 +183,38 @@ def test_channel_gain_scales_channels_apart_and_only_when_asked():
     stained = Augmenter(seed=3, p_blur=0.0, p_rotate=0.0, brightness=0.0, channel_gain=0.3)(x, pts)[0]
     means = stained.reshape(3, -1).mean(1)
     assert np.ptp(means) > 1e-3 and np.all(means > np.exp(-0.3 - 0.3) - 1e-6)
+
+
+def test_points_with_ellipse_columns_are_read_in_radians_and_checked(tmp_path):
+    from wsicount.errors import InputError
+    from wsicount.training.data import read_annotations
+
+    p = tmp_path / "a.csv"
+    p.write_text("x,y,a,b,angle\n1.5,2,6,3,90\n10,11,4,4,\n")
+    pts, ell = read_annotations(p)
+    assert np.allclose(pts, [[1.5, 2.0], [10.0, 11.0]])
+    assert np.allclose(ell, [[6.0, 3.0, np.pi / 2], [4.0, 4.0, 0.0]])
+    p.write_text("x,y,a,b\n1,2,6,3\n")  # angle column absent: 0
+    assert np.allclose(read_annotations(p)[1], [[6.0, 3.0, 0.0]])
+    p.write_text("x,y\n1,2\n")
+    assert read_annotations(p)[1] is None
+    p.write_text("x,y,a,b,angle\n1,2,6,3,0\n3,4,,2,0\n")
+    with pytest.raises(InputError, match="line 3"):
+        read_annotations(p)
+    p.write_text("x,y,a,b,angle\n1,2,0,3,0\n")
+    with pytest.raises(InputError, match="semi-axes"):
+        read_annotations(p)
+
+
+def test_resampling_moves_points_and_axes_with_the_pixels():
+    from wsicount.training.data import Sample, resample_samples
+
+    img = np.zeros((40, 60), np.uint8)
+    img[10, 20] = 255
+    s = Sample("a", img, np.array([[20.0, 10.0]]), 1.0, "train", 0.5, np.array([[8.0, 4.0, 0.3]]))
+    (r,) = resample_samples([s], 1.0)
+    assert r.image.shape == (20, 30) and r.mpp == 1.0 and r.count == 1.0
+    assert np.allclose(r.points, [[9.75, 4.75]]) and np.allclose(r.ellipses, [[4.0, 2.0, 0.3]])
+    yy, xx = np.nonzero(r.image)
+    assert abs(np.average(xx, weights=r.image[yy, xx]) - 9.75) < 0.6
+    assert resample_samples([replace(s, mpp=None)], 1.0)[0].image is img  # no pixel size: kept as it is

@@ -269,3 +269,38 @@ def test_calibrate_uses_the_cards_held_out_names(tiny_dataset, tiny_model):
     save_calibration(tiny_model, {**rec, "method": "magic"})
     with pytest.raises(Exception, match="unknown calibration method"):
         evaluate(tiny_model, tiny_dataset, split="test")
+
+
+def test_evaluate_in_background_context_counts_the_image_and_its_rim(tiny_dataset, tmp_path):
+    """``context='background'``: each count is the sum of predict_in_context's map (image grown by the receptive radius)."""
+    from wsicount.infer import predict_in_context
+    from wsicount.models import load_model
+    from wsicount.training.data import load_dataset
+
+    lm = load_model()  # the bundled default: a trained network answers the blobs (a random ReLU one gives 0)
+    res = evaluate(lm, tiny_dataset, split="test", context="background", precision="fp32")
+    for r, s in zip(res.images, load_dataset(tiny_dataset, split="test")):
+        assert r.pred == pytest.approx(float(predict_in_context(lm, s.image).sum(dtype=np.float64)), rel=1e-6)
+    alone = evaluate(lm, tiny_dataset, split="test", precision="fp32")
+    assert sum(r.pred for r in res.images) > 0
+    assert [r.pred for r in res.images] != [r.pred for r in alone.images]  # the framings differ
+    paths = write_evaluation(res, tmp_path / "e.json")
+    assert json.loads(paths[0].read_text())["context"] == "background"
+    with pytest.raises(InputError, match="context"):
+        evaluate(lm, tiny_dataset, split="test", context="mirror")
+
+
+def test_cli_evaluate_context_option(tiny_dataset, tmp_path):
+    """``wsicount evaluate --context background`` gives the library's framing and records it; a bad value is a usage error."""
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+
+    out = tmp_path / "e.json"
+    args = ["evaluate", "melanocyte-trp1", str(tiny_dataset), "--split", "test", "--precision", "fp32"]
+    res = CliRunner().invoke(cli, [*args, "--context", "background", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(out.read_text())
+    lib = evaluate("melanocyte-trp1", tiny_dataset, split="test", precision="fp32", context="background")
+    assert summary["context"] == "background" and summary["mae"] == pytest.approx(lib.metrics["mae"], rel=1e-6)
+    assert CliRunner().invoke(cli, [*args, "--context", "mirror"]).exit_code == 2

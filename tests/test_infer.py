@@ -86,3 +86,29 @@ def test_batch_for_splits_the_free_memory_between_concurrent_tasks():
     assert batch_for(16 * gib, gib, tasks=3) == 2
     assert batch_for(64 * gib, gib // 8) == 16  # capped
     assert batch_for(gib, 2 * gib, tasks=4) == 1  # at least one tile
+
+
+def test_context_margin_is_enough_and_phase_free(model):
+    """predict_in_context equals a wider background frame around the image at another stride-aligned place.
+
+    Every pixel within the receptive radius of the image sees only image and background in a
+    margin of :func:`context_margin`, so more background (as on a slide, any stride-aligned
+    position) changes nothing: the slide path's density in the image's box is this map.
+    """
+    from wsicount.infer import background_level, context_margin, predict_in_context
+    from wsicount.preprocess import apply_normalization, percentile_stats, select_channels
+
+    card = model.card
+    img, _ = synth_array((512, 512), seed=4, mpp=card.mpp, tissue_fraction=0.9)
+    img = img[100:196, 150:270]  # 96 x 120: not a stride multiple wide
+    d = predict_in_context(model, img)
+    r = card.receptive_radius
+    assert d.shape == (96 + 2 * r, 120 + 2 * r)
+    assert context_margin(card) >= 2 * r and context_margin(card) % card.stride == 0
+    x = select_channels(img, card.channels)
+    off, span = percentile_stats(x, card.normalization)
+    top, left = context_margin(card) + 3 * card.stride, context_margin(card) + 5 * card.stride
+    framed = np.pad(x, ((0, 0), (top, 2 * top), (left, left)), constant_values=background_level(card))
+    wide = predict_batch(model, apply_normalization(framed, off, span)[None], pick_device("cpu"))[0]
+    np.testing.assert_allclose(wide[top - r : top + 96 + r, left - r : left + 120 + r], d, rtol=1e-4, atol=1e-6)
+    assert d.sum() > 0

@@ -1,15 +1,25 @@
 """A slide is counted as its images are: ``wsicount.count`` on a mosaic of images vs ``wsicount evaluate`` on each.
 
 The images get different brightnesses and black gaps between them and are written through
-the real writers. The slide's total must be within 2 % of the sum of the per-image
-predictions. Per image box (the density inside the box grown by half the gap): within 3 % of
-the same slide inferred with each image normalised by its own statistics (the normalisation
-field reproduces evaluate's per-image normalisation; 1.5 cells on nearly empty images, where
-a relative difference means nothing), and within 3 % of evaluate's prediction for the median
-box. Single boxes differ from evaluate by more (up to ~15 % on images of a few dozen cells,
-BENCHMARKS.md) with exact per-image statistics too: the network answers an image's black
-surroundings and neighbours differently from the zero padding it sees around an image alone. Real TRP1 images (skipped without ../shared/data), and synthetic fluorescence
-fields that need no data.
+the real writers; each image's box is counted with a rim of the receptive radius r, and the
+gaps (> 2r) keep boxes independent (``benchmarks/slide_vs_images.py``). Asserted:
+
+- the slide's total within 2 % of the sum of ``evaluate``'s per-image predictions, in both
+  framings (each image alone, as trained; and ``--context background``, on the slide background);
+- every box within 3 % of ``evaluate --context background`` for boxes of >= 20 cells, and within
+  1 cell for smaller ones (where 3 % is less than a cell). What remains between the two is the
+  normalisation field (statistics over each image's tissue core, binned) and the tissue mask
+  cutting the rim's density.
+
+The images evaluated are the pixels the slide holds: on a JPEG slide (NDPI) each box read back
+on the model grid. JPEG q95 itself moves the network's count of a box by up to ~10 % (+1.3 % in
+total on the 76 TRP1 images at x4): the model's sensitivity to compression artefacts, which the
+benchmark reports against the original pixels too.
+
+Per box against the lone-image framing only the total holds: the network answers an image's
+black surroundings differently from the zero padding it sees alone (up to ~5 % on boxes of
+>= 20 cells on real TRP1 images, more on near-empty ones; BENCHMARKS.md). Real TRP1 images
+(skipped without ../shared/data), and synthetic fluorescence fields that need no data.
 """
 
 from __future__ import annotations
@@ -31,20 +41,23 @@ def _compare(*args, **kwargs) -> dict:
     return compare(*args, **kwargs)
 
 
-def _check(r: dict) -> None:
-    """Total within 2 % of evaluate; each box within 3 % (1.5 cells on nearly empty images) of the own-statistics slide."""
-    assert r["images_total"] > 20
-    assert abs(r["total_rel"]) <= 0.02, r
+def _check(r: dict, alone: float = 0.02) -> None:
+    """Totals within 2 % (``alone``: the lone-image framing); boxes within 3 % (>= 20 cells) or 1 cell of the reference."""
+    assert r["gap"] > 2 * r["rim"]  # boxes are independent
+    ref = r["reference"]  # evaluate --context background on the pixels the slide holds
+    for c, bar in ((ref, 0.02), (ref.replace("background", "none"), alone)):
+        assert r[c]["total"] > 20
+        assert abs(r["slide_total"] / r[c]["total"] - 1) <= bar, (c, r[c])
+        assert abs(r[c]["total_rel"]) <= bar, (c, r[c])  # the boxes hold the slide's density
     for b in r["boxes"]:
-        assert abs(b["slide"] - b["own_stats"]) <= max(0.03 * abs(b["own_stats"]), 1.5), b
-    assert r["box_rel_median"] <= 0.03, r["boxes"]
+        assert abs(b["slide"] - b[ref]) <= max(0.03 * b[ref], 1.0), b
 
 
 @pytest.mark.skipif(not (DATA / "trp1").exists(), reason=f"TRP1 images not found at {DATA / 'trp1'}")
 @pytest.mark.parametrize("upsample,fmt", [(4, "ndpi"), (1, "ome-tiff")])
 def test_trp1_mosaic_counts_as_its_images(tmp_path, one_torch_thread, upsample, fmt):
     """Six TRP1 images, 4x dimmer to 1x, black gaps, x4 NDPI (JPEG) and x1 lossless OME-TIFF."""
-    _check(_compare(DATA / "trp1", "melanocyte-trp1", upsample, fmt, tmp_path, n=6))
+    _check(_compare(DATA / "trp1", "melanocyte-trp1", upsample, fmt, tmp_path, n=6, own=False))
 
 
 def test_synthetic_mosaic_counts_as_its_images(tmp_path, one_torch_thread):
@@ -67,7 +80,7 @@ def test_synthetic_mosaic_counts_as_its_images(tmp_path, one_torch_thread):
     (data / "manifest.csv").write_text("\n".join(rows) + "\n")
     r = _compare(data, "melanocyte-trp1", 2, "ome-tiff", tmp_path / "work", dim=0.3)
     # normalisation parity: the slide equals the slide normalised by each field's own statistics
-    assert abs(r["own_total_rel"]) <= 0.005 and r["own_rel_max"] <= 0.01, r
-    # the network's answer to black gaps instead of a lone image's zero padding adds ~2.5 % on these
-    # fields (every box alike, own statistics included); the 2 % bar holds on real TRP1 images above
-    assert abs(r["total_rel"]) <= 0.03 and r["box_rel_max"] <= 0.03, r
+    assert abs(r["own"]["total_rel"]) <= 0.005 and r["own"]["big_rel_max"] <= 0.01, r["own"]
+    # the lone-image framing: the network answers black around these fields +2.5 % (every box alike)
+    # against the zero padding around a field alone; the 2 % bar on it holds on real TRP1 images above
+    _check(r, alone=0.03)

@@ -83,13 +83,3 @@ def test_bad_arguments():
         fit_stages(np.ones(3), max_stage=0)
     with pytest.raises(ValueError):
         cleavage_times(np.ones(3, dtype=int), np.arange(4.0))
-
-
-def test_doubling_time_of_exponential_growth():
-    from wsicount.timelapse.stages import doubling_time
-
-    t = np.linspace(0, 48, 40)
-    g = doubling_time(t, 50 * 2 ** (t / 20.0) * np.exp(np.random.default_rng(0).normal(0, 0.02, t.size)))
-    assert g["doubling_time_h"] == pytest.approx(20.0, rel=0.05) and g["r2"] > 0.98 and g["frames"] == 40
-    assert doubling_time(t, np.full(t.size, 30.0))["doubling_time_h"] is None
-    assert doubling_time(t[:2], np.array([1.0, 2.0])) is None

@@ -206,3 +206,114 @@ def test_a_failed_run_does_not_poison_its_folder(slide: Path, tmp_path: Path) ->
     s = wsicount.count(slide, out, progress=False)
     assert s["complete"] and s["processing"]["tile_size"] != 100
     assert json.loads((out / ".wsicount" / "run.json").read_text())["params"]["tile_size"] != 100
+
+
+# --- time-lapse stack folders (StackLayout) ---------------------------------------------------
+
+def _fake_stack_run(out: Path) -> None:
+    """The files a finished stack run writes."""
+    for rel in ("density.ome.zarr/.zgroup", "density.ome.zarr/.zattrs", "density.ome.zarr/0/.zarray",
+                "density.ome.zarr/0/0.0.0", "density.ome.zarr/0/11.0.0", "timeline.csv", "growth.csv", "cells.csv",
+                "summary.json", "timeline.png", ".timeline.csv.x1y2.tmp.csv", ".wsicount-stack/params.json",
+                ".wsicount-stack/frames/000000.json"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+
+
+def test_stack_layout_finds_nothing_foreign_in_a_stack_run(tmp_path: Path) -> None:
+    from wsicount.store import StackLayout
+
+    _fake_stack_run(tmp_path)
+    assert StackLayout(tmp_path).foreign() == []
+
+
+@pytest.mark.parametrize("rel", ["important.txt", "sub/notes.md", "density.ome.zarr/notes.txt",
+                                 "density.ome.zarr/0/mine.csv", "summary.json/x", ".hidden", "regions.csv",
+                                 "density/0/0.0", "report.html"])
+def test_stack_layout_lists_user_entries_and_a_slide_runs_files(tmp_path: Path, rel: str) -> None:
+    from wsicount.store import StackLayout
+
+    _fake_stack_run(tmp_path)
+    if rel.startswith("summary.json/"):
+        (tmp_path / "summary.json").unlink()
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text("precious")
+    found = StackLayout(tmp_path).foreign()
+    top = rel.split("/")[0]
+    assert found and all(f == top or f.startswith(top + "/") for f in found), found
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tmp_path_factory) -> tuple[Path, object]:
+    """A 5-frame OME-TIFF stack and an exact counting model (density = image / 255)."""
+    import torch
+
+    from wsicount.models import LoadedModel, ModelCard
+    from wsicount.timelapse.write import write_tiff_stack
+
+    d = tmp_path_factory.mktemp("stack")
+    arr = np.zeros((5, 1, 1, 24, 24), np.uint8)
+    for t in range(5):
+        arr[t, 0, 0, 3, 2:2 + 2 * t + 1:2] = 255
+    write_tiff_stack(d / "s.ome.tif", arr, np.arange(5.0))
+    net = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        net.bias.zero_()
+    card = ModelCard(name="oracle", arch="identity", stride=1, receptive_radius=0, density_scale=1.0, sigma_px=1.0,
+                     normalization={"kind": "fixed", "offset": 0.0, "span": 255.0}, peak_min_distance_px=1)
+    return d / "s.ome.tif", LoadedModel(net.eval(), card, d / "oracle.json")
+
+
+def test_a_stack_run_writes_exactly_its_layout(tmp_path: Path, tiny_stack) -> None:
+    from wsicount.store import StackLayout
+    from wsicount.timelapse import count_stack
+
+    s = count_stack(tiny_stack[0], tmp_path / "o", tiny_stack[1])
+    lay = StackLayout(tmp_path / "o")
+    assert {p.name for p in lay.root.iterdir()} == lay.owned() and lay.foreign() == []
+    assert set(s["outputs"].values()) <= lay.owned() and s["counts"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_stack_run_refuses_a_user_folder_and_leaves_it_untouched(tmp_path: Path, tiny_stack,
+                                                                    overwrite: bool) -> None:
+    from wsicount.timelapse import count_stack
+
+    (tmp_path / "important.txt").write_text("precious")
+    (tmp_path / "timeline.csv").write_text("my own timeline")  # a name we write, but no run of ours made it
+    before = _snapshot(tmp_path)
+    with pytest.raises(OutputError, match="did not write|no record") as e:
+        count_stack(tiny_stack[0], tmp_path, tiny_stack[1], overwrite=overwrite)
+    assert "--overwrite" not in str(e.value) or not overwrite
+    assert _snapshot(tmp_path) == before
+
+
+def test_stack_overwrite_removes_only_its_own_and_refuses_beside_user_files(tmp_path: Path, tiny_stack) -> None:
+    from wsicount.timelapse import count_stack
+
+    out = tmp_path / "o"
+    count_stack(tiny_stack[0], out, tiny_stack[1])
+    (out / ".wsicount-stack" / "frames" / "000002.json").unlink()  # resumed frames are recounted
+    assert count_stack(tiny_stack[0], out, tiny_stack[1], overwrite=True)["resumed"] is False
+    (out / "notes.md").write_text("precious")
+    again = count_stack(tiny_stack[0], out, tiny_stack[1])  # resuming beside a user's file removes nothing
+    assert again["resumed"] and (out / "notes.md").read_text() == "precious"
+    before = _snapshot(out)
+    with pytest.raises(OutputError, match="notes.md") as e:
+        count_stack(tiny_stack[0], out, tiny_stack[1], overwrite=True)
+    assert "--overwrite" not in str(e.value) and _snapshot(out) == before
+    with pytest.raises(OutputError, match="other settings") as e:
+        count_stack(tiny_stack[0], out, tiny_stack[1], focus="all")
+    assert "--overwrite" not in str(e.value)
+
+
+def test_stack_outputs_without_their_record_need_overwrite(tmp_path: Path, tiny_stack) -> None:
+    from wsicount.timelapse import count_stack
+
+    out = tmp_path / "o"
+    count_stack(tiny_stack[0], out, tiny_stack[1])
+    (out / ".wsicount-stack" / "params.json").unlink()
+    with pytest.raises(OutputError, match="no record"):
+        count_stack(tiny_stack[0], out, tiny_stack[1])
+    assert count_stack(tiny_stack[0], out, tiny_stack[1], overwrite=True)["counts"][4] == 5.0

@@ -38,4 +38,10 @@ def test_study_row_from_summary():
                             "durations_h": {"cc2": 11.5, "s2": 0.5}, "censored_at_first_frame": []}}
     r = study_row("E7", summary)
     assert r["t2_h"] == "25.000" and r["t5_h"] == "" and r["cc2_h"] == "11.500" and r["t4_frame"] == 6
-    assert r["unreadable_frames"] == 1 and r["status"] == "ok"
+    assert r["unreadable_frames"] == 1 and r["status"] == "ok" and r["doubling_time_h"] == ""
+    summary["growth"] = {"field": {"doubling_time_h": 12.25, "ci_h": [10.0, 15.5]}}
+    r = study_row("W3", summary)
+    assert (r["doubling_time_h"], r["doubling_time_lo_h"], r["doubling_time_hi_h"]) == ("12.250", "10.000", "15.500")
+    series = {"frames": 4, "failed_frames": [], "growth": summary["growth"]}  # a whole-slide series: no stages
+    r = study_row("W4", series)
+    assert r["status"] == "ok" and r["t2_h"] == "" and r["doubling_time_h"] == "12.250"

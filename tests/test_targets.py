@@ -103,3 +103,41 @@ def test_ellipse_targets_keep_mass_and_follow_the_cell_shape():
     var_y = (win * (yy - 40) ** 2).sum() / win.sum()
     var_x = (win * (xx - 30) ** 2).sum() / win.sum()
     assert var_y == pytest.approx(36.0, rel=0.1) and var_x == pytest.approx(5.76, rel=0.15)
+
+
+def _moments(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid (x, y) and (x, y) covariance of a non-negative image."""
+    yy, xx = np.mgrid[: img.shape[0], : img.shape[1]]
+    w = img / img.sum()
+    c = np.array([(w * xx).sum(), (w * yy).sum()])
+    dx, dy = xx - c[0], yy - c[1]
+    return c, np.array([[(w * dx * dx).sum(), (w * dx * dy).sum()], [(w * dx * dy).sum(), (w * dy * dy).sum()]])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_ellipses_follow_the_pixels_through_augmentation(seed):
+    """An elliptical blob and its ellipse, augmented together (dihedral, free rotation, zoom), still agree."""
+    from wsicount.training.data import Augmenter
+    from wsicount.training.targets import ellipse_covariances, ellipse_density_map, ellipse_endpoints, ellipses_from_endpoints
+
+    pts = np.array([[40.0, 36.0]])
+    ell = np.array([[7.0, 3.0, np.deg2rad(30.0)]])
+    assert np.allclose(ellipses_from_endpoints(ellipse_endpoints(pts, ell))[1], ell)
+    img = ellipse_density_map(pts, ell[:, :2], ell[:, 2], (72, 80), fraction=1.0)[None] * 1e3
+    aug = Augmenter(seed=seed, p_rotate=1.0, p_blur=0.0, brightness=0.0, contrast=0.0, scale=(0.8, 1.25))
+    x, p3 = aug(img, ellipse_endpoints(pts, ell))
+    c, e = ellipses_from_endpoints(p3)
+    centre, cov = _moments(np.clip(x[0], 0, None))
+    assert np.allclose(centre, c[0], atol=0.3)
+    assert np.allclose(cov, ellipse_covariances(e[:, :2], e[:, 2], 1.0)[0], atol=0.08 * np.abs(cov).max())
+
+
+def test_target_map_integrates_to_the_count_with_or_without_ellipses():
+    from wsicount.training.targets import target_map
+
+    pts = np.array([[20.0, 30.0], [40.0, 12.0], [5.0, 35.0]])  # (x, y) inside the 56 x 40 image
+    ell = np.array([[9.0, 4.0, 0.5], [6.0, 3.0, 2.0], [4.0, 4.0, 0.0]])
+    with_e = target_map(pts, ell, SHAPE, 3.0, scale=2.5)
+    plain = target_map(pts, None, SHAPE, 3.0, scale=2.5)
+    assert with_e.sum() == pytest.approx(7.5, rel=1e-5) and plain.sum() == pytest.approx(7.5, rel=1e-5)
+    assert not np.allclose(with_e, plain)

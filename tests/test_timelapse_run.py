@@ -51,8 +51,8 @@ def test_outputs_and_chunking_invariance(tmp_path, model, stack):
     tl = _rows(tmp_path / "a" / "timeline.csv")
     assert [r["frame"] for r in tl] == [str(i) for i in range(9)]
     assert np.allclose([float(r["time_h"]) for r in tl], truth.times_h, atol=1e-3)
-    assert all(int(r["stage"]) >= 1 for r in tl) and list(tl[0]) == ["frame", "time_h", "count", "stage", "planes",
-                                                                        "status"]
+    assert all(int(r["stage"]) >= 1 for r in tl) and list(tl[0]) == ["frame", "time_h", "count", "count_lo",
+                                                                        "count_hi", "stage", "planes", "status"]
     import zarr
 
     z = zarr.open_group(str(tmp_path / "a" / "density.ome.zarr"), mode="r")
@@ -61,6 +61,40 @@ def test_outputs_and_chunking_invariance(tmp_path, model, stack):
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["cleavage"]["frames"].keys() >= {"t2", "t8"}
     assert (tmp_path / "a" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "a" / "cells.csv").read_text().splitlines()[0] == "t,time_h,x,y"
+
+
+def _calibrated(model):
+    """The tiny model with a calibration fitted on synthetic residuals (sd ~ 0.3 + 10 % of the count)."""
+    from wsicount.uncertainty import fit_calibration
+
+    rng = np.random.default_rng(1)
+    pred = rng.uniform(0.5, 20.0, 200)
+    true = pred + rng.normal(0, 1, 200) * (0.3 + 0.1 * pred)
+    cal = fit_calibration(true, pred, {"pred": pred, "area": np.full(200, 96.0 * 96.0)}, "shared")
+    return replace(model, card=replace(model.card, calibration={**cal.to_dict(), "data": "synthetic", "split": "all"}))
+
+
+def test_per_frame_intervals_from_the_cards_calibration(tmp_path, model, stack):
+    from wsicount.uncertainty import Calibration
+
+    lm = _calibrated(model)
+    s = count_stack(stack[0], tmp_path / "c", lm)
+    assert s["count_interval"]["method"] == "shared" and s["count_interval"]["level"] == 0.95
+    assert s["count_interval"]["calibration"] == {"data": "synthetic", "split": "all"}
+    cal = Calibration.from_dict(lm.card.calibration)
+    for r in _rows(tmp_path / "c" / "timeline.csv"):
+        c, lo, hi = float(r["count"]), float(r["count_lo"]), float(r["count_hi"])
+        want = cal.interval(c, {"pred": max(c, 0.0), "area": 96 * 96}, 0.95)
+        assert (lo, hi) == pytest.approx(want, abs=2e-3) and 0.0 <= lo < hi
+    from PIL import Image
+
+    img = np.asarray(Image.open(tmp_path / "c" / "timeline.png").convert("RGB"))
+    assert (img == (200, 220, 245)).all(axis=-1).sum() > 100  # the band is drawn
+    plain = count_stack(stack[0], tmp_path / "u", model)  # no calibration: empty columns and a note, no numbers
+    assert plain["count_interval"]["method"] is None and "no count calibration" in plain["count_interval"]["note"]
+    assert all(r["count_lo"] == "" and r["count_hi"] == "" for r in _rows(tmp_path / "u" / "timeline.csv"))
+    img = np.asarray(Image.open(tmp_path / "u" / "timeline.png").convert("RGB"))
+    assert not (img == (200, 220, 245)).all(axis=-1).any()
 
 
 def test_focus_all_uses_every_plane(tmp_path, model, stack):
@@ -97,6 +131,9 @@ def test_unreadable_frame_is_named_and_others_counted(tmp_path, model):
     assert s["counts"][4] is None and all(c is not None for i, c in enumerate(s["counts"]) if i != 4)
     tl = _rows(tmp_path / "o" / "timeline.csv")
     assert tl[4]["status"] == "unreadable" and tl[4]["count"] == "" and tl[3]["status"] == "ok"
+    s = count_stack(d, tmp_path / "c", _calibrated(model))
+    tl = _rows(tmp_path / "c" / "timeline.csv")
+    assert tl[4]["count_lo"] == tl[4]["count_hi"] == "" and all(r["count_hi"] for i, r in enumerate(tl) if i != 4)
 
 
 def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
@@ -113,6 +150,25 @@ def test_bundled_model_recovers_cleavage_times_within_a_frame(tmp_path):
     assert np.mean(np.array(s["stages"]) == np.minimum(truth.counts, 8)) > 0.8
 
 
+def test_bundled_blastomere_gives_calibrated_frame_intervals(tmp_path):
+    from PIL import Image
+
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    p = EmbryoParams(n_frames=8, n_planes=1, start_h=22.0, end_h=62.0)
+    synth_embryo(tmp_path / "e.ome.tif", format="ome-tiff", params=p, seed=4343)  # a seed no training or calibration used
+    s = count_stack(tmp_path / "e.ome.tif", tmp_path / "out", "blastomere")
+    assert s["count_interval"]["method"] == "shared" and s["count_interval"]["level"] == 0.95
+    assert s["count_interval"]["calibration"]["n_units"] > 0
+    for r in _rows(tmp_path / "out" / "timeline.csv"):
+        c, lo, hi = float(r["count"]), float(r["count_lo"]), float(r["count_hi"])
+        assert 0.0 <= lo <= c <= hi and lo < hi, r
+    img = np.asarray(Image.open(tmp_path / "out" / "timeline.png").convert("RGB"))
+    assert (img == (200, 220, 245)).all(axis=-1).sum() > 100  # the interval band is drawn
+
+
 def test_strongest_peaks_agree_with_the_count():
     from wsicount.timelapse.run import strongest_peaks
 
@@ -122,3 +178,41 @@ def test_strongest_peaks_agree_with_the_count():
     assert np.array_equal(strongest_peaks(d, pk, 2.2), pk[[1, 2]])  # order of the input kept
     assert np.array_equal(strongest_peaks(d, pk, 7.0), pk)
     assert strongest_peaks(d, pk, 0.3).shape == (0, 2)
+
+
+def test_run_cli_on_a_stack_with_regions_writes_growth(tmp_path, stack):
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    left = {"type": "Feature", "properties": {"objectType": "annotation", "name": "left"},
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [48, 0], [48, 96], [0, 96], [0, 0]]]}}
+    (tmp_path / "r.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [left]}))
+    res = CliRunner().invoke(cli, ["run", str(stack[0]), "--out", str(tmp_path / "o"), "--regions",
+                                   str(tmp_path / "r.geojson"), "--mpp", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    rows = _rows(tmp_path / "o" / "growth.csv")
+    assert [r["region"] for r in rows] == ["(field)"] * 9 + ["left"] * 9
+    assert all(float(r["count"]) <= float(f["count"]) + 1e-3 for r, f in zip(rows[9:], rows[:9]))
+    assert set(json.loads((tmp_path / "o" / "summary.json").read_text())["growth"]["regions"]) == {"left"}
+
+
+def test_frame_intervals_use_a_method_a_frame_can_compute():
+    from wsicount.timelapse.run import frame_intervals
+    from wsicount.uncertainty import fit_calibration
+
+    rng = np.random.default_rng(2)
+    p = rng.uniform(1, 20, 100)
+    terms = {"pred": p, "area": np.full(100, 900.0), "tta_var": rng.uniform(0, 1, 100)}
+    tta = {**fit_calibration(p + rng.normal(0, 1, 100), p, terms, "tta").to_dict(), "data": "d"}
+    shared = {**fit_calibration(p + rng.normal(0, 1, 100), p, terms, "shared").to_dict(), "data": "s"}
+    card = ModelCard(name="m", arch="cellnet", calibration=tta)
+    lo, hi, info = frame_intervals(card, np.array([3.0, np.nan]), 900)
+    assert np.isnan(lo).all() and info["method"] is None and "tta" in info["note"]
+    card.calibration = {**tta, "methods": {"shared": shared}}
+    lo, hi, info = frame_intervals(card, np.array([3.0, np.nan]), 900)
+    assert info["method"] == "shared" and info["calibration"] == {"data": "s"}
+    assert lo[0] < 3.0 * (1 + shared["bias"]) < hi[0] and np.isnan(lo[1])

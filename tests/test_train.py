@@ -67,3 +67,74 @@ def test_time_budget_stops_training_early(tmp_path):
                       max_minutes=1e-6, bn_images=2, threads=1)
     card = json.loads(train(tmp_path / "data", tmp_path / "out", cfg, progress=False).read_text())
     assert card["training"]["epochs_run"] == 1
+
+
+def _ellipse_dataset(root, n: int = 6, size: int = 64, mpp: float = 1.0) -> None:
+    """Elongated blobs (random orientation) with their ellipses in a,b,angle columns; 2 of the images are val."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    (root / "points").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "count", "split", "um_per_px"])
+        for i in range(n):
+            k = int(rng.integers(2, 6))
+            pts, ab, ang = rng.uniform(12, size - 12, (k, 2)), rng.uniform(3, 7, (k, 2)), rng.uniform(0, 180, k)
+            img = np.full((size, size), 20.0)
+            for (x, y), (a, b), t in zip(pts, ab, np.deg2rad(ang)):
+                u = (xx - x) * np.cos(t) + (yy - y) * np.sin(t)
+                v = -(xx - x) * np.sin(t) + (yy - y) * np.cos(t)
+                img += 180 * np.exp(-0.5 * ((u / a) ** 2 + (v / b) ** 2))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"im{i}.png")
+            with open(root / "points" / f"im{i}.csv", "w") as pf:
+                pf.write("x,y,a,b,angle\n" + "".join(f"{x:.2f},{y:.2f},{a:.2f},{b:.2f},{t:.1f}\n"
+                                                       for (x, y), (a, b), t in zip(pts, ab, ang)))
+            w.writerow([f"im{i}", k, "val" if i >= n - 2 else "train", mpp])
+
+
+def test_points_with_ellipse_columns_train_shape_aware_targets(tmp_path):
+    from wsicount.training.data import load_dataset
+    from wsicount.training.targets import target_map
+
+    _ellipse_dataset(tmp_path / "data")
+    for s in load_dataset(tmp_path / "data"):  # every image's shape-aware target integrates to its count
+        assert s.ellipses.shape == (len(s.points), 3)
+        assert target_map(s.points, s.ellipses, s.image.shape, 2.0, s.point_weight, 0.3).sum() == pytest.approx(s.count,
+                                                                                                                  rel=1e-5)
+    cfg = TrainConfig(arch="fcrn", arch_kwargs={"width": 8}, epochs=1, batch_size=2, crop=32, max_minutes=None,
+                      bn_images=2, threads=1, modality="brightfield")
+    card = json.loads(train(tmp_path / "data", tmp_path / "out", cfg, progress=False).read_text())
+    assert card["training"]["targets"] == "elliptical (0.3 x each semi-axis)" and card["training"]["epochs_run"] == 1
+    assert np.isfinite(card["metrics"]["val_mae"])
+
+
+def test_fine_tuning_starts_from_the_bundled_blastomere_model(tmp_path):
+    import torch
+
+    from wsicount.models import bundled_models
+
+    if "blastomere" not in bundled_models():
+        pytest.skip("the bundled blastomere model is not installed")
+    _ellipse_dataset(tmp_path / "data", size=96, mpp=1.0)  # resampled to the model's 2 µm/px: 48 px
+    cfg = TrainConfig(init="blastomere", epochs=1, batch_size=2, lr=1e-12, max_minutes=None, bn_images=2, threads=1)
+    path = train(tmp_path / "data", tmp_path / "out", cfg, progress=False)
+    card, base = json.loads(path.read_text()), load_model("blastomere")
+    assert card["arch"] == "cellnet" and card["arch_kwargs"] == base.card.arch_kwargs
+    assert card["mpp"] == base.card.mpp and card["normalization"]["low"] == base.card.normalization["low"]
+    assert card["training"]["crop"] == [48, 48] and card["training"]["config"]["init"] == "blastomere"
+    tuned = load_model(path).module.state_dict()
+    for k, v in base.module.state_dict().items():  # lr ~ 0: the weights are the model's, not a random start
+        if "running" not in k and "num_batches" not in k:
+            assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
+
+
+def test_train_cli_refuses_architecture_options_with_init(tmp_path):
+    from click.testing import CliRunner
+
+    from wsicount.cli import cli
+
+    _ellipse_dataset(tmp_path / "data", n=3)
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--init",
+                                   "blastomere", "--arch", "unet"])
+    assert res.exit_code != 0 and "--arch" in res.output and "--init" in res.output

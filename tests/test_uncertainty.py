@@ -58,11 +58,11 @@ def test_variance_model_is_adaptive() -> None:
 
 
 def test_union_terms_add_counts_and_pool_tta_sums() -> None:
-    recs = [{"sum": 10.0, "area": 100, "tta": [9, 10, 11, 10, 10, 9, 11, 10]},
-            {"sum": -0.5, "area": 50, "tta": [1, 0, -1, 0, 0, 1, -1, 0]}]
+    recs = [{"sum": 10.0, "area": 100, "views": [9, 10, 11, 10, 10, 9, 11, 10]},
+            {"sum": -0.5, "area": 50, "views": [1, 0, -1, 0, 0, 1, -1, 0]}]
     t = union_terms(recs)
     assert t["pred"] == 10.0 and t["area"] == 150.0  # a negative tile sum adds no variance
-    assert t["tta_var"] == pytest.approx(np.var(np.array(recs[0]["tta"]) + np.array(recs[1]["tta"])))
+    assert t["tta_var"] == pytest.approx(np.var(np.array(recs[0]["views"]) + np.array(recs[1]["views"])))
     cal = Calibration("shared", {"pred": 1.0, "area": 0.0, "pred2": 0.01}, 1e-9, (1.0, 2.0, 3.0))
     assert cal.variance(t) == pytest.approx(10.0 + 0.01 * 100.0)  # pred² uses the union's own count
 
@@ -72,7 +72,7 @@ def test_crop_terms_split_points_and_density() -> None:
     dens[:5, :6] = 0.1  # top-left crop holds 3 predicted cells
     pts = np.array([[1.0, 1.0], [2.0, 3.0], [8.0, 8.0]])  # (x, y)
     tta = np.stack([dens * (1 + 0.1 * k) for k in range(8)])
-    u = crop_terms(dens, pts, weight=1.5, grid=2, tta=tta)
+    u = crop_terms(dens, pts, weight=1.5, grid=2, views=tta)
     assert u["true"].tolist() == [3.0, 0.0, 0.0, 1.5]
     assert u["count"] == pytest.approx([3.0, 0, 0, 0])
     assert u["area"].tolist() == [30, 30, 30, 30]
@@ -157,3 +157,28 @@ def test_tile_variances_sum_to_the_union_interval() -> None:
     assert via_records == pytest.approx(direct, rel=1e-3)  # pred² of the clipped vs raw total differ by 0.2 cells
     t = cell_terms([10.0, -1.0], [0.01, 0.02], model_mpp=0.5)
     assert t["pred"].tolist() == [10.0, 0.0] and t["area"].tolist() == pytest.approx([40000.0, 80000.0])
+
+
+def test_card_keeps_one_default_and_other_methods(tmp_path) -> None:
+    """save_calibration: the first record is the default, others sit under 'methods', --default swaps them."""
+    from wsicount.models import ModelCard, read_card
+    from wsicount.training.calibrate import save_calibration
+    from wsicount.uncertainty import calibrated_methods, card_calibration
+
+    card_path = tmp_path / "m.json"
+    card_path.write_text(ModelCard(name="m", arch="unet").to_json())
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    rng = np.random.default_rng(2)
+    true, pred, terms = synthetic(60, rng)
+    recs = {m: fit_calibration(true, pred, {**terms, "tta_var": pred}, m).to_dict() for m in ("shared", "tta")}
+    save_calibration(card_path, recs["shared"])
+    save_calibration(card_path, recs["tta"])
+    rec = read_card(card_path)[0].calibration
+    assert calibrated_methods(rec) == ["shared", "tta"]
+    assert card_calibration(rec).method == "shared" and card_calibration(rec, "tta").method == "tta"
+    with pytest.raises(ModelError, match="no 'poisson' calibration"):
+        card_calibration(rec, "poisson")
+    save_calibration(card_path, recs["tta"], default=True)
+    rec = read_card(card_path)[0].calibration
+    assert calibrated_methods(rec) == ["tta", "shared"] and card_calibration(rec).method == "tta"
+    assert card_calibration({}) is None

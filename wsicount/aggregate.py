@@ -41,6 +41,8 @@ class Aggregate:
     outside: float = 0.0
     #: rows of the user's regions (wsicount.regions.region_counts), [] without --regions
     user_regions: list[dict[str, Any]] = field(default_factory=list)
+    #: the slide's per-view counts (sums of the tiles' ``views``; None without a view method)
+    view_sums: np.ndarray | None = None
 
 
 def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple[float, ...],
@@ -60,27 +62,37 @@ def aggregate(records: list[TileRecord], tm: Any, geom: Geometry, grid_um: tuple
         tissue[g] = _tissue_per_cell(tm, g, shape)
     bad = [{"tile": r.key, "error": r.error} for r in records if r.bad]
     terms = [r.var for r in records if r.var is not None]
+    views = [r.views for r in records if not r.bad]
+    view_sums = np.sum(views, axis=0, dtype=np.float64) if views and all(v is not None for v in views) else None
     agg = Aggregate(total, pk, counts, tissue, bad_tiles=bad, variance=float(sum(terms)) if terms else None,
-                    outside=float(sum(r.outside for r in records)))
+                    outside=float(sum(r.outside for r in records)), view_sums=view_sums)
     agg.regional = {f"{g:g}um": _regional(counts[g], tissue[g], g) for g in grid_um}
     return agg
 
 
-def add_intervals(agg: Aggregate, cal: Any, model_mpp: float, level: float = 0.95) -> None:
+def add_intervals(agg: Aggregate, cal: Any, model_mpp: float, level: float = 0.95, cell_cal: Any = "same") -> None:
     """Set the total's and every grid cell's count interval from a :class:`wsicount.uncertainty.Calibration`.
 
-    The total uses the tiles' summed additive terms (tile errors independent) and its own count
-    for the shared relative error; a grid cell uses its count and tissue area the same way.
+    The total uses the tiles' summed additive terms (tile errors independent), its own count
+    for the shared relative error and, under a view method, the variance of its per-view
+    counts; a grid cell uses its count and tissue area with ``cell_cal`` (default ``cal``; a
+    cell has no per-view sums, so a view method's run passes the card's default calibration).
     """
     from .uncertainty import cell_terms
+    from .views import VIEW_METHODS
 
-    if cal is None:
+    cell_cal = cal if cell_cal == "same" else cell_cal
+    if cal is not None:
+        tissue_mm2 = float(next(iter(agg.tissue_mm2.values())).sum()) if agg.tissue_mm2 else 0.0
+        terms = ({"var": agg.variance, "pred": max(agg.total, 0.0)} if agg.variance is not None
+                 else cell_terms(agg.total, tissue_mm2, model_mpp))
+        if cal.method in VIEW_METHODS and agg.view_sums is not None:
+            terms = {**terms, VIEW_METHODS[cal.method]: float(np.var(agg.view_sums))}
+        lo, hi = cal.interval(agg.total, terms, level)
+        agg.total_ci = {"lo": lo, "hi": hi, "level": level, "method": cal.method}
+    if cell_cal is None:
         return
-    tissue_mm2 = float(next(iter(agg.tissue_mm2.values())).sum()) if agg.tissue_mm2 else 0.0
-    terms = ({"var": agg.variance, "pred": max(agg.total, 0.0)} if agg.variance is not None
-             else cell_terms(agg.total, tissue_mm2, model_mpp))
-    lo, hi = cal.interval(agg.total, terms, level)
-    agg.total_ci = {"lo": lo, "hi": hi, "level": level, "method": cal.method}
+    cal = cell_cal
     for g, counts in agg.counts.items():
         t = cell_terms(counts, agg.tissue_mm2[g], model_mpp)
         clo, chi = cal.interval(counts, t, level)

@@ -1,10 +1,12 @@
 """``wsicount batch``: many slides, one output folder each, and a study-level table.
 
 A failing slide is recorded (status ``failed`` and its one-line error) and the others
-finish. ``study.csv`` is rewritten atomically after every slide, so it always reflects
-what is done. Slides run one after another through :func:`wsicount.runner.count_each`:
-one side worker for all, each slide's tissue mask, normalisation and picture prepared
-while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
+finish. Each row's ``warnings`` holds the slide's domain-guard warnings (``summary.json``'s
+``warnings``, joined by ``WARNING_SEP``; empty when there are none), so a study table never
+shows an implausible count without its flag. ``study.csv`` is rewritten atomically after
+every slide, so it always reflects what is done. Slides run one after another through
+:func:`wsicount.runner.count_each`: one side worker for all, each slide's tissue mask,
+normalisation and picture prepared while the previous slide's tiles run. With ``workers``/``scheduler`` one Dask client is
 shared by all slides and each slide's tiles are spread over the cluster.
 """
 
@@ -24,7 +26,9 @@ from .store import atomic_write
 __all__ = ["batch", "read_manifest"]
 
 FIELDS = ["slide", "output", "status", "total_cells", "tissue_area_mm2", "cells_per_mm2", "bad_tiles", "seconds",
-          "error"]
+          "warnings", "error"]
+#: separates a slide's guard warnings in the ``warnings`` column (a warning's own text may hold ';' and ',')
+WARNING_SEP = " | "
 
 
 def read_manifest(path: str | os.PathLike) -> list[Path]:
@@ -95,7 +99,8 @@ def _row(slide: Path, dest: Path, summary: dict[str, Any] | None, error: Excepti
     elif summary is not None:
         row.update(total_cells=round(summary["total_cells"], 3), tissue_area_mm2=round(summary["tissue_area_mm2"], 6),
                    cells_per_mm2=round(summary["cells_per_mm2"] or 0.0, 3), bad_tiles=len(summary["bad_tiles"]),
-                   status="ok" if summary["complete"] else "incomplete")
+                   status="ok" if summary["complete"] else "incomplete",
+                   warnings=WARNING_SEP.join(summary.get("warnings") or []))
     return row
 
 

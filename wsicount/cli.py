@@ -140,11 +140,17 @@ def _domain_options(f):
               help="cells.geojson coordinates: level-0 pixels (QuPath) or micrometres.")
 @click.option("--regions", type=click.Path(path_type=Path), default=None,
               help="User regions: a QuPath GeoJSON export (annotations) or a label image; each gets its count, "
-                   "interval and density in regions.csv.")
+                   "interval and density in regions.csv (a time-lapse stack: a count per frame in growth.csv and a "
+                   "doubling time in summary.json; coordinates in frame pixels).")
 @click.option("--regions-units", type=click.Choice(["px", "um"]), default=None,
               help="GeoJSON coordinates: level-0 pixels or µm [what the file states, else px].")
 @click.option("--regions-scale", type=POSITIVE, default=1.0, show_default=True,
               help="Label image: level-0 pixels per label pixel.")
+@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"]), default=None,
+              help="Count-interval method, one the model card is calibrated for [the card's default, shared: "
+                   "no extra compute]. hetero adds a variance head (one small convolution); tta counts the mean of "
+                   "the 8 rotated/flipped views of every tile (8x the compute); ensemble the mean of the card's "
+                   "member models (one pass each); mcdropout the mean of T bottleneck-dropout passes (T x).")
 @click.option("--frame-interval", type=POSITIVE, default=None,
               help="Time-lapse stacks: minutes between frames, when the stack states no times.")
 @click.option("--times", type=click.Path(path_type=Path), default=None,
@@ -157,10 +163,18 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
         focus: str, **opts) -> None:
     """Count cells on SLIDE (a whole slide, or a time-lapse stack) and write maps, tables and reports to --out."""
     checks.require_path(slide, "slide")
+    from .timelapse.series import is_slide_series
     from .timelapse.stack import is_stack
 
+    if is_slide_series(slide):  # one pyramid per time point: the slide path, frame by frame
+        from .cli_stacks import run_series
+
+        run_series(slide, out, model, quiet, frame_interval, times, opts)
+        return
     if is_stack(slide):
-        _run_stack(slide, out, model, frame_interval, times, focus, opts)
+        from .cli_stacks import run_stack
+
+        run_stack(slide, out, model, frame_interval, times, focus, opts)
         return
     if opts["mask"] is not None:
         checks.require_path(opts["mask"], "mask", "file")
@@ -187,28 +201,6 @@ def run(slide: Path, out: Path, model: str | None, quiet: bool, frame_interval: 
     if s["bad_tiles"]:
         click.echo(f"wsicount: warning: {len(s['bad_tiles'])} undecodable tile(s) counted as 0 cells "
                    f"({s['bad_tiles_tissue_mm2']:.3f} mm² of tissue); see {out / 'bad_tiles.csv'}", err=True)
-
-
-def _run_stack(stack: Path, out: Path, model: str | None, frame_interval: float | None, times: Path | None,
-               focus: str, opts: dict) -> None:
-    """``wsicount run`` on a time-lapse stack: every frame counted, stages and cleavage times fitted."""
-    if focus not in ("best", "all") and not focus.isdigit():
-        raise UsageError(f"--focus must be best, all or a plane index, got {focus!r}")
-    for name in ("channel", "model_mpp", "regions", "mask", "tissue_mode", "workers", "scheduler"):
-        if opts.get(name):
-            raise UsageError(f"--{name.replace('_', '-')} applies to whole slides, not to a time-lapse stack")
-    if times is not None:
-        checks.require_path(times, "times", "file")
-    checks.check_device(opts["device"])
-    from .timelapse import count_stack
-
-    s = count_stack(stack, out, model or "blastomere", focus=int(focus) if focus.isdigit() else focus,
-                    batch_size=opts["batch_size"] or 4, device=opts["device"],
-                    precision="fp32" if opts["precision"] == "auto" else opts["precision"], mpp=opts["mpp"],
-                    frame_interval_min=frame_interval, times_csv=times, overwrite=opts["overwrite"])
-    hours = {k: v for k, v in s["cleavage"]["hours"].items() if v is not None}
-    when = ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) or "no cleavage seen"
-    click.echo(f"{stack.name}: {s['frames']} frames, {when} -> {out / 'timeline.csv'}")
 
 
 @cli.command(short_help="Print levels, sizes, mpp and vendor of a slide.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from . import checks
+from .errors import UsageError
 from .cli import _CHANNEL_HELP, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, NON_NEGATIVE_FLOAT, cli
 
 __all__ = ["train", "evaluate", "models_cmd"]
@@ -16,10 +17,17 @@ __all__ = ["train", "evaluate", "models_cmd"]
 @cli.command(short_help="Train a density model on a dataset folder.")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Model folder to write.")
-@click.option("--arch", type=click.Choice(["unet", "fcrn", "cellnet"]), default="unet", show_default=True)
+@click.option("--arch", type=click.Choice(["unet", "fcrn", "cellnet"]), default=None, help="Architecture [unet].")
 @click.option("--width", type=POSITIVE_INT, default=None, help="Filters at full resolution [the architecture's: 32].")
-@click.option("--head", type=click.Choice(["relu", "softplus", "linear"]), default="relu", show_default=True,
-              help="Output activation; relu and softplus never give a negative density.")
+@click.option("--head", type=click.Choice(["relu", "softplus", "linear"]), default=None,
+              help="Output activation [relu]; relu and softplus never give a negative density.")
+@click.option("--init", default=None,
+              help="Fine-tune: start from this model's weights (a bundled name such as blastomere, or a card path); "
+                   "its architecture, channels, normalisation and target sigma are kept, and images with um_per_px "
+                   "are resampled to its µm/px.")
+@click.option("--ellipse-fraction", type=POSITIVE, default=0.3, show_default=True,
+              help="Points CSVs with ellipse columns a,b[,angle] (semi-axes in px, angle of a in degrees from +x "
+                   "towards +y): each target Gaussian's sigma is this fraction of the cell's semi-axes.")
 @click.option("--name", default=None, callback=lambda ctx, p, v: _file_name(p, v), help="Model name [DATA-ARCH].")
 @click.option("--epochs", type=POSITIVE_INT, default=200, show_default=True, help="At most this many epochs (see --max-minutes).")
 @click.option("--max-minutes", type=NON_NEGATIVE_FLOAT, default=40.0, show_default=True,
@@ -48,14 +56,21 @@ __all__ = ["train", "evaluate", "models_cmd"]
 @click.option("--seed", type=NON_NEGATIVE_INT, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoints/last.pt.")
 @click.option("--quiet", "-q", is_flag=True)
-def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool, width: int | None, head: str,
-          max_minutes: float, **opts) -> None:
-    """Train a density model on DATA (wsicount dataset layout or VGG dot PNGs)."""
+def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool, width: int | None,
+          head: str | None, max_minutes: float, **opts) -> None:
+    """Train a density model on DATA (wsicount dataset layout or VGG dot PNGs; points may carry
+    ellipse columns a,b,angle for shape-aware targets), from scratch or from a model (--init)."""
     checks.require_path(data, "dataset", "dir")
     picked = checks.parse_channels(channels)
+    if opts["init"] is not None:
+        given = [f"--{n}" for n, v in (("arch", opts["arch"]), ("width", width), ("head", head), ("channels", picked))
+                 if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: a fine-tune keeps the --init model's; leave them out")
     from .training.train import TrainConfig, train as train_api
 
-    arch_kwargs: dict = {"head": head}
+    opts["arch"] = opts["arch"] or "unet"
+    arch_kwargs: dict = {"head": head or "relu"}
     if width is not None:
         arch_kwargs["base_filters" if opts["arch"] == "unet" else "width"] = width
     cfg = TrainConfig(**opts, arch_kwargs=arch_kwargs, max_minutes=max_minutes or None, channels=picked)
@@ -107,8 +122,11 @@ def _file_name(param: click.Parameter, value: str | None) -> str | None:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="As for 'wsicount run'.")
 @click.option("--channel", default=None, help=_CHANNEL_HELP)
+@click.option("--context", type=click.Choice(["none", "background"]), default="none", show_default=True,
+              help="none: each image alone, as the model was trained; background: on the slide background, counted "
+                   "as 'wsicount run' counts it on a slide (the image grown by the receptive radius).")
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
-             plot_path: Path | None, device: str, precision: str, channel: str | None) -> None:
+             plot_path: Path | None, device: str, precision: str, channel: str | None, context: str) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
     checks.require_path(data, "dataset", "dir")
     checks.check_split(data, split)
@@ -120,7 +138,7 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
     read_card(model)  # a missing or broken model fails here, before the dataset is read
     from .training.evaluate import evaluate as eval_api, write_evaluation
 
-    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel)
+    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel, context=context)
     if json_path is not None:
         csv_path = csv_path or json_path.with_suffix(".csv")
         plot_path = plot_path or json_path.with_suffix(".png")

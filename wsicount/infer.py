@@ -12,6 +12,13 @@ window holding its receptive field (checked by the seam tests).
 Whole-image prediction pads the image at its bottom/right end by reflection up to a multiple
 of the model stride and crops the output back, the same rule the slide tiler applies at the
 slide's end, so an image and its tiles see identical inputs.
+
+A lone image has two framings. ``predict_image``: the image alone, every convolution
+zero-padding its border, as the network was trained on crops. ``predict_in_context``: the
+image laid on the slide background (:func:`background_level`) with a margin of twice the
+receptive radius, as ``wsicount run`` sees a piece of tissue alone on a slide; cells at the
+image's edge then spread part of their density onto the background, so the count is the sum
+over the image grown by the receptive radius (everything the image can reach).
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import numpy as np
 import torch
 
 from .models import LoadedModel, ModelCard
-from .preprocess import normalize_image
+from .preprocess import apply_normalization, normalize_image, percentile_stats, select_channels
 
 __all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "batch_for", "activation_bytes_per_px",
            "DTYPES",
-           "PRECISIONS", "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "set_threads"]
+           "PRECISIONS", "autocast_for", "pad_to_stride", "predict_batch", "predict_image", "predict_in_context",
+           "background_level", "context_margin", "set_threads"]
 
 #: accepted ``precision`` values ('auto' resolves to one of the others)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -212,3 +220,35 @@ def predict_image(
     h, w = x.shape[-2:]
     xp = pad_to_stride(x, model.card.stride)
     return predict_batch(model, xp[None], dev, precision)[0, :h, :w]
+
+
+def background_level(card: ModelCard) -> float:
+    """Raw slide-background intensity of the card's modality: 255 (glass) in brightfield, else 0 (dark mount)."""
+    return 255.0 if card.modality == "brightfield" else 0.0
+
+
+def context_margin(card: ModelCard) -> int:
+    """Background px around a lone image: 2 x receptive radius up to a stride multiple (no padding within the radius)."""
+    return -(-2 * card.receptive_radius // card.stride) * card.stride
+
+
+def predict_in_context(
+    model: LoadedModel, image: np.ndarray, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> np.ndarray:
+    """Density (H + 2r, W + 2r), r = receptive radius, of one image on the slide background (its own percentiles).
+
+    The image sits at a stride multiple on a :func:`background_level` frame of
+    :func:`context_margin` px. A slide run of the same pixels (the image stride-aligned on the
+    model grid, no other tissue within 2r) computes the same density in the image's box grown
+    by r: ``wsicount run`` counts a lone image as the sum of this map, less what its tissue
+    mask cuts off.
+    """
+    dev = pick_device(device) if isinstance(device, str) else device
+    card = model.card
+    x = select_channels(image, card.channels)
+    off, span = percentile_stats(x, card.normalization)
+    m, r = context_margin(card), card.receptive_radius
+    framed = np.pad(x, ((0, 0), (m, m), (m, m)), constant_values=background_level(card))
+    h, w = framed.shape[-2:]
+    d = predict_batch(model, pad_to_stride(apply_normalization(framed, off, span), card.stride)[None], dev, precision)
+    return d[0, m - r : h - m + r, m - r : w - m + r]

@@ -20,13 +20,20 @@ Aggregation over a union of tiles (a region, the slide): ``pred`` and ``area`` a
 the tiles, which **assumes the tiles' independent error parts are independent between tiles**;
 ``pred2`` is the square of the union's summed count, i.e. the relative error is **assumed
 fully shared within the union** (conservative for a union of unrelated areas; the
-region-level coverage of ``benchmarks/uncertainty.py`` measures both). ``tta_var`` of a union
-is the variance of its 8 per-transform sums, so a tile record carries its 8 sums.
+region-level coverage of ``benchmarks/uncertainty.py`` measures both). The spread term of a
+view method (``tta_var``, ``ens_var``) of a union is the variance of its per-view sums, so a
+tile record carries its per-view sums (:mod:`wsicount.views`).
 
 Methods: ``poisson`` (pred, area), ``shared`` (the default: adds pred2) -- both computed from
-the prediction itself, no extra compute -- and ``tta`` (adds tta_var and counts the mean of
-the 8 transforms: 8x the compute of a run). MC dropout and ensembles are not offered: the
-bundled architectures have no dropout and ship one set of weights each.
+the prediction itself, no extra compute -- ``tta`` (adds tta_var and counts the mean of the 8
+dihedral transforms: 8x the compute of a run) and ``ensemble`` (adds ens_var, the spread of
+K member models' counts, and counts their mean: K x the compute) and ``hetero`` (adds
+het_var, the summed per-pixel variances of a variance head trained with a Gaussian likelihood
+on the frozen model, :mod:`wsicount.models.variance`; additive over tiles). A card's ``calibration`` is
+its default method's record; other calibrated methods sit under its ``methods`` key
+(:func:`card_calibration`). ``mcdropout`` (adds mc_var: T passes with fixed bottleneck
+channel-dropout masks, counting their mean; T x the compute) is test-time dropout on nets
+trained without dropout (:mod:`wsicount.views`).
 """
 
 from __future__ import annotations
@@ -40,17 +47,21 @@ from scipy.optimize import nnls
 
 from .errors import ModelError
 
-__all__ = ["METHODS", "ADDITIVE", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile", "crop_terms",
-           "predict_tta", "image_terms", "union_terms", "cell_terms", "coverage_report"]
+__all__ = ["METHODS", "ADDITIVE", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile",
+           "crop_terms", "predict_tta", "image_terms", "union_terms", "cell_terms", "coverage_report",
+           "card_calibration", "calibrated_methods"]
 
 #: variance-model terms of each method
 METHODS: dict[str, tuple[str, ...]] = {
     "poisson": ("pred", "area"),
     "shared": ("pred", "area", "pred2"),
     "tta": ("pred", "area", "pred2", "tta_var"),
+    "ensemble": ("pred", "area", "pred2", "ens_var"),
+    "hetero": ("pred", "area", "pred2", "het_var"),
+    "mcdropout": ("pred", "area", "pred2", "mc_var"),
 }
 #: terms that add over disjoint tiles: a tile record's ``var`` is their weighted sum (:meth:`Calibration.tile_var`)
-ADDITIVE = ("pred", "area")
+ADDITIVE = ("pred", "area", "het_var")
 #: the method of a new calibration: free at run time, and covers a bias shared within an area
 DEFAULT_METHOD = "shared"
 #: nominal levels reported by evaluation and benchmarks
@@ -101,9 +112,11 @@ class Calibration:
             raise ModelError(f"calibration method {self.method!r} needs the term {e.args[0]!r}") from None
         return np.maximum(v, self.floor)
 
-    def tile_var(self, count: float, area: float) -> float:
-        """A tile's additive variance term (what its record's ``var`` holds): from its count and tissue pixels."""
-        return self.weights.get("pred", 0.0) * max(float(count), 0.0) + self.weights.get("area", 0.0) * float(area)
+    def tile_var(self, count: float, area: float, het: float = 0.0) -> float:
+        """A tile's additive variance term (what its record's ``var`` holds): from its count, tissue pixels
+        and (``hetero``) the sum of its pixels' predicted variances."""
+        w = self.weights
+        return w.get("pred", 0.0) * max(float(count), 0.0) + w.get("area", 0.0) * float(area) + w.get("het_var", 0.0) * het
 
     def quantile(self, level: float) -> float:
         """Conformal multiplier ``q`` of the normalised score at ``level``."""
@@ -157,63 +170,53 @@ def fit_calibration(true: Any, pred: Any, terms: Mapping[str, Any], method: str 
     return Calibration(method, cal.weights, floor, tuple(float(s) for s in np.sort(scores)), bias)
 
 
-def _undo_dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """Inverse of :func:`wsicount.training.data.dihedral` (rot90 by k, then optional flip)."""
-    if flip:
-        a = np.flip(a, axis=-1)
-    return np.rot90(a, -k, axes=(-2, -1))
-
-
 def predict_tta(model: Any, image: np.ndarray, device: Any = "cpu", precision: str = "fp32") -> np.ndarray:
     """(8, H, W) densities of the 8 dihedral transforms of ``image``, mapped back to its orientation.
 
-    Exact test-time augmentation for a fully convolutional net: each transform is padded to
-    the stride like :func:`wsicount.infer.predict_image`; costs 8 forward passes.
+    Exact test-time augmentation for a fully convolutional net (:mod:`wsicount.views`); costs 8 forward passes.
     """
-    from .infer import pad_to_stride, pick_device, predict_batch
-    from .preprocess import normalize_image
-    from .training.data import dihedral
+    from .views import predict_views
 
-    dev = pick_device(device) if isinstance(device, str) else device
-    x = normalize_image(image, model.card.channels, model.card.normalization)
-    out = []
-    for k in range(4):
-        for flip in (False, True):
-            xt = np.ascontiguousarray(dihedral(x, k, flip))
-            h, w = xt.shape[-2:]
-            d = predict_batch(model, pad_to_stride(xt, model.card.stride)[None], dev, precision)[0, :h, :w]
-            out.append(_undo_dihedral(d, k, flip))
-    return np.stack(out)
+    return predict_views([model], image, device, precision, tta=True)
 
 
 def image_terms(model: Any, image: np.ndarray, dens: np.ndarray, method: str, device: Any = "cpu",
-                precision: str = "fp32") -> tuple[float, dict[str, float]]:
-    """An image's count under ``method`` and its variance terms (``tta`` runs the 8 transforms: 8x).
+                precision: str = "fp32", members: list[Any] | None = None) -> tuple[float, dict[str, float]]:
+    """An image's count under ``method`` and its variance terms (``tta``: 8 forward passes; ``ensemble``:
+    one per member in ``members``).
 
-    With ``tta`` the count is the mean of the 8 transforms' counts, else the sum of ``dens``.
+    With a view method the count is the mean of the views' counts, else the sum of ``dens``.
     """
+    from .views import VIEW_METHODS, predict_views
+
     count = float(dens.sum(dtype=np.float64))
     terms = {"area": float(dens.size)}
-    if method == "tta":
-        sums = predict_tta(model, image, device, precision).sum(axis=(1, 2), dtype=np.float64)
-        count, terms["tta_var"] = float(sums.mean()), float(sums.var())
+    if method in VIEW_METHODS:
+        if method in ("ensemble", "mcdropout") and not members:
+            raise ModelError(f"the {method} method needs its member models")
+        views = predict_views(members or [model], image, device, precision, tta=method == "tta")
+        sums = views.sum(axis=(1, 2), dtype=np.float64)
+        count, terms[VIEW_METHODS[method]] = float(sums.mean()), float(sums.var())
     terms["pred"] = max(count, 0.0)
     return count, terms
 
 
 def crop_terms(dens: np.ndarray, points: np.ndarray, weight: float, grid: int,
-               tta: np.ndarray | None = None) -> dict[str, np.ndarray]:
+               views: np.ndarray | None = None, spread: str = "tta_var",
+               het: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """True (``true``) and predicted (``count``) counts and variance terms of a ``grid x grid`` split.
 
     ``points`` are (x, y) pixel centres, each worth ``weight`` cells; a point belongs to the
-    crop holding its pixel. ``tta`` (8, H, W) adds each crop's 8 ``tta_sums`` and their ``tta_var``.
+    crop holding its pixel. ``views`` (V, H, W) adds each crop's V ``view_sums`` and their
+    variance as the term named ``spread`` (``tta_var``, ``ens_var``); ``het`` (H, W), a
+    variance head's per-pixel variances, adds their sum ``het_var``.
     """
     h, w = dens.shape
     ys = np.linspace(0, h, grid + 1).round().astype(int)
     xs = np.linspace(0, w, grid + 1).round().astype(int)
     pr = np.clip(np.round(points[:, 1]).astype(int), 0, h - 1) if len(points) else np.zeros(0, int)
     pc = np.clip(np.round(points[:, 0]).astype(int), 0, w - 1) if len(points) else np.zeros(0, int)
-    rows: dict[str, list] = {"true": [], "count": [], "area": [], "tta_sums": []}
+    rows: dict[str, list] = {"true": [], "count": [], "area": [], "view_sums": [], "het_var": []}
     for i in range(grid):
         for j in range(grid):
             sl = np.s_[ys[i]:ys[i + 1], xs[j]:xs[j + 1]]
@@ -221,31 +224,62 @@ def crop_terms(dens: np.ndarray, points: np.ndarray, weight: float, grid: int,
             rows["true"].append(weight * inside.sum())
             rows["count"].append(float(dens[sl].sum(dtype=np.float64)))
             rows["area"].append((ys[i + 1] - ys[i]) * (xs[j + 1] - xs[j]))
-            if tta is not None:
-                rows["tta_sums"].append(tta[(slice(None), *sl)].sum(axis=(1, 2), dtype=np.float64))
+            if views is not None:
+                rows["view_sums"].append(views[(slice(None), *sl)].sum(axis=(1, 2), dtype=np.float64))
+            if het is not None:
+                rows["het_var"].append(float(het[sl].sum(dtype=np.float64)))
     out = {k: np.asarray(v, dtype=np.float64) for k, v in rows.items() if v}
-    if tta is not None:
-        out["tta_var"] = out["tta_sums"].var(axis=1)
+    if views is not None:
+        out[spread] = out["view_sums"].var(axis=1)
     out["pred"] = np.maximum(out["count"], 0.0)
     return out
 
 
-def union_terms(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Terms of a union of tiles from per-tile records ``{"sum", "area"[, "tta"]}`` (8 sums for ``tta``).
+def union_terms(records: Iterable[Mapping[str, Any]], spread: str = "tta_var") -> dict[str, float]:
+    """Terms of a union of tiles from per-tile records ``{"sum", "area"[, "views"]}``.
 
-    ``pred`` and ``area`` add; ``tta_var`` is the variance of the summed per-transform counts.
+    ``pred`` and ``area`` add; the term ``spread`` is the variance of the summed per-view counts.
     """
-    pred, area, tta = 0.0, 0.0, None
+    pred, area, views = 0.0, 0.0, None
     for r in records:
         pred += max(float(r["sum"]), 0.0)
         area += float(r["area"])
-        if "tta" in r:
-            t = np.asarray(r["tta"], dtype=np.float64)
-            tta = t if tta is None else tta + t
+        if r.get("views") is not None:
+            t = np.asarray(r["views"], dtype=np.float64)
+            views = t if views is None else views + t
     out = {"pred": pred, "area": area}
-    if tta is not None:
-        out["tta_var"] = float(np.var(tta))
+    if views is not None:
+        out[spread] = float(np.var(views))
     return out
+
+
+def card_calibration(record: Mapping[str, Any], method: str | None = None) -> Calibration | None:
+    """The calibration of ``method`` from a card's ``calibration`` record (None: the card's default method).
+
+    The record is the default method's; other calibrated methods sit in its ``methods`` mapping.
+    An uncalibrated card gives None unless a method is asked for.
+    """
+    if method is not None and method not in METHODS:
+        raise ModelError(f"unknown uncertainty method {method!r}; choose from {sorted(METHODS)}")
+    if not record:
+        if method is None:
+            return None
+        raise ModelError(f"the model has no count-interval calibration, so no {method!r} intervals; calibrate it: "
+                         f"python -m wsicount.training.calibrate MODEL DATA --method {method} --save")
+    if method is None or method == record.get("method"):
+        return Calibration.from_dict(record)
+    other = (record.get("methods") or {}).get(method)
+    if other is None:
+        raise ModelError(f"the model has no {method!r} calibration (calibrated: {', '.join(calibrated_methods(record))}); "
+                         f"calibrate it: python -m wsicount.training.calibrate MODEL DATA --method {method} --save")
+    return Calibration.from_dict(other)
+
+
+def calibrated_methods(record: Mapping[str, Any]) -> list[str]:
+    """Methods a card's ``calibration`` record holds, its default first."""
+    if not record:
+        return []
+    return [record["method"], *[m for m in (record.get("methods") or {}) if m != record["method"]]]
 
 
 def cell_terms(counts: Any, tissue_mm2: Any, model_mpp: float) -> dict[str, np.ndarray]:

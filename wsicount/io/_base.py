@@ -27,6 +27,8 @@ class SlideKey:
     path: str
     backend: str
     mpp: float | None = None
+    #: the time point read from a time series (T > 1); 0 for every other slide
+    t: int = 0
 
 
 @dataclass

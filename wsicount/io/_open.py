@@ -56,12 +56,19 @@ def _segmented(impl: TiffBackend) -> bool:
     return all(th * tw <= _MAX_UNSEGMENTED_PX for th, tw in impl.tiles)
 
 
-def resolve(path: Path, backend: str = "auto") -> tuple[str, Backend]:
-    """(backend name, open and validated backend) for ``path``; raises WsicountError."""
+def resolve(path: Path, backend: str = "auto", t: int = 0) -> tuple[str, Backend]:
+    """(backend name, open and validated backend) for time point ``t`` of ``path``; raises WsicountError.
+
+    A time point other than the first is read by tifffile or zarr (OpenSlide reads only the first).
+    """
     _check_path(path, backend)
     p = str(path)
     if path.is_dir():
-        return "zarr", _validated(ZarrBackend, path, p)
+        return "zarr", _validated(ZarrBackend, path, p, t)
+    if t:
+        if backend not in ("auto", "tifffile") or not _is_tiff(path):
+            raise InputError(f"{path}: time point {t} is read by the tifffile backend from TIFF files only")
+        return "tifffile", _validated(TiffBackend, path, p, detect_vendor(p), t)
     vendor = detect_vendor(p)
     is_tiff = _is_tiff(path)
     if backend == "openslide" or (backend == "auto" and vendor is not None and
@@ -130,11 +137,11 @@ def validate(impl: Backend, path: Path) -> None:
 def open_backend(key: SlideKey) -> Backend:
     """Reopen a backend for a key in another process (already validated once)."""
     if key.backend == "zarr":
-        impl: Backend = ZarrBackend(key.path)
+        impl: Backend = ZarrBackend(key.path, key.t)
     elif key.backend == "openslide":
         impl = OpenSlideBackend(key.path)
     else:
-        impl = TiffBackend(key.path, detect_vendor(key.path))
+        impl = TiffBackend(key.path, detect_vendor(key.path), key.t)
     impl.prepare_intensity()
     return impl
 

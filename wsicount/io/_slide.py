@@ -102,7 +102,7 @@ class Slide:
         if "_reopen" in self.__dict__:
             return dict(self.__dict__["_reopen"])
         return {"path": str(self.path), "abspath": self._key.path, "backend": self._key.backend,
-                "mpp": self._key.mpp}
+                "mpp": self._key.mpp, "t": self._key.t}
 
     def __setstate__(self, state: dict) -> None:
         """Defer reopening to the first attribute access (in the receiving process)."""
@@ -113,15 +113,16 @@ class Slide:
         state = self.__dict__.get("_reopen")
         if state is None or name.startswith("__"):
             raise AttributeError(name)
-        key = SlideKey(state["abspath"], state["backend"], state["mpp"])
+        key = SlideKey(state["abspath"], state["backend"], state["mpp"], state.get("t", 0))
         fresh = _slide_from_backend(Path(state["path"]), key, open_backend(key))
         self.__dict__.pop("_reopen", None)
         self.__dict__.update(fresh.__dict__)
         return getattr(self, name)
 
 
-def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto") -> Slide:
-    """Open a slide file or OME-Zarr store; ``mpp`` overrides the file's pixel size.
+def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto", t: int = 0) -> Slide:
+    """Open a slide file or OME-Zarr store; ``mpp`` overrides the file's pixel size; ``t`` picks a
+    time series' time point (the first by default).
 
     Raises InputError (missing path, plain directory, bad ``mpp``), SlideFormatError
     (empty, unsupported, truncated or undecodable) or MissingMppError.
@@ -129,8 +130,8 @@ def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto"
     p = Path(path).expanduser()
     if mpp is not None and not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
         raise InputError(f"{p}: --mpp must be a positive number of micrometres per pixel, got {mpp!r}")
-    name, impl = resolve(p, backend)
-    key = SlideKey(str(p.absolute()), name, None if mpp is None else float(mpp))
+    name, impl = resolve(p, backend, t)
+    key = SlideKey(str(p.absolute()), name, None if mpp is None else float(mpp), int(t))
     try:
         return _slide_from_backend(p, key, impl)
     except Exception:

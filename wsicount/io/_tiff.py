@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from wsicount.errors import SlideFormatError, TileReadError
+from wsicount.errors import InputError, SlideFormatError, TileReadError
 from wsicount.io._base import Backend, IntensityMap, SegmentCache
 
 __all__ = ["TiffBackend", "open_tiff", "plausible_mpp", "level_pages_in_bounds"]
@@ -136,17 +136,19 @@ def open_tiff(path: str) -> tifffile.TiffFile:
 class _Level:
     """One pyramid level: the pages (t=0, z=0, every channel) whose samples form channels."""
 
-    def __init__(self, series: tifffile.TiffPageSeries) -> None:
-        """Select the pages of the first time point and focal plane."""
+    def __init__(self, series: tifffile.TiffPageSeries, t: int = 0) -> None:
+        """Select the pages of time point ``t`` and the first focal plane."""
         key = series.keyframe
         page_axes = key.axes  # e.g. 'YXS', 'SYX' (planar) or 'YX'
         axes = series.get_axes(False)
         shape = series.get_shape(False)
         outer_axes, outer_shape = axes[: len(axes) - len(page_axes)], shape[: len(axes) - len(page_axes)]
         self.sizes = dict(zip(outer_axes, outer_shape, strict=True))
+        if not 0 <= t < self.sizes.get("T", 1):
+            raise InputError(f"time point {t} does not exist: the image has {self.sizes.get('T', 1)}")
         pages = list(series.pages)
         idx = np.arange(int(np.prod(outer_shape, dtype=np.int64))).reshape(outer_shape or (1,))
-        sel = tuple(slice(None) if a == "C" else 0 for a in outer_axes)
+        sel = tuple(slice(None) if a == "C" else t if a == "T" else 0 for a in outer_axes)
         chosen = np.atleast_1d(idx[sel] if outer_axes else idx).ravel().tolist()
         self.pages = [pages[i] if i < len(pages) else None for i in chosen]
         if any(p is None for p in self.pages):
@@ -179,8 +181,9 @@ class TiffBackend(Backend):
 
     name = "tifffile"
 
-    def __init__(self, path: str, openslide_vendor: str | None = None) -> None:
-        """Open ``path`` (see :func:`open_tiff` for the errors raised)."""
+    def __init__(self, path: str, openslide_vendor: str | None = None, t: int = 0) -> None:
+        """Open time point ``t`` of ``path`` (see :func:`open_tiff` for the errors raised)."""
+        self._t = t
         self._tf = open_tiff(path)
         self._fh = self._tf.filehandle
         self._fh.set_lock(True)
@@ -193,7 +196,7 @@ class TiffBackend(Backend):
     def _init(self, openslide_vendor: str | None) -> None:
         """Levels, vendor and metadata."""
         tf = self._tf
-        self._levels = [_Level(s) for s in _level_series(tf)]
+        self._levels = [_Level(s, self._t) for s in _level_series(tf)]
         if not self._levels:
             raise SlideFormatError(f"{self._fh.path} holds no image")
         first = self._levels[0]
@@ -244,6 +247,7 @@ class TiffBackend(Backend):
                     props[f"aperio.{k}"] = str(v)
         sizes = self._levels[0].sizes
         props["wsicount.t_size"] = str(sizes.get("T", 1))
+        props["wsicount.t_index"] = str(self._t)
         props["wsicount.z_size"] = str(sizes.get("Z", 1))
         return props
 

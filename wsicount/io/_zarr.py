@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wsicount.errors import SlideFormatError
+from wsicount.errors import InputError, SlideFormatError
 from wsicount.io._base import Backend, IntensityMap
 from wsicount.io._tiff import plausible_mpp
 
@@ -70,8 +70,8 @@ class ZarrBackend(Backend):
     name = "zarr"
     vendor = "ome-zarr"
 
-    def __init__(self, path: str) -> None:
-        """Open the multiscale image at ``path`` (a directory)."""
+    def __init__(self, path: str, t: int = 0) -> None:
+        """Open time point ``t`` of the multiscale image at ``path`` (a directory)."""
         import zarr  # here: an import that only Zarr slides need
 
         root = zarr.open_group(path, mode="r")
@@ -86,11 +86,14 @@ class ZarrBackend(Backend):
         self.tiles = [(int(a.chunks[self._yi]), int(a.chunks[self._xi])) for a in self._arrays]
         self.channels = int(self._arrays[0].shape[self._ci]) if self._ci is not None else 1
         sizes = dict(zip(self.axes, self._arrays[0].shape, strict=True))
+        if not 0 <= t < sizes.get("t", 1):
+            raise InputError(f"time point {t} does not exist: the image has {sizes.get('t', 1)}")
+        self._t = t
         attrs = dict(self._group.attrs)
         self._omero = attrs.get("omero") or attrs.get("ome", {}).get("omero") or {}
         self.channel_names = self._names()
         self.properties = {"wsicount.backend": "zarr", "wsicount.t_size": str(sizes.get("t", 1)),
-                           "wsicount.z_size": str(sizes.get("z", 1)),
+                           "wsicount.z_size": str(sizes.get("z", 1)), "wsicount.t_index": str(t),
                            "ngff.version": str(ms.get("version", "")), "ngff.axes": ",".join(self.axes),
                            "ngff.dtype": str(self._arrays[0].dtype)}
         self.mpp_xy = self._pixel_size(ms, units, ndim)
@@ -140,7 +143,7 @@ class ZarrBackend(Backend):
         return self.intensity.apply(self._read_raw(level, y0, x0, h, w))
 
     def _read_raw(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        """(h, w, c) window in the store's dtype (t = z = 0)."""
+        """(h, w, c) window in the store's dtype (the backend's time point; z = 0)."""
         index: list[int | slice] = []
         kept: list[str] = []
         for name in self.axes:
@@ -150,6 +153,9 @@ class ZarrBackend(Backend):
                 index.append(slice(x0, x0 + w))
             elif name == "c":
                 index.append(slice(None))
+            elif name == "t":
+                index.append(self._t)
+                continue
             else:  # t, z and any other non-spatial axis: first index
                 index.append(0)
                 continue

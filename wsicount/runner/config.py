@@ -40,19 +40,25 @@ class RunConfig:
     regions_scale: float = 1.0
     #: nominal coverage of the count intervals (from the model card's calibration)
     interval_level: float = 0.95
+    #: the count interval's method (``--uncertainty``): one the card has a calibration for; None: the card's
+    #: default. ``tta`` and ``ensemble`` count the mean of several predictions (8x / K x the compute)
+    uncertainty: str | None = None
     #: the channel a one-channel model reads (``--channel``: a name, fluorophore or index); None: the card's
     channel: str | None = None
     #: µm/px the model runs at (``--model-mpp``), for a card that states none; None: the card's
     model_mpp: float | None = None
     #: run a slide the domain guard refuses, recording the mismatch as a warning (``--force``)
     force: bool = False
+    #: the time point counted in a whole-slide time series (one pyramid per time point)
+    time_index: int = 0
 
     def result_params(self) -> dict[str, Any]:
         """Parameters that change the results (resuming requires them unchanged)."""
         return {"tile_size": self.tile_size, "precision": self.precision, "mpp": self.mpp,
                 "mask": self.mask, "tissue_mode": self.tissue_mode, "grid_um": list(self.grid_um),
                 "backend": self.backend, "skip_bad_tiles": self.skip_bad_tiles, "channel": self.channel,
-                "model_mpp": self.model_mpp}
+                "model_mpp": self.model_mpp, "uncertainty": self.uncertainty,
+                **({"time_index": self.time_index} if self.time_index else {})}
 
 
 def with_options(config: RunConfig | None, options: dict[str, Any]) -> RunConfig:

@@ -54,10 +54,20 @@ class RunPlan:
     peak_min_distance: int
     #: peaks are searched in the core grown by this margin, so a peak on a core's edge is seen whole
     peak_margin: int
-    #: the card's count-interval calibration (wsicount.uncertainty.Calibration), or None
+    #: the run's count-interval calibration (wsicount.uncertainty.Calibration), or None
     calibration: Any = None
     #: each model-grid pixel's normalisation (wsicount.normalize.NormField)
     field: Any = None
+    #: calibration of grid cells and user regions, whose terms hold no per-view sums: the card's
+    #: default where the run's method is a view method (tta, ensemble), else ``calibration``
+    area_calibration: Any = None
+    #: view methods: "tta" (8 dihedral views), "ensemble" (its members' card paths in ``members``) or
+    #: "mcdropout" (``mc``: dropout probability and passes)
+    views: str | None = None
+    members: tuple[str, ...] = ()
+    #: hetero: the variance head's path (wsicount.models.variance); tiles add its summed variance to their ``var``
+    head: str | None = None
+    mc: tuple[float, int] | None = None
 
 
 def prepare(sl: Any, cfg: RunConfig, card: Any, keep: Any = None) -> SlidePrep:
@@ -121,15 +131,33 @@ def grid_shapes(geom: Geometry, grid_um: tuple[float, ...]) -> tuple[tuple[int, 
                  for g in grid_um)
 
 
-def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, ...]) -> RunPlan:
-    """The run's plan for a prepared slide, a card and a tile size."""
+def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, ...], method: str | None = None,
+              card_path: Any = None) -> RunPlan:
+    """The run's plan for a prepared slide, a card (at ``card_path``), a tile size and an interval method."""
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
-    from ..uncertainty import Calibration
+    from ..uncertainty import card_calibration
+    from ..views import VIEW_METHODS, ensemble_members, head_path
 
-    cal = Calibration.from_dict(card.calibration) if card.calibration else None
+    cal = card_calibration(card.calibration, method)
+    mapped = (*VIEW_METHODS, "hetero")  # terms from extra maps, which grid cells and regions do not carry
+    views = cal.method if cal is not None and cal.method in VIEW_METHODS else None
+    area_cal = card_calibration(card.calibration) if cal is not None and cal.method in mapped else cal
+    if area_cal is not None and area_cal.method in mapped:  # such a default: areas get no interval
+        area_cal = None
+    members: tuple[str, ...] = ()
+    head, mc = None, None
+    if cal is not None and cal.method in ("ensemble", "hetero", "mcdropout"):
+        rec = card.calibration if card.calibration.get("method") == cal.method else card.calibration["methods"][cal.method]
+        if cal.method == "ensemble":
+            members = tuple(str(p) for p in ensemble_members(rec, card_path))
+        elif cal.method == "mcdropout":
+            mc = (float(rec.get("p", 0.2)), int(rec.get("passes", 8)))
+        else:
+            head = str(head_path(rec, card_path))
     return RunPlan(geom, grid, prep.norm, mask_scale(prep.tissue, geom), tuple(grid_um), grid_shapes(geom, grid_um),
-                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field)
+                   prep.channels, card.sigma_px, card.peak_min_distance_px, margin, cal, prep.field, area_cal, views,
+                   members, head, mc)
 
 
 def plan_tile(cfg: RunConfig, lm: Any, device: Any, precision: str, placement: Placement, client: Any,

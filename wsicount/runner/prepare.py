@@ -50,7 +50,7 @@ def submit_preparation(side: Executor, slide: str | os.PathLike, model: str | os
 
     if on_stage is not None:
         on_stage("prepare", Path(slide).name)
-    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend)
+    sl = open_slide(slide, mpp=cfg.mpp, backend=cfg.backend, t=cfg.time_index)
     card, _ = read_card(model)
     warnings = check_slide(card, sl, cfg)  # DomainError unless --force
     token = f"{os.getpid()}-{time.monotonic_ns()}" if isinstance(side, ProcessPoolExecutor) else None

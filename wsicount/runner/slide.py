@@ -213,6 +213,9 @@ def _open(slide: str | os.PathLike, out: Path, model: str | os.PathLike | None, 
     from ..models import load_model
 
     lm = load_model(model)
+    from ..uncertainty import card_calibration
+
+    card_calibration(lm.card.calibration, cfg.uncertainty)  # a method the card is not calibrated for: fail now
     regions = _user_regions(cfg, ahead.slide)
     device = pick_device(cfg.device)
     precision = resolve_precision(device, cfg.precision, lm.card)
@@ -269,9 +272,10 @@ def _plan(o: _Opened, out: Path, cfg: RunConfig, side: Executor, timings: dict[s
     timings["tissue_wait"] = time.perf_counter() - t
     picture = o.ahead.picture or side_worker.side_submit(side, slide_figure, o.ahead.slide, prep.tissue)
     t = time.perf_counter()
-    plan = make_plan(prep, o.lm.card, o.tile_plan.tile_size, cfg.grid_um)
+    plan = make_plan(prep, o.lm.card, o.tile_plan.tile_size, cfg.grid_um, cfg.uncertainty, o.lm.path)
     tiles = tissue_tiles(plan.grid, prep.tissue.mask, *plan.mask_scale)
-    job = TileJob(SlideSource(str(o.ahead.slide.path), cfg.backend, cfg.mpp, max(0, cfg.decode_cache_mb) << 20),
+    job = TileJob(SlideSource(str(o.ahead.slide.path), cfg.backend, cfg.mpp, max(0, cfg.decode_cache_mb) << 20,
+                              cfg.time_index),
                   ModelSpec(str(o.lm.path), str(o.device), o.precision, cfg.batch_size, o.placement.torch_threads,
                             o.placement.device_tasks),
                   plan, str(out), cfg.skip_bad_tiles, cfg.prefetch)
@@ -342,7 +346,7 @@ def _tail(o: _Opened, out: Path, prep: SlidePrep, plan: RunPlan, tiles: list, re
     tm, geom = prep.tissue, plan.geom
     agg = aggregate(records, tm, geom, plan.grid_um, plan.grid_shape)
     agg.bad_tiles = bad_tile_rows(agg.bad_tiles, tiles, geom, tm, plan.mask_scale)
-    add_intervals(agg, plan.calibration, geom.model_mpp, cfg.interval_level)
+    add_intervals(agg, plan.calibration, geom.model_mpp, cfg.interval_level, plan.area_calibration)
     if o.regions is not None:
         agg.user_regions = _count_regions(o.regions, out, plan, tm, cfg.interval_level)
     sf = picture.result()
@@ -366,7 +370,8 @@ def _count_regions(regions: Any, out: Path, plan: RunPlan, tm: Any, level: float
     from ..store import Layout
 
     density = zarr.open_array(str(Layout(out).density_level(0)), mode="r")
-    return region_counts(regions, density, plan.geom.model_mpp, plan.geom.scale0, tm.mask, plan.calibration, level)
+    return region_counts(regions, density, plan.geom.model_mpp, plan.geom.scale0, tm.mask, plan.area_calibration,
+                         level)
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:

@@ -42,6 +42,8 @@ class SlideSource:
     backend: str
     mpp_override: float | None
     decode_cache_bytes: int = 0
+    #: the time point of a time series
+    t: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,11 @@ def worker_slide(src: SlideSource) -> Any:
     from ..io import open_slide
 
     def make() -> Any:
-        slide = open_slide(src.path, mpp=src.mpp_override, backend=src.backend)
+        slide = open_slide(src.path, mpp=src.mpp_override, backend=src.backend, t=src.t)
         slide.set_decode_cache(src.decode_cache_bytes)
         return slide
 
-    return cached(("slide", src.path, src.backend, src.mpp_override), make)
+    return cached(("slide", src.path, src.backend, src.mpp_override, src.t), make)
 
 
 def worker_model(spec: ModelSpec) -> Any:
@@ -148,6 +150,14 @@ def worker_model(spec: ModelSpec) -> Any:
         return load_model(spec.path, device=pick_device(spec.device))
 
     return cached(model_key(spec), make)
+
+
+def worker_members(spec: ModelSpec, paths: tuple[str, ...]) -> list[Any]:
+    """An ensemble's member models, loaded once per process."""
+    from ..infer import pick_device
+    from ..views import load_members
+
+    return cached(("members", paths, spec.device), lambda: load_members(paths, pick_device(spec.device)))
 
 
 def worker_density(out: str) -> Any:
@@ -260,16 +270,35 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     if not good:
         return records
     t1, c1 = time.perf_counter(), time.thread_time()
-    dens = predict_batch(model, np.stack([x for _, x, *_ in good]), device, job.model.precision)
+    batch, plan = np.stack([x for _, x, *_ in good]), job.plan
+    views = None
+    if plan.views:  # tta: 8 dihedral views of this model; ensemble: one view per member
+        from ..views import mc_members, predict_views_batch
+
+        models = (worker_members(job.model, plan.members) if plan.views == "ensemble" else
+                  cached(("mc", job.model.path, plan.mc), lambda: mc_members(model, *plan.mc))
+                  if plan.views == "mcdropout" else [model])
+        views = predict_views_batch(models, batch, device, job.model.precision, plan.views == "tta")
+        dens = views.mean(axis=0)
+    elif plan.head:  # hetero: the density and the head's per-pixel variance from one fp32 pass
+        from ..models.variance import load_head, predict_batch_variance
+
+        head = cached(("head", plan.head), lambda: load_head(plan.head))
+        dens, var = predict_batch_variance(model, head, batch, device)
+    else:
+        dens = predict_batch(model, batch, device, job.model.precision)
     # wall and this thread's CPU seconds: less CPU than wall = waiting for a core or the GIL
     t_inf, c_inf = (time.perf_counter() - t1) / len(good), (time.thread_time() - c1) / len(good)
     # Zarr only now: the first tiles of a run are inferred while the store is created
     from ..store.density import write_chunk
 
     density = worker_density(job.out)
-    for (t, _, t_read, c_read), d in zip(good, dens):
+    for i, ((t, _, t_read, c_read), d) in enumerate(zip(good, dens)):
         t2, c2 = time.perf_counter(), time.thread_time()
-        rec, core = finish_tile(job.plan, t, d, mask)
+        het = float(counted_core(plan, t, var[i], mask)[0].sum(dtype=np.float64)) if plan.head else 0.0
+        rec, core = finish_tile(job.plan, t, d, mask, het)
+        if views is not None:  # each view's count of the core, masked as the mean is
+            rec.views = [float(counted_core(plan, t, v, mask)[0].sum(dtype=np.float64)) for v in views[:, i]]
         write_chunk(density, t.core[0], t.core[2], core)
         rec.t = {"read": t_read, "read_cpu": c_read, "infer": t_inf, "infer_cpu": c_inf,
                  "post": time.perf_counter() - t2, "post_cpu": time.thread_time() - c2}
@@ -278,24 +307,16 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
     return records
 
 
-def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tuple[TileRecord, np.ndarray]:
-    """Mask the tile's density window, crop its core, find its peaks and grid sums: (record, core)."""
+def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray, het: float = 0.0) -> tuple[TileRecord, np.ndarray]:
+    """Mask the tile's density window, crop its core, find its peaks and grid sums: (record, core).
+
+    ``het``: the core's summed head variance (hetero), part of the record's ``var``."""
     from ..detect import density_peaks
 
-    wy0, wy1, wx0, wx1 = t.window
     y0, y1, x0, x1 = t.core
-    m = plan.peak_margin
-    # valid region for peak finding: core grown by the margin, inside window and grid
-    vy0, vy1 = max(y0 - m, wy0), min(y1 + m, wy1, plan.grid.height)
-    vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, plan.grid.width)
-    valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0]
-    # the density outside the counted region is not counted; what it held is measured on the core
-    valid, outside, on = mask_density(valid, mask, plan.mask_scale, (vy0, vy1, vx0, vx1), t.core)
+    core, valid, (vy0, vy1, vx0, vx1), outside, on = counted_core(plan, t, d, mask)
     inside = on is None  # all of the window is counted
-    # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
-    core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
     oy0, oy1, ox0, ox1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
-    core[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = valid[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0]
     peaks: list[list[float]] = []
     if core.any():
         pk = density_peaks(valid, plan.sigma_px, min_distance=plan.peak_min_distance)
@@ -310,8 +331,28 @@ def finish_tile(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tupl
     rec = TileRecord(t.key, float(core.sum(dtype=np.float64)), peaks, grid, outside=outside)
     if plan.calibration is not None:  # the tile's additive count-variance term, from its count and tissue pixels
         area = (oy1 - oy0) * (ox1 - ox0) if inside else int(on[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0].sum())
-        rec.var = plan.calibration.tile_var(rec.sum, area)
+        rec.var = plan.calibration.tile_var(rec.sum, area, het)
     return rec, core
+
+
+def counted_core(plan: RunPlan, t: Tile, d: np.ndarray, mask: np.ndarray) -> tuple:
+    """(core, valid, valid box, outside, on): the tile's masked core density, the masked window part
+    peaks are searched in (the core grown by the peak margin), its box, the density the mask removed
+    from the core, and the counted region on the box (None: all of it)."""
+    wy0, wy1, wx0, wx1 = t.window
+    y0, y1, x0, x1 = t.core
+    m = plan.peak_margin
+    # valid region for peak finding: core grown by the margin, inside window and grid
+    vy0, vy1 = max(y0 - m, wy0), min(y1 + m, wy1, plan.grid.height)
+    vx0, vx1 = max(x0 - m, wx0), min(x1 + m, wx1, plan.grid.width)
+    valid = d[vy0 - wy0 : vy1 - wy0, vx0 - wx0 : vx1 - wx0]
+    # the density outside the counted region is not counted; what it held is measured on the core
+    valid, outside, on = mask_density(valid, mask, plan.mask_scale, (vy0, vy1, vx0, vx1), t.core)
+    # a window trimmed to the tissue may not span the core: the rest of the core is not tissue
+    core = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    oy0, oy1, ox0, ox1 = max(y0, vy0), min(y1, vy1), max(x0, vx0), min(x1, vx1)
+    core[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0] = valid[oy0 - vy0 : oy1 - vy0, ox0 - vx0 : ox1 - vx0]
+    return core, valid, (vy0, vy1, vx0, vx1), outside, on
 
 
 def grid_sums(core: np.ndarray, origin: tuple[int, int], cell: float, shape: tuple[int, int]) -> dict[str, list]:

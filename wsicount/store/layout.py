@@ -16,8 +16,18 @@ finds the density and, in the standard ``labels`` group, the tissue mask::
     thumbnail.png, heatmap.png, report.html
     .wsicount/lock, .wsicount/run.json, .wsicount/tiles/<key>.json   crash-safety state (see records.py)
 
-A time-lapse stack's folder has its own layout (:mod:`wsicount.timelapse.run`), so a slide run
-owns none of its names. :meth:`Layout.owned` lists exactly the top-level names a run may write and
+A time-lapse stack's folder has its own layout (:class:`StackLayout`), so a slide run owns none
+of its names and a stack run none of a slide run's::
+
+    density.ome.zarr/0      float32 (t, y, x) density (cells per pixel) at model resolution, one chunk per frame
+    timeline.csv            frame, time_h, count, count_lo, count_hi, stage, planes, status
+    growth.csv              frame, time_h, region, count, count_lo, count_hi (the field and each user region)
+    cells.csv               t, time_h, x, y of the detected cells, in frame pixels
+    summary.json            cleavage times, intervals, growth fits, provenance (written last)
+    timeline.png            counts, interval band, fitted stages and cleavage times
+    .wsicount-stack/params.json, .wsicount-stack/frames/<t>.json   per-frame resume records
+    t0000/, t0001/, ...     a whole-slide time series: each time point's slide-run folder (:class:`Layout`)
+ :meth:`Layout.owned` lists exactly the top-level names a run may write and
 :meth:`Layout.foreign` every entry under the root that no run writes, so that clearing a
 folder never touches anything else: a folder holding a foreign entry is not cleared at all.
 """
@@ -29,7 +39,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Layout", "STATE", "DENSITY", "LABELS", "TISSUE_LABEL", "FILES"]
+__all__ = ["Layout", "STATE", "DENSITY", "LABELS", "TISSUE_LABEL", "FILES", "StackLayout", "STACK_STATE",
+           "STACK_DENSITY", "STACK_FILES"]
 
 STATE = ".wsicount"
 DENSITY = "density"
@@ -40,6 +51,12 @@ TISSUE_LABEL = f"{LABELS}/tissue"
 #: the plain files a run writes at the root
 FILES = ("summary.json", "regions.csv", "cells.csv", "cells.geojson", "bad_tiles.csv",
          "thumbnail.png", "heatmap.png", "report.html")
+#: a time-lapse stack run's state folder, density image and plain files
+STACK_STATE = ".wsicount-stack"
+STACK_DENSITY = "density.ome.zarr"
+STACK_FILES = ("timeline.csv", "growth.csv", "cells.csv", "summary.json", "timeline.png")
+#: a whole-slide time series' per-time-point slide folder
+_FRAME_DIR = re.compile(r"t[0-9]{4,}")
 #: Zarr metadata files a run writes at the root (the root group)
 ROOT_META = (".zgroup", ".zattrs", "zarr.json")
 #: a count or tissue-area map group of any grid size (``counts_100um``, ``tissue_12.5um``)
@@ -139,10 +156,94 @@ class Layout:
         return found[:limit]
 
 
-def _own_file(name: str) -> bool:
+@dataclass(frozen=True)
+class StackLayout:
+    """Paths of one time-lapse stack's output folder (see the module docstring)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def state(self) -> Path:
+        """The resume folder: the run's parameters and one record per counted frame."""
+        return self.root / STACK_STATE
+
+    @property
+    def params(self) -> Path:
+        """What the frame records depend on (input identity, model, options)."""
+        return self.state / "params.json"
+
+    @property
+    def frames(self) -> Path:
+        """Folder of per-frame records."""
+        return self.state / "frames"
+
+    def frame_record(self, t: int) -> Path:
+        """The record of frame ``t``."""
+        return self.frames / f"{t:06d}.json"
+
+    @property
+    def density(self) -> Path:
+        """The (t, y, x) density OME-Zarr."""
+        return self.root / STACK_DENSITY
+
+    def file(self, name: str) -> Path:
+        """One of the plain files in :data:`STACK_FILES`."""
+        if name not in STACK_FILES:
+            raise KeyError(f"{name!r} is not an output file of a wsicount stack run")
+        return self.root / name
+
+    def frame_dir(self, t: int) -> Path:
+        """The slide-run folder of time point ``t`` of a whole-slide time series."""
+        return self.root / f"t{t:04d}"
+
+    def frame_dirs(self) -> list[Path]:
+        """The time points' slide-run folders present, in time order."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink()
+                       and _FRAME_DIR.fullmatch(p.name)), key=lambda p: int(p.name[1:]))
+
+    def owned(self) -> set[str]:
+        """Top-level names a stack run writes (with the time points' folders present): nothing else is ever removed."""
+        return {STACK_STATE, STACK_DENSITY, *STACK_FILES} | {p.name for p in self.frame_dirs()}
+
+    def has_outputs(self) -> bool:
+        """Whether any name a stack run writes is present."""
+        return any((self.root / n).exists() for n in self.owned())
+
+    def foreign(self, limit: int = 20) -> list[str]:
+        """Up to ``limit`` entries under the root that no stack run writes (relative paths, sorted); [] if none.
+
+        Ours: the state folder, the plain files (and an atomic write's leftover temporary), and
+        the density image holding only Zarr levels, chunks and metadata. A symbolic link is
+        never ours; a foreign folder is listed once, not walked.
+        """
+        found: list[str] = []
+        if not self.root.is_dir():
+            return found
+        for entry in sorted(self.root.iterdir()):
+            name = entry.name
+            frame_dir = _FRAME_DIR.fullmatch(name) is not None
+            if entry.is_symlink() or entry.is_dir() != (name in (STACK_STATE, STACK_DENSITY) or frame_dir):
+                found.append(name)
+            elif frame_dir:
+                found.extend(f"{name}/{f}" for f in Layout(entry).foreign(limit))
+            elif name == STACK_DENSITY:
+                found.extend(_foreign_in_image(entry, self.root))
+            elif not entry.is_dir() and not _own_file(name, STACK_FILES, ()):
+                found.append(name)
+            if len(found) >= limit:
+                break
+        return found[:limit]
+
+
+def _own_file(name: str, files: tuple[str, ...] = FILES, meta: tuple[str, ...] = ROOT_META) -> bool:
     """Whether a root-level file of this name is one a run writes (or a leftover of its atomic writes)."""
-    return (name in FILES or name in ROOT_META or _PROBE.fullmatch(name) is not None
-            or any(name.startswith(f".{f}.") and ".tmp" in name for f in FILES))
+    return (name in files or name in meta or _PROBE.fullmatch(name) is not None
+            or any(name.startswith(f".{f}.") and ".tmp" in name for f in files))
 
 
 def _foreign_in_image(group: Path, root: Path) -> list[str]:

@@ -40,7 +40,9 @@ class TileRecord:
     ``grid`` maps each grid size (µm, as text) to ``{"i": flat cell indices, "v": sums}``;
     ``t`` the tile's stage seconds. ``outside`` is the density of the core that fell outside the
     counted region (removed by the mask); ``var`` is the tile's count-variance term (intervals
-    add them over tiles) and ``frame`` its time point in a stack; each is written only when set.
+    add them over tiles), ``views`` its per-view sums under a view method (tta: 8, ensemble: one per
+    member; their spread over a union is its interval's extra term) and ``frame`` its time point in
+    a stack; each is written only when set.
     """
 
     key: str
@@ -53,6 +55,7 @@ class TileRecord:
     var: float | None = None
     frame: int | None = None
     outside: float = 0.0
+    views: list[float] | None = None
 
     @classmethod
     def failed(cls, key: str, error: str) -> "TileRecord":
@@ -71,6 +74,8 @@ class TileRecord:
             d["frame"] = self.frame
         if self.outside:
             d["outside"] = self.outside
+        if self.views is not None:
+            d["views"] = self.views
         return d
 
     @classmethod
@@ -78,7 +83,7 @@ class TileRecord:
         """A record from its JSON form."""
         return cls(d["key"], float(d.get("sum", 0.0)), d.get("peaks", []), d.get("grid", {}), d.get("t", {}),
                    bool(d.get("bad", False)), d.get("error", ""), d.get("var"), d.get("frame"),
-                   float(d.get("outside", 0.0)))
+                   float(d.get("outside", 0.0)), d.get("views"))
 
 
 def slide_fingerprint(path: Path) -> dict[str, Any]:

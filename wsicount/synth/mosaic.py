@@ -56,17 +56,20 @@ def scaled(img: np.ndarray, factor: float) -> np.ndarray:
 
 def write_mosaic(images: list[np.ndarray], names: list[str], out: str | Path, fmt: str = "ndpi",
                  mpp: float = 1.0, upsample: int = 1, gap: int = 64, channel: int | None = None,
-                 quality: int = 95, compression: str | None = None) -> Mosaic:
+                 quality: int = 95, compression: str | None = None, align: int = 1) -> Mosaic:
     """Write ``images`` (uint8, already at their brightness) as one slide of ``mpp`` um per image pixel / ``upsample``.
 
-    Images sit on a square-ish grid, ``gap`` image pixels apart and from the border, on black.
-    The slide's level-0 pixel is ``mpp / upsample`` um.
+    Images sit on a square-ish grid, at least ``gap`` image pixels apart and from the border, on
+    black, each box's origin a multiple of ``align`` image px (a model's stride: the network then
+    sees every image at the same phase as alone). The slide's level-0 pixel is ``mpp / upsample`` um.
     """
     n = len(images)
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
-    ch = max(im.shape[0] for im in images)
-    cw = max(im.shape[1] for im in images)
+    gap = -(-gap // align) * align
+    ch = max(im.shape[0] for im in images) + gap
+    cw = max(im.shape[1] for im in images) + gap
+    ch, cw = -(-ch // align) * align - gap, -(-cw // align) * align - gap
     boxes = []
     for i, im in enumerate(images):
         y0, x0 = gap + (i // cols) * (ch + gap), gap + (i % cols) * (cw + gap)

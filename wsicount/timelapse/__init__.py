@@ -3,7 +3,9 @@
 ``stack``/``frames``: lazy (t, z, c, y, x) readers for multi-page TIFF, OME-TIFF, OME-Zarr and
 folders of frames; ``write``: writers of the same formats; ``focus``: focal-plane choice;
 ``stages``: non-decreasing cell-stage fit and cleavage times; ``run``: the per-frame counting
-pipeline and its outputs; ``study``: the per-embryo table of a batch; ``plot``: the timeline picture.
+pipeline and its outputs; ``growth``: per-region counts over time and doubling times; ``series``:
+a whole-slide time series counted through the slide tile path frame by frame; ``study``: the
+per-embryo (per-well) table of a batch; ``plot``: the timeline picture.
 """
 
 from __future__ import annotations

@@ -9,13 +9,22 @@ not depend on the chunking (only on float summation order inside the network).
 
 Resume: after a frame's density is stored, its record (count, planes used, focus scores,
 centroids) is written atomically to ``OUT/.wsicount-stack/frames/NNNNNN.json``; a rerun with
-the same input and parameters skips recorded frames. An unreadable frame is recorded with its
+the same input and parameters skips recorded frames. Every output path, and which names a stack
+run owns, is defined by :class:`wsicount.store.layout.StackLayout`: ``overwrite`` removes only
+those, and a folder holding anything else is refused (a resume beside it removes nothing). An unreadable frame is recorded with its
 error, counted as missing (NaN; the stage fit bridges it) and reported in summary.json.
 
 Outputs in ``OUT``: ``density.ome.zarr`` (t, y, x) float32 cells/px at the network's pixel
 size; ``cells.csv`` (t, time_h, x, y in frame pixels); ``timeline.csv``
-(frame, time_h, count, stage, planes, status); ``summary.json`` (cleavage times t2..t8,
-cc2, s2, focus mode, unreadable frames); ``timeline.png``.
+(frame, time_h, count, count_lo, count_hi, stage, planes, status); ``summary.json`` (cleavage
+times t2..t8, cc2, s2, focus mode, the count interval's method and level, the growth fits,
+unreadable frames); ``growth.csv`` (the field's and each ``regions`` region's count per frame, see
+:mod:`.growth`); ``timeline.png``.
+
+Per-frame intervals: each frame is one calibration unit of the model card's split-conformal
+calibration (:class:`wsicount.uncertainty.Calibration`, as ``wsicount evaluate`` scores whole
+images), with the terms ``pred`` (the frame's count) and ``area`` (model-grid pixels of the
+frame). A card without a calibration gets empty ``count_lo``/``count_hi`` and a note saying so.
 """
 
 from __future__ import annotations
@@ -33,14 +42,18 @@ import numpy as np
 
 from wsicount.errors import FrameReadError, MissingMppError, OutputError
 from wsicount.store.atomic import atomic_write
+from wsicount.store.layout import STACK_DENSITY, STACK_STATE, StackLayout
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
-from .stages import cleavage_times, doubling_time, fit_stages
+from .growth import GROWTH_COLUMNS, doubling_time, growth_table, load_stack_regions, region_series
+from .stages import cleavage_times, fit_stages
 
-__all__ = ["StackOptions", "count_stack", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
+__all__ = ["StackOptions", "count_stack", "frame_calibration", "frame_intervals", "prepare_frame", "net_to_frame", "strongest_peaks", "STATE_DIR"]
 
-STATE_DIR = ".wsicount-stack"
+STATE_DIR = STACK_STATE
+#: nominal coverage of the per-frame count intervals (the slide runs' default level)
+INTERVAL_LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -114,25 +127,49 @@ def _frame_record(t: int, dens: np.ndarray, choice, card, back: np.ndarray, mode
     return rec, dens[k]
 
 
+def _foreign_message(out: Path, foreign: list[str]) -> str:
+    """The refusal of a folder holding entries no stack run wrote."""
+    shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+    return (f"output folder {out} holds files wsicount did not write ({shown}); wsicount writes only into a new "
+            "or empty folder or its own earlier output, and never removes anything else: choose another --out")
+
+
 class _State:
-    """Per-frame records and the parameters they were made with, under ``OUT/.wsicount-stack``."""
+    """Per-frame records and the parameters they were made with (:class:`~wsicount.store.layout.StackLayout`)."""
 
     def __init__(self, out: Path) -> None:
-        self.dir = out / STATE_DIR
-        self.frames = self.dir / "frames"
+        self.layout = StackLayout(out)
+        self.dir = self.layout.state
+        self.frames = self.layout.frames
 
     def prepare(self, params: dict, overwrite: bool) -> bool:
-        """Create or reuse the state; True when earlier records are reused."""
-        pfile = self.dir / "params.json"
-        if overwrite and self.dir.exists():
-            shutil.rmtree(self.dir)
+        """Create, reuse or clear the folder's outputs; True when earlier records are reused.
+
+        A folder holding entries no stack run writes is refused unless the run resumes there
+        (which removes nothing); ``overwrite`` removes only the names a stack run writes.
+        """
+        lay, pfile = self.layout, self.layout.params
+        foreign = lay.foreign()
+        if foreign and (overwrite or not pfile.exists()):
+            raise OutputError(_foreign_message(lay.root, foreign))
+        if overwrite:
+            for name in lay.owned():
+                p = lay.root / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
         if pfile.exists():
             old = json.loads(pfile.read_text())
             if old != params:
                 changed = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
-                raise OutputError(f"{self.dir.parent} holds results made with other settings ({', '.join(changed)}); "
-                                  "pass --overwrite or choose another --out")
+                instead = "choose another --out" if foreign else "pass --overwrite or choose another --out"
+                raise OutputError(f"{lay.root} holds results made with other settings ({', '.join(changed)}); "
+                                  + instead)
             return True
+        if lay.has_outputs():
+            raise OutputError(f"output folder {lay.root} holds wsicount stack outputs but no record of their run "
+                              f"({pfile.relative_to(lay.root)}); use --overwrite to replace them, or another --out")
         self.frames.mkdir(parents=True, exist_ok=True)
         atomic_write(pfile, json.dumps(params, indent=1, sort_keys=True))
         return False
@@ -143,7 +180,7 @@ class _State:
 
     def write(self, rec: dict) -> None:
         """Write one frame's record atomically (after its density is stored)."""
-        atomic_write(self.frames / f"{rec['frame']:06d}.json", json.dumps(rec))
+        atomic_write(self.layout.frame_record(rec["frame"]), json.dumps(rec))
 
 
 def _params(stack: Stack, card, opts: StackOptions) -> dict:
@@ -189,11 +226,15 @@ def _run_chunk(stack: Stack, ts: list[int], model, device, precision: str, batch
 def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: str | int = "best",
                 chunk_frames: int = 8, batch_size: int = 4, device: str = "cpu", precision: str = "fp32",
                 mpp: float | None = None, frame_interval_min: float | None = None, times_csv: str | Path | None = None,
-                stage_penalty: float = 1.5, max_stage: int = 8, overwrite: bool = False) -> dict:
+                stage_penalty: float = 1.5, max_stage: int = 8, overwrite: bool = False,
+                regions: str | Path | None = None, regions_units: str | None = None,
+                regions_scale: float = 1.0) -> dict:
     """Count every frame of a stack (file or folder of frames) into ``out``; returns the summary dict.
 
     ``model`` is a bundled name, a card path or a :class:`~wsicount.models.LoadedModel`
-    (default: the bundled ``blastomere`` model).
+    (default: the bundled ``blastomere`` model). ``regions`` (a QuPath GeoJSON export or a label
+    image, in frame pixels; ``regions_units``/``regions_scale`` as for slides) adds each region's
+    count per frame to growth.csv and its doubling time to summary.json.
     """
     from wsicount.infer import pick_device
     from wsicount.models import LoadedModel, load_model
@@ -204,6 +245,10 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     if lm.card.mpp and not stack.mpp:
         raise MissingMppError(f"{stack.path.name} carries no pixel size and model {lm.card.name!r} expects "
                               f"{lm.card.mpp} µm/px: pass --mpp (a time-lapse incubator's frames: about 0.5)")
+    user_regions = None
+    if regions is not None:
+        user_regions = load_stack_regions(str(regions), tuple(stack.data.shape[-2:]), stack.mpp, regions_units,
+                                          regions_scale)
     dev = pick_device(device)
     opts = StackOptions(focus, stage_penalty, max_stage, mpp, frame_interval_min)
     outp = Path(out)
@@ -211,7 +256,11 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
     state = _State(outp)
     resumed = state.prepare(_params(stack, lm.card, opts), overwrite)
     zoom = _zoom_factor(stack, lm.card.mpp)
-    zarr_arr = _density_store(outp / "density.ome.zarr", stack, zoom, lm.card.mpp or stack.mpp, resumed)
+    zarr_arr = _density_store(state.layout.density, stack, zoom, lm.card.mpp or stack.mpp, resumed)
+    if user_regions is not None:  # every region covers model-grid pixels (and a label image the frame): before inference
+        from wsicount.regions import region_counts
+
+        region_counts(user_regions, np.zeros(zarr_arr.shape[1:], np.float32), None, 1.0 / zoom)
     done = state.done()
     todo = [t for t in range(stack.n_frames) if t not in done]
     for i in range(0, len(todo), max(1, chunk_frames)):
@@ -221,7 +270,9 @@ def count_stack(path: str | Path, out: str | Path, model: Any = None, *, focus: 
             state.write(rec)
             done[rec["frame"]] = rec
     records = [done[t] for t in range(stack.n_frames)]
-    return _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0)
+    summary = _write_outputs(outp, stack, lm.card, opts, records, resumed, time.perf_counter() - t0,
+                             int(np.prod(zarr_arr.shape[1:])))
+    return _write_growth(outp, stack, lm.card, summary, zarr_arr, user_regions, 1.0 / zoom)
 
 
 def _density_store(path: Path, stack: Stack, zoom: float, mpp: float | None, resumed: bool):
@@ -246,39 +297,106 @@ def _csv_bytes(header: list[str], rows: list[list]) -> str:
     return buf.getvalue()
 
 
+def frame_calibration(card) -> tuple[Any, dict, str]:
+    """The card's calibration a frame's own prediction can use (``poisson``/``shared``: terms pred, area, pred2),
+    its record, and a note; (None, {}, why) when there is none."""
+    from wsicount.uncertainty import METHODS, calibrated_methods, card_calibration
+
+    rec = card.calibration or {}
+    usable = [m for m in calibrated_methods(rec) if set(METHODS[m]) <= {"pred", "area", "pred2"}]
+    if not usable:
+        why = (f"model {card.name!r} carries no count calibration" if not rec else
+               f"model {card.name!r} is calibrated only for {', '.join(calibrated_methods(rec))}, whose extra terms a "
+               "stack run does not compute")
+        return None, {}, (f"{why}, so no interval is given (calibrate it: python -m wsicount.training.calibrate "
+                          f"{card.name} DATA --method shared --save)")
+    m = usable[0]
+    return card_calibration(rec, m), (rec if m == rec.get("method") else rec["methods"][m]), ""
+
+
+def frame_intervals(card, counts: np.ndarray, area_px: int,
+                    level: float = INTERVAL_LEVEL) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Per-frame ``(lo, hi)`` at ``level`` from the card's calibration (NaN where a frame has no count),
+    and the summary's description of the interval; all NaN and a note when the card has none."""
+    c = np.asarray(counts, dtype=np.float64)
+    nan = np.full(c.shape, np.nan)
+    cal, rec, why = frame_calibration(card)
+    if cal is None:
+        return nan, nan.copy(), {"method": None, "level": None, "note": why}
+    ok = np.isfinite(c)
+    lo, hi = nan, nan.copy()
+    if ok.any():
+        lo[ok], hi[ok] = cal.interval(c[ok], {"pred": np.maximum(c[ok], 0.0), "area": np.full(ok.sum(), float(area_px))},
+                                      level)
+    meta = {k: rec[k] for k in ("data", "split", "units", "n_units", "date") if k in rec}
+    return lo, hi, {"method": cal.method, "level": level, "unit": "one frame (as one calibration image)",
+                    "calibration": meta,
+                    "note": "split-conformal interval of the model card's calibration: it covers a frame's true "
+                            f"count with probability >= {level:g} when frames resemble the calibration images"}
+
+
+def _fmt(v: float, spec: str = ".3f") -> str:
+    """A CSV number, or empty for NaN."""
+    return f"{v:{spec}}" if np.isfinite(v) else ""
+
+
 def _write_outputs(out: Path, stack: Stack, card, opts: StackOptions, records: list[dict], resumed: bool,
-                   seconds: float) -> dict:
-    """timeline.csv, cells.csv, summary.json and timeline.png from the frame records."""
+                   seconds: float, area_px: int) -> dict:
+    """timeline.csv, cells.csv and timeline.png from the frame records; the summary (written with growth.csv)."""
     from .plot import timeline_png
 
+    lay = StackLayout(out)
     times = stack.times_h
     counts = np.array([np.nan if r["count"] is None else r["count"] for r in records])
+    lo, hi, interval = frame_intervals(card, counts, area_px)
     stages = fit_stages(counts, penalty=opts.stage_penalty, max_stage=opts.max_stage)
     have_times = bool(np.isfinite(times).all())
     ct = cleavage_times(stages, times if have_times else None)
     fmt_t = (lambda v: f"{v:.4f}") if have_times else (lambda v: "")
-    rows = [[r["frame"], fmt_t(times[i]), "" if r["count"] is None else f"{r['count']:.3f}", int(stages[i]),
+    rows = [[r["frame"], fmt_t(times[i]), _fmt(counts[i]), _fmt(lo[i]), _fmt(hi[i]), int(stages[i]),
              " ".join(str(p) for p in r.get("planes", [])), r["status"]] for i, r in enumerate(records)]
-    atomic_write(out / "timeline.csv", _csv_bytes(["frame", "time_h", "count", "stage", "planes", "status"], rows))
+    atomic_write(lay.file("timeline.csv"), _csv_bytes(["frame", "time_h", "count", "count_lo", "count_hi", "stage",
+                                                       "planes", "status"], rows))
     cells = [[r["frame"], fmt_t(times[i]), f"{x:.2f}", f"{y:.2f}"]
              for i, r in enumerate(records) for y, x in r.get("peaks_yx", [])]
-    atomic_write(out / "cells.csv", _csv_bytes(["t", "time_h", "x", "y"], cells))
+    atomic_write(lay.file("cells.csv"), _csv_bytes(["t", "time_h", "x", "y"], cells))
     bad = [{"frame": r["frame"], "error": r["error"]} for r in records if r["status"] != "ok"]
     events = ct.hours if have_times else {k: (None if v is None else float(v)) for k, v in ct.frames.items()}
-    atomic_write(out / "timeline.png", timeline_png(times if have_times else np.arange(len(records)), counts, stages,
-                                                     events, f"{stack.path.name}: cells per frame",
-                                                     "time (h)" if have_times else "frame"))
+    png = timeline_png(times if have_times else np.arange(len(records)), counts, stages, events,
+                       f"{stack.path.name}: cells per frame", "time (h)" if have_times else "frame",
+                       band=(lo, hi, interval["level"]) if interval["method"] else None,
+                       growth=doubling_time(times, counts) if have_times else None)
+    atomic_write(lay.file("timeline.png"), png)
     summary = {
         "input": str(stack.path), "kind": stack.kind, "frames": stack.n_frames, "planes": int(stack.data.sizes["z"]),
         "frame_shape": list(stack.data.shape[-2:]), "mpp": stack.mpp, "time_source": stack.time_source,
         "model": card.name, "focus": {"mode": opts.focus, "planes_per_frame": [r.get("planes") for r in records]},
         "counts": [None if not np.isfinite(c) else round(float(c), 3) for c in counts],
+        "count_interval": interval,
         "stages": [int(s) for s in stages], "cleavage": ct.as_dict(),
         "stage_fit": {"penalty": opts.stage_penalty, "max_stage": opts.max_stage},
-        "growth": doubling_time(times, counts) if have_times else None,
+        "count_lo": [None if not np.isfinite(v) else round(float(v), 3) for v in lo],
+        "count_hi": [None if not np.isfinite(v) else round(float(v), 3) for v in hi],
         "unreadable_frames": bad, "resumed": resumed, "seconds": round(seconds, 2),
-        "outputs": {"density": "density.ome.zarr", "timeline": "timeline.csv", "cells": "cells.csv",
-                    "plot": "timeline.png"},
+        "outputs": {"density": STACK_DENSITY, "timeline": "timeline.csv", "cells": "cells.csv",
+                    "plot": "timeline.png", "growth": "growth.csv"},
     }
-    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
+    return summary
+
+
+def _write_growth(out: Path, stack: Stack, card, summary: dict, density, regions, scale: float) -> dict:
+    """growth.csv (the field and each user region per frame), the doubling times, then summary.json (written last)."""
+    lay, nan = StackLayout(out), np.nan
+    field = {k: np.array([nan if v is None else v for v in summary[key]])
+             for k, key in (("count", "counts"), ("lo", "count_lo"), ("hi", "count_hi"))}
+    per_region = {}
+    if regions is not None:
+        cal = frame_calibration(card)[0]
+        per_region = region_series(regions, density, np.isfinite(field["count"]), scale, card.mpp or stack.mpp, cal,
+                                   INTERVAL_LEVEL)
+    times = stack.times_h if np.isfinite(stack.times_h).all() else None
+    rows, growth = growth_table(times, field, per_region, level=INTERVAL_LEVEL)
+    atomic_write(lay.file("growth.csv"), _csv_bytes(GROWTH_COLUMNS, rows))
+    summary["growth"] = growth
+    atomic_write(lay.file("summary.json"), json.dumps(summary, indent=1))
     return summary

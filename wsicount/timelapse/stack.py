@@ -166,7 +166,7 @@ def _open_tiff(p: Path, frame_interval_min: float | None) -> Stack:
     try:
         tf = tifffile.TiffFile(p)
         s, sizes, names = _tiff_layout(tf)
-        z = zarr.open(s.aszarr(), mode="r")
+        z = zarr.open(s.aszarr(level=0 if len(s.levels) > 1 else None), mode="r")  # a pyramid: its full level
     except Exception as e:  # noqa: BLE001 - unreadable header or layout
         raise SlideFormatError(f"{p.name}: not a readable TIFF stack ({e})") from e
     if "extra" in names:

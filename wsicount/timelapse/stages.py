@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CLEAVAGES", "DURATIONS", "fit_stages", "cleavage_times", "CleavageTimes", "doubling_time"]
+__all__ = ["CLEAVAGES", "DURATIONS", "fit_stages", "cleavage_times", "CleavageTimes"]
 
 #: the cleavage events reported, as the stage each one starts
 CLEAVAGES = {"t2": 2, "t3": 3, "t4": 4, "t5": 5, "t8": 8}
@@ -132,24 +132,3 @@ def cleavage_times(stages: np.ndarray, times_h: np.ndarray | None = None) -> Cle
         dur_h[name] = hours[later] - hours[earlier] if ok else None
         dur_f[name] = frames[later] - frames[earlier] if ok else None
     return CleavageTimes(frames, hours, dur_h, dur_f, tuple(censored))
-
-
-def doubling_time(times_h: np.ndarray, counts: np.ndarray) -> dict[str, float | int | None] | None:
-    """Exponential growth fit ``log2(count) = a + t / Td`` by least squares: the doubling time Td in hours.
-
-    Frames without a time or with fewer than 0.5 cells are left out; None when fewer than three
-    frames remain. ``doubling_time_h`` is None when the fit grows by less than 1 % of a doubling
-    over the observed span (no growth).
-    """
-    t = np.asarray(times_h, dtype=np.float64).ravel()
-    c = np.asarray(counts, dtype=np.float64).ravel()
-    ok = np.isfinite(t) & np.isfinite(c) & (c >= 0.5)
-    if ok.sum() < 3 or np.ptp(t[ok]) == 0:
-        return None
-    y = np.log2(c[ok])
-    slope, icpt = np.polyfit(t[ok], y, 1)
-    resid = y - (slope * t[ok] + icpt)
-    ss = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / ss if ss > 0 else 0.0
-    grows = slope * np.ptp(t[ok]) > 0.01  # at least 1 % of a doubling over the observed span
-    return {"doubling_time_h": float(1.0 / slope) if grows else None, "r2": r2, "frames": int(ok.sum())}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_tiff_stack", "create_ome_zarr", "write_ome_zarr", "write_frames", "STACK_FORMATS"]
+__all__ = ["write_tiff_stack", "write_pyramid_series", "create_ome_zarr", "write_ome_zarr", "write_frames",
+           "STACK_FORMATS"]
 
 #: stack formats the writers produce
 STACK_FORMATS = ("ome-tiff", "tiff", "ome-zarr", "frames")
@@ -49,6 +50,34 @@ def write_tiff_stack(path: str | Path, arr: np.ndarray, times_h: np.ndarray, mpp
     res = {"resolution": (1.0 / mpp, 1.0 / mpp)} if mpp else {}
     tifffile.imwrite(p, a, imagej=True, metadata=md, compression=compression, **res)
     return p
+
+
+def write_pyramid_series(path: str | Path, frames: np.ndarray, times_h: np.ndarray, mpp: float, levels: int = 3,
+                         tile: int = 256, compression: str | None = "zlib") -> Path:
+    """Write (t, y, x, 3) uint8 RGB frames as a pyramidal OME-TIFF time series: one tiled pyramid per time point.
+
+    Level k is level 0 subsampled by 2**k (SubIFDs, as OME-TIFF pyramids store them); times per
+    plane (``DeltaT``) and the level-0 pixel size in the OME metadata.
+    """
+    import tifffile
+
+    a = np.asarray(frames)
+    if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        raise ValueError(f"frames must be (t, y, x, 3) uint8, got {a.dtype} {a.shape}")
+    if len(times_h) != a.shape[0]:
+        raise ValueError(f"{a.shape[0]} frames but {len(times_h)} times")
+    md = {"axes": "TYXS", "PhysicalSizeX": mpp, "PhysicalSizeY": mpp, "PhysicalSizeXUnit": "µm",
+          "PhysicalSizeYUnit": "µm", "Plane": {"DeltaT": [float(v) * 3600.0 for v in times_h],
+                                               "DeltaTUnit": ["s"] * len(times_h)}}
+    opts = {"tile": (tile, tile), "photometric": "rgb", "compression": compression}
+    with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
+        tw.write(a, subifds=levels - 1, metadata=md, resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER",
+                 **opts)
+        for k in range(1, levels):
+            f = 2**k
+            tw.write(a[:, ::f, ::f], subfiletype=1, metadata=None, resolution=(1e4 / (mpp * f), 1e4 / (mpp * f)),
+                     resolutionunit="CENTIMETER", **opts)
+    return Path(path)
 
 
 def create_ome_zarr(path: str | Path, shape: tuple[int, ...], dtype: str, times_h: np.ndarray | None = None,

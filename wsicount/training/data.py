@@ -3,9 +3,15 @@
 The training format (the layout of ``../shared/data``)::
 
     DATASET/images/NAME.png      any PNG/TIFF the image readers open (gray or RGB)
-    DATASET/points/NAME.csv      header ``x,y``; one row per cell; x = column, y = row,
+    DATASET/points/NAME.csv      header ``x,y[,a,b,angle]``; one row per cell; x = column, y = row,
                                  pixels, 0-based, pixel centres at integers
     DATASET/manifest.csv         name,count,split,um_per_px[,n_points]
+
+Optional ellipse columns make the targets shape-aware (Cell-Net's elliptical Gaussian dots,
+:func:`wsicount.training.targets.ellipse_density_map`): ``a`` and ``b`` are the cell's semi-axes in
+pixels and ``angle`` the direction of ``a`` in degrees from the +x axis (columns) towards +y
+(rows, i.e. clockwise on screen; 0 when the column is absent). A file with ``a`` and ``b``
+needs them on every row; a file without them gives isotropic dots of the model's sigma.
 
 ``count`` is the true number of cells; when it differs from the number of points (points
 only approximate), every point is weighted ``count / n_points`` so targets integrate to
@@ -24,7 +30,10 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-__all__ = ["Sample", "load_dataset", "load_vgg_dots", "Augmenter", "dihedral"]
+from ..errors import InputError
+
+__all__ = ["Sample", "load_dataset", "load_vgg_dots", "read_annotations", "resample_samples", "Augmenter",
+           "dihedral"]
 
 
 @dataclass
@@ -37,6 +46,8 @@ class Sample:
     count: float
     split: str
     mpp: float | None
+    #: (N, 3) semi-axes a, b (px) and the angle of a (radians) of each point's cell ellipse; None: points only
+    ellipses: np.ndarray | None = None
 
     @property
     def point_weight(self) -> float:
@@ -45,13 +56,51 @@ class Sample:
         return float(self.count) / n if n else 0.0
 
 
-def _read_points(path: Path) -> np.ndarray:
-    """Read an ``x,y`` CSV into an (N, 2) float array."""
-    rows = []
+def read_annotations(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Points (N, 2) of an ``x,y[,a,b,angle]`` CSV, and (N, 3) ellipses (a, b px; angle in radians) or None.
+
+    A missing or unparsable value is an :class:`~wsicount.errors.InputError` naming the file and line.
+    """
+    path = Path(path)
+    rows, ells = [], []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            rows.append((float(r["x"]), float(r["y"])))
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+        reader = csv.DictReader(f)
+        has_ell = {"a", "b"} <= set(reader.fieldnames or ())
+        for i, r in enumerate(reader, start=2):
+            try:
+                rows.append((float(r["x"]), float(r["y"])))
+                if has_ell:
+                    a, b = float(r["a"]), float(r["b"])
+                    if not (a > 0 and b > 0):
+                        raise ValueError("semi-axes must be > 0")
+                    ells.append((a, b, np.deg2rad(float(r.get("angle") or 0.0))))
+            except (TypeError, ValueError) as e:  # a bad annotation file is bad input: one line, exit code 10
+                raise InputError(f"{path}, line {i}: {e}") from None
+    pts = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
+    return pts, (np.asarray(ells, dtype=np.float64).reshape(-1, 3) if has_ell else None)
+
+
+def resample_samples(samples: list[Sample], mpp: float) -> list[Sample]:
+    """Samples resampled to ``mpp`` µm/px (points and ellipse axes follow); those without a pixel size kept as they are.
+
+    Fine-tuning a model on images of another pixel size would teach it cells of another size
+    in pixels: resampled, the images look as the model's inputs do at inference.
+    """
+    out = []
+    for s in samples:
+        if not s.mpp or abs(s.mpp / mpp - 1.0) < 0.02:
+            out.append(s)
+            continue
+        f = s.mpp / mpp
+        img = np.asarray(s.image, dtype=np.float32)
+        zoom = (f, f) + (1,) * (img.ndim - 2)
+        z = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+        z = np.clip(np.round(z), 0, 255).astype(s.image.dtype) if s.image.dtype == np.uint8 else z.astype(s.image.dtype)
+        sy, sx = z.shape[0] / img.shape[0], z.shape[1] / img.shape[1]
+        pts = np.column_stack([(s.points[:, 0] + 0.5) * sx - 0.5, (s.points[:, 1] + 0.5) * sy - 0.5])
+        ell = None if s.ellipses is None else np.column_stack([s.ellipses[:, :2] * (sx + sy) / 2, s.ellipses[:, 2]])
+        out.append(Sample(s.name, z, pts, s.count, s.split, mpp, ell))
+    return out
 
 
 def load_dataset(root: str | Path, split: str | None = None) -> list[Sample]:
@@ -72,9 +121,9 @@ def load_dataset(root: str | Path, split: str | None = None) -> list[Sample]:
             if img_path is None:
                 raise FileNotFoundError(f"image for {name!r} not found in {root / 'images'}")
             image = np.asarray(Image.open(img_path))
-            pts = _read_points(root / "points" / f"{name}.csv")
+            pts, ell = read_annotations(root / "points" / f"{name}.csv")
             mpp = float(r["um_per_px"]) if r.get("um_per_px") else None
-            out.append(Sample(name, image, pts, float(r["count"]), r["split"], mpp))
+            out.append(Sample(name, image, pts, float(r["count"]), r["split"], mpp, ell))
     return out
 
 

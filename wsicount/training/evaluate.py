@@ -27,13 +27,15 @@ from .scale import to_input_scale
 from ..channels import resolve_channel
 from ..detect import density_peaks, match_points
 from ..errors import InputError, OutputError
-from ..infer import pick_device, predict_image, resolve_precision
+from ..infer import pick_device, predict_image, predict_in_context, resolve_precision
 from ..models import LoadedModel, load_model
 from ..store.atomic import atomic_write_with, jsonable
 from ..uncertainty import LEVELS, Calibration, coverage_report, image_terms
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation", "file_sha256"]
 
+#: how a lone image is framed for prediction (see :func:`evaluate`)
+CONTEXTS = ("none", "background")
 CSV_FIELDS = ["name", "true", "pred", "abs_err", "rel_err", "n_points", "n_peaks", "tp", "fp", "fn", "mean_dist_px",
               "lo", "hi"]
 #: level of the per-image ``lo``/``hi`` columns
@@ -108,6 +110,8 @@ class EvalResult:
     #: sha256 of the model card and of the weights file evaluated, so a score names its model exactly
     card_sha256: str = ""
     weights_sha256: str = ""
+    #: how each image was framed for prediction (:data:`CONTEXTS`)
+    context: str = "none"
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -191,6 +195,7 @@ def evaluate(
     names: Collection[str] | None = None,
     on_image: Callable[[Sample, np.ndarray], None] | None = None,
     channel: str | None = None,
+    context: str = "none",
 ) -> EvalResult:
     """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
 
@@ -202,12 +207,15 @@ def evaluate(
     :func:`wsicount.channels.resolve_channel`) replaces the card's channel of a one-channel model
     on RGB images; a gray image is that channel already. A card with an ``input_scale`` rule has
     each image resampled by it first; points, pixel distances and the match radius are then in
-    network-input pixels, and the count is the same cells'.
+    network-input pixels, and the count is the same cells'. ``context``: ``none`` predicts each image
+    alone (:func:`wsicount.infer.predict_image`, the framing the network was trained in);
+    ``background`` lays it on the slide background and counts the image grown by the receptive
+    radius (:func:`wsicount.infer.predict_in_context`: what ``wsicount run`` counts for it on a
+    slide). Peaks and detections are taken on the image itself either way.
     """
-    lm = _load(model, device)
-    if channel is not None:
-        picked = resolve_channel(channel, ["R", "G", "B"], lm.card.channels, len(lm.card.channels))
-        lm = replace(lm, card=replace(lm.card, channels=picked))
+    if context not in CONTEXTS:
+        raise InputError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+    lm = _with_channel(_load(model, device), channel)
     root = Path(data)
     samples = _samples(root, split, names, lm)
     card = lm.card
@@ -217,12 +225,8 @@ def evaluate(
     cal = Calibration.from_dict(card.calibration) if card.calibration else None
     rows, matches, terms = [], [], []
     for i, s in enumerate(samples):
-        dens = predict_image(lm, s.image, device=dev, precision=precision)
-        if on_image is not None:
-            on_image(s, dens)
-        pred = float(dens.sum(dtype=np.float64))
-        if cal is not None:
-            pred, t = image_terms(lm, s.image, dens, cal.method, dev, precision)
+        dens, pred, t = _run_image(lm, s, dev, precision, context, cal, on_image)
+        if t is not None:
             terms.append(t)
         row, m = _score_image(lm, s, dens, pred, radius)
         rows.append(row)
@@ -237,7 +241,42 @@ def evaluate(
         model=card.name, model_path=str(lm.path), data=str(root), split=split,
         match_radius_px=radius, metrics=metrics, images=rows, precision=precision,
         card_sha256=file_sha256(lm.path), weights_sha256=file_sha256(Path(lm.path).with_suffix(".safetensors")),
+        context=context,
     )
+
+
+def _with_channel(lm: LoadedModel, channel: str | None) -> LoadedModel:
+    """``lm`` reading ``channel`` (a name or index) instead of its card's, when given."""
+    if channel is None:
+        return lm
+    picked = resolve_channel(channel, ["R", "G", "B"], lm.card.channels, len(lm.card.channels))
+    return replace(lm, card=replace(lm.card, channels=picked))
+
+
+def _run_image(lm: LoadedModel, s: Sample, dev: Any, precision: str, context: str, cal: Calibration | None,
+               on_image: Callable[[Sample, np.ndarray], None] | None) -> tuple[np.ndarray, float, dict | None]:
+    """The image's density, count and (for a calibrated model) interval terms in ``context``."""
+    dens, pred = _predict(lm, s.image, dev, precision, context)
+    if on_image is not None:
+        on_image(s, dens)
+    if cal is None:
+        return dens, pred, None
+    count, t = image_terms(lm, s.image, dens, cal.method, dev, precision)
+    if context == "none" or cal.method == "tta":
+        pred = count
+    else:
+        t["pred"] = max(pred, 0.0)
+    return dens, pred, t
+
+
+def _predict(lm: LoadedModel, image: np.ndarray, dev: Any, precision: str, context: str) -> tuple[np.ndarray, float]:
+    """(density on the image's pixels, the image's count) in ``context`` (see :func:`evaluate`)."""
+    if context == "none":
+        dens = predict_image(lm, image, device=dev, precision=precision)
+        return dens, float(dens.sum(dtype=np.float64))
+    d = predict_in_context(lm, image, device=dev, precision=precision)
+    r = lm.card.receptive_radius
+    return d[r : d.shape[0] - r, r : d.shape[1] - r], float(d.sum(dtype=np.float64))
 
 
 def _intervals(cal: Calibration, rows: list[ImageResult], terms: list[dict[str, float]]) -> dict[str, Any]:
@@ -266,7 +305,7 @@ def _summary(result: EvalResult) -> dict[str, Any]:
     head = {"model": result.model, "model_path": result.model_path, "data": result.data,
             "split": result.split, "match_radius_px": result.match_radius_px,
             "inference_precision": result.precision, "card_sha256": result.card_sha256,
-            "weights_sha256": result.weights_sha256}
+            "weights_sha256": result.weights_sha256, "context": result.context}
     return jsonable({**head, **result.metrics})
 
 

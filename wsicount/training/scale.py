@@ -91,7 +91,7 @@ def scale_factor(sample: Sample, rule: dict[str, Any], channels: list[int], mpp:
 
 
 def resample_sample(sample: Sample, f: float, mpp: float | None = None) -> Sample:
-    """``sample`` resampled by ``f`` (image bilinear, anti-aliased; points follow pixel centres).
+    """``sample`` resampled by ``f`` (image bilinear, anti-aliased; points and ellipse axes follow the pixels).
 
     ``mpp`` becomes the sample's pixel size (the card's, when the rule brought it there), else
     the known pixel size divided by the exact factor.
@@ -111,7 +111,10 @@ def resample_sample(sample: Sample, f: float, mpp: float | None = None) -> Sampl
     sx, sy = nw / w, nh / h
     pts = np.stack([(sample.points[:, 0] + 0.5) * sx - 0.5, (sample.points[:, 1] + 0.5) * sy - 0.5], axis=1)
     new_mpp = mpp or (sample.mpp / f if sample.mpp else None)
-    return replace(sample, image=out, points=pts.reshape(-1, 2), mpp=new_mpp)
+    ell = sample.ellipses
+    if ell is not None:  # semi-axes follow the pixels; the angle is kept (sx ~ sy)
+        ell = np.column_stack([ell[:, :2] * (sx + sy) / 2, ell[:, 2]])
+    return replace(sample, image=out, points=pts.reshape(-1, 2), mpp=new_mpp, ellipses=ell)
 
 
 def to_input_scale(samples: list[Sample], rule: dict[str, Any], channels: list[int],

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["density_map", "ellipse_density_map", "ellipse_covariances", "sigma_um_to_px"]
+__all__ = ["density_map", "ellipse_density_map", "ellipse_covariances", "sigma_um_to_px", "ellipse_endpoints",
+           "ellipses_from_endpoints", "target_map"]
 
 
 def sigma_um_to_px(sigma_um: float, mpp: float) -> float:
@@ -98,3 +99,34 @@ def ellipse_density_map(
     """
     covs = ellipse_covariances(semi_axes, angles, fraction)
     return density_map(points, shape, sigma_px=1.0, scale=scale, covariances=covs)
+
+
+def ellipse_endpoints(points: np.ndarray, ellipses: np.ndarray) -> np.ndarray:
+    """(3N, 2) points: the centres, then the ends of each ``a`` semi-axis, then of each ``b`` semi-axis.
+
+    A geometric augmentation applied to these points (rotation, flip, zoom) carries the
+    ellipses with it; :func:`ellipses_from_endpoints` reads them back.
+    """
+    c = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    e = np.asarray(ellipses, dtype=np.float64).reshape(-1, 3)
+    u = np.column_stack([np.cos(e[:, 2]), np.sin(e[:, 2])])
+    v = np.column_stack([-u[:, 1], u[:, 0]])
+    return np.concatenate([c, c + e[:, :1] * u, c + e[:, 1:2] * v])
+
+
+def ellipses_from_endpoints(pts3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres (N, 2) and ellipses (N, 3: a, b, angle in radians) from :func:`ellipse_endpoints`' layout."""
+    c, pa, pb = np.split(np.asarray(pts3, dtype=np.float64).reshape(-1, 2), 3)
+    da, db = pa - c, pb - c
+    return c, np.column_stack([np.hypot(da[:, 0], da[:, 1]), np.hypot(db[:, 0], db[:, 1]),
+                               np.arctan2(da[:, 1], da[:, 0])])
+
+
+def target_map(points: np.ndarray, ellipses: np.ndarray | None, shape: tuple[int, int], sigma_px: float,
+               scale: float = 1.0, fraction: float = 0.3) -> np.ndarray:
+    """The training target: elliptical dots (sigma = ``fraction`` x each semi-axis) when ``ellipses`` are given,
+    else isotropic dots of ``sigma_px``; either sums to ``scale`` x the centres inside the image."""
+    if ellipses is None:
+        return density_map(points, shape, sigma_px, scale=scale)
+    e = np.asarray(ellipses, dtype=np.float64).reshape(-1, 3)
+    return ellipse_density_map(points, e[:, :2], e[:, 2], shape, fraction=fraction, scale=scale)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Augmenter, Sample, dihedral, load_dataset
+from .data import Augmenter, Sample, dihedral, load_dataset, resample_samples
+from .finetune import apply_init, init_mpp, init_weights
 from .recipe import auto_sigma_px, data_domain, default_channels, lr_factor, training_precision
 from ..infer import pad_to_stride, set_threads
 from .losses import density_loss
@@ -30,7 +31,7 @@ from ..models.heads import output_activation
 from ..normalize import training_field
 from ..preprocess import normalize_image
 from .scale import to_input_scale
-from .targets import density_map
+from .targets import ellipse_endpoints, ellipses_from_endpoints, target_map
 
 __all__ = ["TrainConfig", "train", "recalibrate_bn", "split_train_val"]
 
@@ -92,6 +93,10 @@ class TrainConfig:
     #: clamped pixel gets no gradient; a linear output keeps every pixel trainable and the clamp
     #: then only removes the small negative noise
     train_head: str | None = "linear"
+    #: a model to start from (bundled name or card path): see :mod:`.finetune`
+    init: str | None = None
+    #: points with ellipse columns: target sigma = this fraction of each semi-axis (Cell-Net's dots)
+    ellipse_fraction: float = 0.3
 
 
 def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -129,21 +134,30 @@ def _crop_size(samples: list[Sample], stride: int, cfg: TrainConfig) -> tuple[in
     return h - h % stride, w - w % stride
 
 
+def _augment(aug: Augmenter, x: np.ndarray, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Augmented image, points and ellipses (each ellipse carried through as its two semi-axis ends)."""
+    if s.ellipses is None:
+        return (*aug(x, s.points), None)
+    xa, p3 = aug(x, ellipse_endpoints(s.points, s.ellipses))
+    return (xa, *ellipses_from_endpoints(p3))
+
+
 def _make_batch(
-    items: list[tuple[np.ndarray, Sample]], aug: Augmenter, crop: tuple[int, int], sigma: float, scale: float
+    items: list[tuple[np.ndarray, Sample]], aug: Augmenter, crop: tuple[int, int], sigma: float, scale: float,
+    fraction: float = 0.3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment, crop and render targets for a list of (normalised image, sample)."""
     xs, ys = [], []
     ch, cw = crop
     for x, s in items:
-        xa, pa = aug(x, s.points)
+        xa, pa, ea = _augment(aug, x, s)
         h, w = xa.shape[-2:]
         oy = int(aug.rng.integers(h - ch + 1))
         ox = int(aug.rng.integers(w - cw + 1))
         xa = xa[:, oy : oy + ch, ox : ox + cw]
         pa = pa - np.array([ox, oy])
         xs.append(xa)
-        ys.append(density_map(pa, (ch, cw), sigma, scale=scale * s.point_weight)[None])
+        ys.append(target_map(pa, ea, (ch, cw), sigma, scale * s.point_weight, fraction)[None])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -175,7 +189,8 @@ def recalibrate_bn(
 
 @torch.no_grad()
 def _validate(
-    module: nn.Module, val: list[tuple[np.ndarray, Sample]], stride: int, sigma: float, scale: float, loss: str
+    module: nn.Module, val: list[tuple[np.ndarray, Sample]], stride: int, sigma: float, scale: float, loss: str,
+    fraction: float = 0.3,
 ) -> tuple[float, float]:
     """Mean pixel loss and count MAE over full validation images (eval mode)."""
     module.eval()
@@ -183,7 +198,7 @@ def _validate(
     for x, s in val:
         h, w = x.shape[-2:]
         y = module(torch.from_numpy(pad_to_stride(x, stride)[None]))[:, :, :h, :w]
-        t = torch.from_numpy(density_map(s.points, (h, w), sigma, scale=scale * s.point_weight)[None, None])
+        t = torch.from_numpy(target_map(s.points, s.ellipses, (h, w), sigma, scale * s.point_weight, fraction)[None, None])
         losses.append(float(density_loss(y, t, loss)))
         errs.append(abs(float(y.sum()) / scale - s.count))
     return float(np.mean(losses)), float(np.mean(errs))
@@ -192,6 +207,8 @@ def _validate(
 def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Split, infer channels / sigma / precision / crop, normalise images, build the module."""
     samples = load_dataset(data)
+    if init_mpp(cfg):
+        samples = resample_samples(samples, init_mpp(cfg))
     train_s, val_s = split_train_val(samples, cfg)
     if not train_s or not val_s:
         raise ValueError(f"{data}: need training and validation images (got {len(train_s)} / {len(val_s)})")
@@ -200,6 +217,7 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     val_s = to_input_scale(val_s, cfg.input_scale, channels, cfg.mpp)
     arch_kwargs = {"head": "relu", **cfg.arch_kwargs}
     module = build_model(cfg.arch, in_channels=len(channels), **arch_kwargs)
+    init_weights(cfg, module)
     return {
         "train_act": output_activation(cfg.train_head or arch_kwargs["head"]), "infer_act": module.out_act,
         "clamp": (cfg.train_head or arch_kwargs["head"]) == "linear" and arch_kwargs["head"] == "relu",
@@ -253,7 +271,8 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
         prog = max((epoch + i / steps) / cfg.epochs, (time.monotonic() - t0) / 60 / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(prog)
-        xb, yb = _make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"], cfg.density_scale)
+        xb, yb = _make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"], cfg.density_scale,
+                             cfg.ellipse_fraction)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=P["precision"] == "bf16"):
             pred = module(xb)
         loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale, clamp=P["clamp"])
@@ -269,7 +288,8 @@ def _check(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], row: dict[str
     module, state = P["module"], R["state"]
     module.out_act = P["infer_act"]
     recalibrate_bn(module, R["bn_set"], module.stride, cfg.batch_size, views=1)
-    row["val_loss"], row["val_mae"] = _validate(module, P["va"], module.stride, P["sigma"], cfg.density_scale, cfg.loss)
+    row["val_loss"], row["val_mae"] = _validate(module, P["va"], module.stride, P["sigma"], cfg.density_scale, cfg.loss,
+                                                cfg.ellipse_fraction)
     score = row["val_loss"] if cfg.monitor == "val_loss" else row["val_mae"]
     if score < state["best"]:
         state["best"], state["best_epoch"] = score, row["epoch"]
@@ -284,6 +304,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
 
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    cfg = apply_init(cfg)
     data, out = Path(data), Path(out)
     ckpt_dir = out / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -332,7 +353,7 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
     tr, va, sigma, channels = P["tr"], P["va"], P["sigma"], P["channels"]
     n_bn = len(tr) if cfg.bn_final_images is None else min(cfg.bn_final_images, len(tr))
     recalibrate_bn(module, _bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
-    vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss)
+    vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss, cfg.ellipse_fraction)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
         channels=channels,
@@ -345,6 +366,8 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
         training={"data": data.name, "command": " ".join(shlex.quote(a) for a in sys.argv),
                   "config": {k: v for k, v in cfg.__dict__.items()}, "precision": P["precision"],
                   "sigma_px": sigma, "sigma_rule": "given" if cfg.sigma_px or cfg.sigma_um else "0.4 x p10 NN spacing",
+                  "targets": (f"elliptical ({cfg.ellipse_fraction:g} x each semi-axis)"
+                              if any(s.ellipses is not None for _, s in tr) else "isotropic"),
                   "crop": list(P["crop"]), "bn_recalibration_images": n_bn, "n_train": len(tr), "n_val": len(va),
                   "val_names": [s.name for _, s in va], "best_epoch": ck["epoch"],
                   "epochs_run": len(state["history"]), "minutes": round((time.monotonic() - t0) / 60, 1),
