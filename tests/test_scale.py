@@ -81,3 +81,10 @@ def test_mpp_rule_takes_the_stated_default_for_images_without_a_pixel_size():
     s_mpp = Sample(s.name, s.image, s.points, s.count, s.split, 0.125)
     out = to_input_scale([s_mpp], rule, [0], 0.5)[0]
     assert out.image.shape == (100, 100) and out.mpp == 0.5 and out.count == s.count
+
+
+def test_resampling_scales_ellipse_axes_and_keeps_angles():
+    s = _disks(20.0)
+    s = Sample(s.name, s.image, s.points, s.count, s.split, None, np.tile([10.0, 6.0, 0.4], (len(s.points), 1)))
+    r = resample_sample(s, 0.5)
+    assert np.allclose(r.ellipses, [[5.0, 3.0, 0.4]] * len(s.points))
