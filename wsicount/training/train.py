@@ -243,6 +243,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
             minutes = (time.monotonic() - t0) / 60
+            if minutes >= budget:  # the schedule has annealed to lr 0: further steps change nothing
+                break
             prog = max((epoch + i / steps_per_epoch) / cfg.epochs, minutes / budget)
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(prog)
