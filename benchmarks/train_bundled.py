@@ -34,7 +34,8 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
     "vgg-cells": ("vgg_cells", TrainConfig(
         name="vgg-cells", arch="unet", arch_kwargs={"base_filters": 16}, channels=[2], sigma_px=3.0, n_val=10,
         epochs=400, batch_size=4, crop=128, lr=1e-3, loss="mse", count_weight=0.01, monitor="val_mae",
-        patience=200, val_every=3, bn_images=90, max_minutes=20, precision="auto", modality="fluorescence")),
+        patience=200, val_every=3, bn_images=90, max_minutes=20, precision="auto", modality="fluorescence",
+        stain="synthetic (SIMCEP)")),
     # GTEx H&E adipocytes, 150x150 RGB: 90 train / 10 val of the 100 training ROIs
     "adipocyte-he": ("adipocyte", TrainConfig(
         name="adipocyte-he", arch="unet", channels=[0, 1, 2], sigma_px=4.0, n_val=10, epochs=30,
