@@ -4,6 +4,7 @@
     python benchmarks/accuracy.py nuclei-fluo --update-cards   # also write the scores into the card
     python benchmarks/accuracy.py --retrain --seeds 0 1 2 # retrain each recipe per seed, then evaluate
     python benchmarks/accuracy.py --precisions fp32 bf16  # the same weights at each inference precision
+    python benchmarks/accuracy.py vgg-cells --cards runs/vgg-cells-seed*/vgg-cells.json  # trained seeds, mean ± sd
 
 Splits: VGG cells test = cell_101..200; adipocytes: the 100 test ROIs; nuclei_fluo / nuclei_he:
 their test splits. TRP1 has no public test split here (only set1, the paper's training set): its
@@ -42,7 +43,7 @@ ANCHORS = [
     ("goal for bundled nuclei models", "nuclei_*", {"a_err": "≤ 8 %"}, "per-image relative error"),
     ("classical scikit-image, as first measured", "nuclei_fluo", {"mae": "21.5", "a_err": "52.7 %"}, "test, untuned"),
 ]
-COLS = ["mae", "rmse", "a_err", "t_err", "f1", "loc_error_px"]
+COLS = ["mae", "rmse", "bias", "a_err", "t_err", "f1", "loc_error_px"]
 
 
 def _val_split_folder(model_card: dict, src: Path, dst: Path) -> Path:
@@ -128,8 +129,8 @@ def _cell(v: list[float], pct: bool) -> str:
 
 def table(rows: list[tuple[str, str, list[dict]]], seeds: str) -> str:
     """Markdown: one row per (model, precision) measured, then the published anchors."""
-    head = ("| model | dataset (split, n) | precision | MAE | RMSE | A_err | T_err | F1 | loc. err px | seeds | card sha256 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | dataset (split, n) | precision | MAE | RMSE | bias | A_err | T_err | F1 | loc. err px | seeds "
+            "| card sha256 |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, prec, res in rows:
         r0 = res[0]
@@ -148,6 +149,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=None)
     ap.add_argument("--retrain", action="store_true")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--cards", nargs="+", default=None, metavar="CARD",
+                    help="score these trained cards of the one NAME given (e.g. one per seed): mean ± sd over them")
     ap.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16", "fp16"], default=["fp32"])
     ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))
     ap.add_argument("--update-cards", action="store_true", help="write the scores into the bundled cards")
@@ -159,26 +162,31 @@ def main() -> None:
     from wsicount.models import bundled_models
 
     names = args.names or [n for n in BENCH if n in bundled_models()]
-    rows = []
+    if args.cards and (len(names) != 1 or args.retrain or args.update_cards):
+        sys.exit("--cards scores one model NAME's trained cards; it takes neither --retrain nor --update-cards")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, per_run = [], []
     for name in names:
         results: dict[str, list[dict]] = {p: [] for p in args.precisions}
-        for seed in args.seeds if args.retrain else [None]:
-            path = name if seed is None else _retrain(name, seed, Path(args.out))
+        runs = args.cards if args.cards else (args.seeds if args.retrain else [None])
+        for run in runs:
+            path = name if run is None else run if args.cards else _retrain(name, run, out)
             for prec in args.precisions:
                 m = evaluate_model(name, path, prec)
                 results[prec].append(m)
-                print(name, seed, prec, {k: m[k] for k in ("mae", "rmse", "a_err", "t_err", "f1", "n_images")}, flush=True)
-                if args.update_cards and seed is None and prec == args.precisions[0]:
+                per_run.append({"model": name, "path": str(path), **m})
+                print(name, path, prec, {k: m[k] for k in ("mae", "bias", "a_err", "t_err", "f1", "n_images")}, flush=True)
+                if args.update_cards and run is None and prec == args.precisions[0]:
                     update_card(name, m)
         rows += [(name, prec, res) for prec, res in results.items()]
     if args.classical:
         for folder, modality in (("nuclei_fluo", "fluorescence"), ("nuclei_he", "brightfield")):
             rows.append(("classical scikit-image (wsicount.baseline)", "—", [classical_row(folder, modality)]))
-    seeds = ",".join(map(str, args.seeds)) if args.retrain else "bundled"
+    seeds = f"{len(args.cards)} cards" if args.cards else ",".join(map(str, args.seeds)) if args.retrain else "bundled"
     body = f"machine: {machine()}\n\ncommand: `{command()}`\n\n" + table(rows, seeds)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.md").write_text(body + "\n")
+    (out / "accuracy-runs.json").write_text(json.dumps(per_run, indent=1, default=str) + "\n")
     publish("Accuracy of the bundled models", body, args.write)
 
 

@@ -268,7 +268,10 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
         idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         if len(idx) < 2:  # BatchNorm needs more than one sample
             continue
-        prog = max((epoch + i / steps) / cfg.epochs, (time.monotonic() - t0) / 60 / budget)
+        minutes = (time.monotonic() - t0) / 60
+        if minutes >= budget:  # the schedule has annealed to lr 0: further steps change nothing
+            break
+        prog = max((epoch + i / steps) / cfg.epochs, minutes / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(prog)
         xb, yb = _make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"], cfg.density_scale,
