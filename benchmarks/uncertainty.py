@@ -374,7 +374,8 @@ def main() -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"{datetime.date.today()}; {machine()}; {a.slide_cost}, 2048² synthetic slide, 1 thread, best of 2")
+            print(f"{datetime.date.today()}; {machine()}; {a.slide_cost}, 1536² synthetic slide at the model's "
+                  "µm/px, 1 thread, tiles of 1024, best of 2")
             print("| method | run s | relative |\n|---|---|---|\n" + slide_cost(Path(tmp), a.slide_cost))
         return
     grid_sets = [[int(g) for g in part.split(",")] for part in a.grids.split(";")]
