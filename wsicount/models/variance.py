@@ -149,7 +149,7 @@ def predict_variance(lm: Any, head: VarianceHead, image: np.ndarray) -> tuple[np
 def predict_batch_variance(lm: Any, head: VarianceHead, batch: np.ndarray, device: Any) -> tuple[np.ndarray, np.ndarray]:
     """(density, per-pixel variance), each (N, H, W), of a normalised stride-aligned batch, in fp32 on ``device``."""
     x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-    f, d = features(lm, x)
+    f, d = features(lm, x.contiguous(memory_format=torch.channels_last))  # the layout predict_batch runs in
     return d.cpu().numpy(), head.to(device)(f, d).exp().cpu().numpy()
 
 
