@@ -140,9 +140,9 @@ def predict_variance(lm: Any, head: VarianceHead, image: np.ndarray) -> tuple[np
 
     x = normalize_image(image, lm.card.channels, lm.card.normalization)
     h, w = x.shape[-2:]
-    f, d = features(lm, torch.from_numpy(np.ascontiguousarray(pad_to_stride(x, lm.card.stride)))[None])
-    s = head(f, d)
-    return d[0, :h, :w].numpy(), s[0, :h, :w].exp().numpy()
+    dev = next(lm.module.parameters()).device
+    d, v = predict_batch_variance(lm, head, pad_to_stride(x, lm.card.stride)[None], dev)
+    return d[0, :h, :w], v[0, :h, :w]
 
 
 @torch.inference_mode()
