@@ -53,7 +53,7 @@ def costs(model: str, z: dict[str, np.ndarray], head: Path | None, members: list
     return {"poisson": 1.0, "shared": 1.0, **{k: v for k, v in rel.items() if k != "plain"}}
 
 
-def slide_cost(folder: Path, model: str = "melanocyte-trp1", size: int = 2048, reps: int = 2) -> str:
+def slide_cost(folder: Path, model: str = "melanocyte-trp1", size: int = 1536, reps: int = 2) -> str:
     """Wall seconds of a slide run per interval method against the same run of an uncalibrated copy of the card."""
     import json
     import shutil

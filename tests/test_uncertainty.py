@@ -182,3 +182,19 @@ def test_card_keeps_one_default_and_other_methods(tmp_path) -> None:
     rec = read_card(card_path)[0].calibration
     assert calibrated_methods(rec) == ["tta", "shared"] and card_calibration(rec).method == "tta"
     assert card_calibration({}) is None
+
+
+def test_bundled_cards_hold_loadable_calibrations() -> None:
+    """Every calibrated method of a bundled card loads, and a hetero record names a head that is shipped."""
+    from wsicount.models import bundled_models, read_card
+    from wsicount.models.variance import load_head
+    from wsicount.uncertainty import calibrated_methods, card_calibration
+    from wsicount.views import head_path
+
+    for name, path in bundled_models().items():
+        rec = read_card(path)[0].calibration
+        for method in calibrated_methods(rec):
+            cal = card_calibration(rec, method)
+            assert cal.method == method and math.isfinite(cal.quantile(0.95)), (name, method)
+            if method == "hetero":
+                assert load_head(head_path(rec["methods"]["hetero"], path)).in_features > 0

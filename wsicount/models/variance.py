@@ -57,9 +57,9 @@ class VarianceHead(nn.Module):
         return s.clamp(*LOGVAR_RANGE)
 
 
-def _output_layer(lm: Any) -> nn.Module:
-    """The model's final 1x1 convolution (its input is the head's feature map)."""
-    head = getattr(lm.module, "head", None)
+def _output_layer(lm: Any, module: nn.Module | None = None) -> nn.Module:
+    """The final 1x1 convolution of the model (or of ``module``, a copy of it): its input is the head's feature map."""
+    head = getattr(module if module is not None else lm.module, "head", None)
     if isinstance(head, nn.Sequential):
         head = head[-1]
     if not isinstance(head, nn.Conv2d):
@@ -68,12 +68,14 @@ def _output_layer(lm: Any) -> nn.Module:
 
 
 @torch.inference_mode()
-def features(lm: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features at the output layer's input, density in cells/px) of a normalised, stride-padded batch."""
+def features(lm: Any, x: torch.Tensor, module: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features at the output layer's input, density in cells/px) of a normalised, stride-padded batch,
+    through ``module`` (default the model's own; e.g. its reduced-precision copy)."""
+    module = module if module is not None else lm.module
     got: list[torch.Tensor] = []
-    hook = _output_layer(lm).register_forward_pre_hook(lambda m, inp: got.append(inp[0]))
+    hook = _output_layer(lm, module).register_forward_pre_hook(lambda m, inp: got.append(inp[0]))
     try:
-        y = lm.module(x)
+        y = module(x)
     finally:
         hook.remove()
     return got[0].float(), y[:, 0].float() / lm.card.density_scale
@@ -140,16 +142,22 @@ def predict_variance(lm: Any, head: VarianceHead, image: np.ndarray) -> tuple[np
 
     x = normalize_image(image, lm.card.channels, lm.card.normalization)
     h, w = x.shape[-2:]
-    f, d = features(lm, torch.from_numpy(np.ascontiguousarray(pad_to_stride(x, lm.card.stride)))[None])
-    s = head(f, d)
-    return d[0, :h, :w].numpy(), s[0, :h, :w].exp().numpy()
+    dev = next(lm.module.parameters()).device
+    d, v = predict_batch_variance(lm, head, pad_to_stride(x, lm.card.stride)[None], dev)
+    return d[0, :h, :w], v[0, :h, :w]
 
 
 @torch.inference_mode()
-def predict_batch_variance(lm: Any, head: VarianceHead, batch: np.ndarray, device: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(density, per-pixel variance), each (N, H, W), of a normalised stride-aligned batch, in fp32 on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-    f, d = features(lm, x)
+def predict_batch_variance(lm: Any, head: VarianceHead, batch: np.ndarray, device: Any,
+                           precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """(density, per-pixel variance), each (N, H, W), of a normalised stride-aligned batch on ``device``:
+    the network in ``precision`` exactly as :func:`wsicount.infer.predict_batch` runs it, the head in fp32."""
+    from ..infer import DTYPES, module_for, resolve_precision
+
+    precision = resolve_precision(device, precision, lm.card)
+    x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device, dtype=DTYPES[precision])
+    f, d = features(lm, x.contiguous(memory_format=torch.channels_last), module_for(lm, device, precision))
+    f, d = f.float(), d.float()
     return d.cpu().numpy(), head.to(device)(f, d).exp().cpu().numpy()
 
 

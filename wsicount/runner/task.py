@@ -284,7 +284,7 @@ def infer_batch(job: TileJob, model: Any, device: Any, mask: np.ndarray, state: 
         from ..models.variance import load_head, predict_batch_variance
 
         head = cached(("head", plan.head), lambda: load_head(plan.head))
-        dens, var = predict_batch_variance(model, head, batch, device)
+        dens, var = predict_batch_variance(model, head, batch, device, job.model.precision)
     else:
         dens = predict_batch(model, batch, device, job.model.precision)
     # wall and this thread's CPU seconds: less CPU than wall = waiting for a core or the GIL
