@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Layout", "STATE", "DENSITY", "LABELS", "TISSUE_LABEL", "FILES", "StackLayout", "STACK_STATE",
+__all__ = ["remove_owned", "Layout", "STATE", "DENSITY", "LABELS", "TISSUE_LABEL", "FILES", "StackLayout", "STACK_STATE",
            "STACK_DENSITY", "STACK_FILES"]
 
 STATE = ".wsicount"
@@ -154,6 +155,16 @@ class Layout:
             if len(found) >= limit:
                 break
         return found[:limit]
+
+
+def remove_owned(root: Path, names: set[str]) -> None:
+    """Delete ``root / name`` for each owned ``name`` (folders recursively; a link is removed, not followed)."""
+    for name in names:
+        p = root / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 
 from wsicount.errors import FrameReadError, MissingMppError, OutputError
 from wsicount.store.atomic import atomic_write
-from wsicount.store.layout import STACK_DENSITY, STACK_STATE, StackLayout
+from wsicount.store.layout import STACK_DENSITY, STACK_STATE, StackLayout, remove_owned
 
 from .focus import choose_planes
 from .stack import Stack, open_stack
@@ -153,12 +152,7 @@ class _State:
         if foreign and (overwrite or not pfile.exists()):
             raise OutputError(_foreign_message(lay.root, foreign))
         if overwrite:
-            for name in lay.owned():
-                p = lay.root / name
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+            remove_owned(lay.root, lay.owned())
         if pfile.exists():
             old = json.loads(pfile.read_text())
             if old != params:

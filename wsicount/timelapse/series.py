@@ -18,7 +18,6 @@ A time point that fails (an undecodable frame) is recorded with its error; the o
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 
 from wsicount.errors import OutputError, WsicountError
 from wsicount.store.atomic import atomic_write
-from wsicount.store.layout import StackLayout
+from wsicount.store.layout import StackLayout, remove_owned
 
 from .growth import GROWTH_COLUMNS, growth_table
 
@@ -65,12 +64,7 @@ def _prepare(lay: StackLayout, overwrite: bool) -> None:
         raise OutputError(_foreign_message(lay.root, foreign))
     lay.root.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in lay.owned():
-            p = lay.root / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
+        remove_owned(lay.root, lay.owned())
 
 
 def _row(t: int, time_h: float, s: dict | None, error: str) -> dict[str, Any]:
