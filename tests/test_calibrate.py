@@ -7,11 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from wsicount.errors import InputError
-from wsicount.models import ModelCard, load_model, read_card, save_model
-from wsicount.models.cellnet import cellnet
+from wsicount.models import load_model, read_card
 from wsicount.synth.embryo import EmbryoParams, synth_embryo
 from wsicount.timelapse.run import count_stack
 from wsicount.training.calibrate import calibrate_stacks, main
@@ -21,13 +19,9 @@ SMALL = EmbryoParams(size=96, mpp=2.0, n_frames=8, n_planes=2, polar_bodies=1, n
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A small untrained Cell-Net (fixed seed): calibration plumbing does not need accuracy."""
-    torch.manual_seed(0)
-    net = cellnet(in_channels=1, width=8)
-    card = ModelCard(name="tiny", arch="cellnet", arch_kwargs={"in_channels": 1, "width": 8}, sigma_px=3.0,
-                     stride=net.stride, receptive_radius=net.receptive_radius, modality="brightfield")
-    return save_model(net, card, tmp_path_factory.mktemp("m") / "tiny", half=False)
+def model_path(tiny_cellnet):
+    """The shared untrained Cell-Net: calibration plumbing does not need accuracy."""
+    return tiny_cellnet
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from wsicount.errors import RegionError
-from wsicount.models import LoadedModel, ModelCard
+from wsicount.models import LoadedModel
 from wsicount.timelapse.growth import FIELD, doubling_time
 from wsicount.timelapse.run import count_stack
 from wsicount.timelapse.write import write_tiff_stack
@@ -56,15 +55,9 @@ def test_no_doubling_time_when_growth_is_not_exponential(counts, why):
 
 
 @pytest.fixture(scope="module")
-def oracle() -> LoadedModel:
-    """Density = the image (a 1x1 convolution of weight 1): with a fixed 0-255 normalisation one 255 pixel is one cell."""
-    net = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-        net.bias.zero_()
-    card = ModelCard(name="oracle", arch="identity", stride=1, receptive_radius=0, density_scale=1.0, sigma_px=1.0,
-                     normalization={"kind": "fixed", "offset": 0.0, "span": 255.0}, peak_min_distance_px=1)
-    return LoadedModel(net.eval(), card, Path("oracle.json"))
+def oracle(oracle_model) -> LoadedModel:
+    """The exact counting model (density = image / 255): one 255 pixel is one cell."""
+    return oracle_model
 
 
 def _growing_stack(path: Path, td_left: float = 6.0, n_right: int = 8) -> tuple[np.ndarray, np.ndarray]:

@@ -244,11 +244,8 @@ def test_stack_layout_lists_user_entries_and_a_slide_runs_files(tmp_path: Path, 
 
 
 @pytest.fixture(scope="module")
-def tiny_stack(tmp_path_factory) -> tuple[Path, object]:
+def tiny_stack(tmp_path_factory, oracle_model) -> tuple[Path, object]:
     """A 5-frame OME-TIFF stack and an exact counting model (density = image / 255)."""
-    import torch
-
-    from wsicount.models import LoadedModel, ModelCard
     from wsicount.timelapse.write import write_tiff_stack
 
     d = tmp_path_factory.mktemp("stack")
@@ -256,13 +253,7 @@ def tiny_stack(tmp_path_factory) -> tuple[Path, object]:
     for t in range(5):
         arr[t, 0, 0, 3, 2:2 + 2 * t + 1:2] = 255
     write_tiff_stack(d / "s.ome.tif", arr, np.arange(5.0))
-    net = torch.nn.Conv2d(1, 1, 1)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-        net.bias.zero_()
-    card = ModelCard(name="oracle", arch="identity", stride=1, receptive_radius=0, density_scale=1.0, sigma_px=1.0,
-                     normalization={"kind": "fixed", "offset": 0.0, "span": 255.0}, peak_min_distance_px=1)
-    return d / "s.ome.tif", LoadedModel(net.eval(), card, d / "oracle.json")
+    return d / "s.ome.tif", oracle_model
 
 
 def test_a_stack_run_writes_exactly_its_layout(tmp_path: Path, tiny_stack) -> None:

@@ -8,11 +8,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from wsicount.errors import OutputError
-from wsicount.models import ModelCard, load_model, save_model
-from wsicount.models.cellnet import cellnet
+from wsicount.models import ModelCard, load_model
 from wsicount.synth.embryo import EmbryoParams, synth_embryo
 from wsicount.timelapse.run import count_stack
 
@@ -20,14 +18,9 @@ SMALL = EmbryoParams(size=96, mpp=2.0, n_frames=9, n_planes=2, polar_bodies=1, n
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A small untrained Cell-Net (fixed seed): the pipeline's plumbing does not need accuracy."""
-    torch.manual_seed(0)
-    net = cellnet(in_channels=1, width=8)
-    card = ModelCard(name="tiny", arch="cellnet", arch_kwargs={"in_channels": 1, "width": 8}, sigma_px=3.0,
-                     stride=net.stride, receptive_radius=net.receptive_radius, modality="brightfield")
-    path = save_model(net, card, tmp_path_factory.mktemp("m") / "tiny", half=False)
-    return load_model(path)
+def model(tiny_cellnet):
+    """The shared untrained Cell-Net, loaded: the pipeline's plumbing does not need accuracy."""
+    return load_model(tiny_cellnet)
 
 
 @pytest.fixture(scope="module")
