@@ -24,8 +24,8 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
     # the melanocyte paper's set-up: green channel, 1.81 um/px, sigma 6 px ~ 10 um, 60 train / 16 val
     "melanocyte-trp1": ("trp1", TrainConfig(
         name="melanocyte-trp1", arch="unet", channels=[1], sigma_px=6.0, n_val=16, epochs=60,
-        batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="auto",
-        modality="fluorescence")),
+        batch_size=8, lr=1e-3, loss="l1", monitor="val_mae", patience=60, precision="auto", frame=0.5,
+        max_minutes=45, modality="fluorescence")),
     # VGG synthetic cells: signal in the blue channel; 90 train / 10 val of cell_001-100.
     # MSE plus a count term (L1 undercounted: bias -7.6 on test), a 16-filter U-Net on 128^2 crops
     # in batches of 4 (~4x the optimiser steps per minute of 256^2 x 8 with 32 filters), BN
@@ -34,7 +34,7 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
     "vgg-cells": ("vgg_cells", TrainConfig(
         name="vgg-cells", arch="unet", arch_kwargs={"base_filters": 16}, channels=[2], sigma_px=3.0, n_val=10,
         epochs=400, batch_size=4, crop=128, lr=1e-3, loss="mse", count_weight=0.01, monitor="val_mae",
-        patience=200, val_every=3, bn_images=90, max_minutes=20, precision="auto", modality="fluorescence",
+        patience=200, val_every=3, bn_images=90, max_minutes=25, precision="auto", frame=0.5, modality="fluorescence",
         stain="synthetic (SIMCEP)")),
     # GTEx H&E adipocytes, 150x150 RGB: 90 train / 10 val of the 100 training ROIs
     "adipocyte-he": ("adipocyte", TrainConfig(

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from wsicount.training.data import Augmenter, _dihedral_points, dihedral, load_dataset, load_vgg_dots
 
@@ -218,3 +219,26 @@ def test_resampling_moves_points_and_axes_with_the_pixels():
     yy, xx = np.nonzero(r.image)
     assert abs(np.average(xx, weights=r.image[yy, xx]) - 9.75) < 0.6
     assert resample_samples([replace(s, mpp=None)], 1.0)[0].image is img  # no pixel size: kept as it is
+
+
+def test_framed_crops_show_background_without_cells_and_keep_every_cell():
+    """make_batch with frame=1: crops reach into the background, which holds the background level and no target mass."""
+    from wsicount.training.data import Sample, make_batch, on_background
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(4, 27, (12, 2))
+    x = np.full((1, 32, 32), 0.5, np.float32)
+    s = Sample("a", x[0], pts, 12.0, "train", None)
+    framed, fs = on_background(x, s, 16, -0.25)
+    assert framed.shape == (1, 64, 64) and np.allclose(fs.points, pts + 16)
+    assert (framed[0, :16] == -0.25).all() and (framed[0, 16:48, 16:48] == 0.5).all()
+    aug = Augmenter(seed=1, p_rotate=0.0, p_blur=0.0, brightness=0.0, contrast=0.0)
+    xb, yb = make_batch([(x, s)] * 16, aug, (32, 32), 1.5, 1.0, frame=1.0, background={"a": -0.25})
+    assert xb.shape == (16, 1, 32, 32) and yb.shape == (16, 1, 32, 32)
+    bg = xb[:, 0] == np.float32(-0.25)
+    assert bg.any() and (~bg).any()  # crops straddle an image edge
+    inner = ~ndimage.binary_dilation(~bg, np.ones((1, 3, 3), bool), iterations=6)  # > 4 sigma from the image
+    assert inner.any() and np.abs(yb[:, 0][inner]).max() < 1e-6
+    whole = make_batch([(x, s)], Augmenter(seed=2, p_rotate=0.0, p_blur=0.0, brightness=0.0, contrast=0.0),
+                       (64, 64), 1.5, 1.0, frame=1.0, background={"a": -0.25})[1]
+    assert whole.sum() == pytest.approx(12.0, rel=1e-3)  # the framed image's crop holds every cell's mass

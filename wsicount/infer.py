@@ -33,6 +33,7 @@ import torch
 
 from .models import LoadedModel, ModelCard
 from .preprocess import apply_normalization, normalize_image, percentile_stats, select_channels
+from .preprocess import background_level as modality_background
 
 __all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "batch_for", "activation_bytes_per_px",
            "DTYPES",
@@ -223,8 +224,8 @@ def predict_image(
 
 
 def background_level(card: ModelCard) -> float:
-    """Raw slide-background intensity of the card's modality: 255 (glass) in brightfield, else 0 (dark mount)."""
-    return 255.0 if card.modality == "brightfield" else 0.0
+    """Raw slide-background intensity of the card's modality (:func:`wsicount.preprocess.background_level`)."""
+    return modality_background(card.modality)
 
 
 def context_margin(card: ModelCard) -> int:

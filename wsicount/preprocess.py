@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_channels", "percentile_stats", "apply_normalization", "normalize_image"]
+__all__ = ["select_channels", "percentile_stats", "apply_normalization", "normalize_image", "background_level"]
+
+
+def background_level(modality: str) -> float:
+    """Raw slide-background intensity of a modality: 255 (glass) in brightfield, else 0 (dark mount, black padding)."""
+    return 255.0 if modality == "brightfield" else 0.0
 
 
 def select_channels(img: np.ndarray, channels: list[int]) -> np.ndarray:

@@ -23,7 +23,7 @@ read too.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +31,10 @@ from PIL import Image
 from scipy import ndimage
 
 from ..errors import InputError
+from .targets import ellipse_endpoints, ellipses_from_endpoints, target_map
 
 __all__ = ["Sample", "load_dataset", "load_vgg_dots", "read_annotations", "resample_samples", "Augmenter",
-           "dihedral"]
+           "dihedral", "on_background", "make_batch"]
 
 
 @dataclass
@@ -141,6 +142,18 @@ def load_vgg_dots(folder: str | Path, n_train: int = 100) -> list[Sample]:
     return out
 
 
+def on_background(x: np.ndarray, s: Sample, margin: int, level: float) -> tuple[np.ndarray, Sample]:
+    """Image ``x`` (C, H, W) laid on a background of ``level`` with ``margin`` px on every side, and its sample shifted.
+
+    Every cell stays in the image, so the target keeps its mass; the background around it
+    holds none. A crop drawn from the framed image shows an image edge on slide background,
+    as a slide run sees it (dark gaps, glass, black padding), instead of only edges
+    continued by zero padding.
+    """
+    framed = np.pad(x, ((0, 0), (margin, margin), (margin, margin)), constant_values=np.float32(level))
+    return framed, replace(s, points=s.points + margin)
+
+
 def dihedral(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """Apply rot90 by k then an optional horizontal flip to the last two axes."""
     a = np.rot90(a, k, axes=(-2, -1))
@@ -231,3 +244,36 @@ class Augmenter:
         nx = cx + np.cos(t) * dx + np.sin(t) * dy
         ny = cy - np.sin(t) * dx + np.cos(t) * dy
         return xr.astype(np.float32), np.stack([nx, ny], axis=1)
+
+
+def _augment(aug: Augmenter, x: np.ndarray, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Augmented image, points and ellipses (each ellipse carried through as its two semi-axis ends)."""
+    if s.ellipses is None:
+        return (*aug(x, s.points), None)
+    xa, p3 = aug(x, ellipse_endpoints(s.points, s.ellipses))
+    return (xa, *ellipses_from_endpoints(p3))
+
+
+def make_batch(
+    items: list[tuple[np.ndarray, Sample]], aug: Augmenter, crop: tuple[int, int], sigma: float, scale: float,
+    fraction: float = 0.3, frame: float = 0.0, background: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, h, w) inputs and (N, 1, h, w) targets: items (normalised image, sample) augmented, cropped, rendered.
+
+    A share ``frame`` of the items is first laid on the slide background (:func:`on_background`;
+    ``background``: each sample name's normalised background level).
+    """
+    xs, ys = [], []
+    ch, cw = crop
+    for x, s in items:
+        if frame > 0 and aug.rng.random() < frame:
+            x, s = on_background(x, s, max(crop) // 2, background[s.name])
+        xa, pa, ea = _augment(aug, x, s)
+        h, w = xa.shape[-2:]
+        oy = int(aug.rng.integers(h - ch + 1))
+        ox = int(aug.rng.integers(w - cw + 1))
+        xa = xa[:, oy : oy + ch, ox : ox + cw]
+        pa = pa - np.array([ox, oy])
+        xs.append(xa)
+        ys.append(target_map(pa, ea, (ch, cw), sigma, scale * s.point_weight, fraction)[None])
+    return np.stack(xs), np.stack(ys)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Augmenter, Sample, dihedral, load_dataset, resample_samples
+from .data import Augmenter, Sample, dihedral, load_dataset, make_batch, resample_samples
 from .finetune import apply_init, init_mpp, init_weights
 from .recipe import auto_sigma_px, data_domain, default_channels, lr_factor, training_precision
 from ..infer import pad_to_stride, set_threads
@@ -29,9 +29,10 @@ from .losses import density_loss
 from ..models import ModelCard, build_model, save_model
 from ..models.heads import output_activation
 from ..normalize import training_field
-from ..preprocess import normalize_image
+from ..preprocess import (apply_normalization, background_level, normalize_image, percentile_stats,
+                          select_channels)
 from .scale import to_input_scale
-from .targets import ellipse_endpoints, ellipses_from_endpoints, target_map
+from .targets import target_map
 
 __all__ = ["TrainConfig", "train", "recalibrate_bn", "split_train_val"]
 
@@ -97,6 +98,10 @@ class TrainConfig:
     init: str | None = None
     #: points with ellipse columns: target sigma = this fraction of each semi-axis (Cell-Net's dots)
     ellipse_fraction: float = 0.3
+    #: share of training crops drawn from the image laid on slide background (:func:`.data.on_background`,
+    #: margin half a crop): the network learns that background beyond an image edge holds no cells
+    #: instead of answering it with density, so a slide counts an image as `evaluate` does
+    frame: float = 0.0
 
 
 def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -132,33 +137,6 @@ def _crop_size(samples: list[Sample], stride: int, cfg: TrainConfig) -> tuple[in
     w = min(s.image.shape[1] for s in samples)
     h, w = min(h, c), min(w, c)
     return h - h % stride, w - w % stride
-
-
-def _augment(aug: Augmenter, x: np.ndarray, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Augmented image, points and ellipses (each ellipse carried through as its two semi-axis ends)."""
-    if s.ellipses is None:
-        return (*aug(x, s.points), None)
-    xa, p3 = aug(x, ellipse_endpoints(s.points, s.ellipses))
-    return (xa, *ellipses_from_endpoints(p3))
-
-
-def _make_batch(
-    items: list[tuple[np.ndarray, Sample]], aug: Augmenter, crop: tuple[int, int], sigma: float, scale: float,
-    fraction: float = 0.3,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment, crop and render targets for a list of (normalised image, sample)."""
-    xs, ys = [], []
-    ch, cw = crop
-    for x, s in items:
-        xa, pa, ea = _augment(aug, x, s)
-        h, w = xa.shape[-2:]
-        oy = int(aug.rng.integers(h - ch + 1))
-        ox = int(aug.rng.integers(w - cw + 1))
-        xa = xa[:, oy : oy + ch, ox : ox + cw]
-        pa = pa - np.array([ox, oy])
-        xs.append(xa)
-        ys.append(target_map(pa, ea, (ch, cw), sigma, scale * s.point_weight, fraction)[None])
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
 @torch.no_grad()
@@ -225,8 +203,16 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
         "module": module, "sigma": _sigma_px(cfg, train_s), "precision": training_precision(cfg.precision),
         "crop": _crop_size(train_s, module.stride, cfg),
         "tr": [(normalize_image(s.image, channels, cfg.normalization), s) for s in train_s],
+        "background": {s.name: _normalized_background(s, channels, cfg) for s in train_s} if cfg.frame else {},
         "va": [(normalize_image(s.image, channels, cfg.normalization), s) for s in val_s],
     }
+
+
+def _normalized_background(s: Sample, channels: list[int], cfg: TrainConfig) -> float:
+    """The slide background's raw level (:func:`background_level`) under this image's own normalisation."""
+    x = select_channels(s.image, channels)
+    off, span = percentile_stats(x, cfg.normalization)
+    return float(apply_normalization(np.float32(background_level(cfg.modality)), off, span))
 
 
 def _bn_subset(tr: list, n: int, seed: int) -> list[np.ndarray]:
@@ -274,8 +260,8 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
         prog = max((epoch + i / steps) / cfg.epochs, minutes / budget)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(prog)
-        xb, yb = _make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"], cfg.density_scale,
-                             cfg.ellipse_fraction)
+        xb, yb = map(torch.from_numpy, make_batch([items[j] for j in idx], R["aug"], P["crop"], P["sigma"],
+                                                  cfg.density_scale, cfg.ellipse_fraction, cfg.frame, P["background"]))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=P["precision"] == "bf16"):
             pred = module(xb)
         loss = density_loss(pred.float(), yb, cfg.loss, cfg.count_weight, cfg.density_scale, clamp=P["clamp"])
