@@ -140,3 +140,26 @@ def test_percentiles_from_a_histogram_match_numpy(seed):
     lo, hi = percentiles_from_hist(hist, (1.0, 99.5), 0.25)
     ref_lo, ref_hi = np.percentile(v, [1.0, 99.5])
     assert abs(lo - ref_lo) <= 1.0 and abs(hi - ref_hi) <= 1.0
+
+
+def test_an_image_on_black_is_normalised_by_all_its_pixels_to_its_edge(tmp_path):
+    """With a detected mask, a lone image's statistics are its own percentiles, its darker (vignetted) border included."""
+    from wsicount.tissue import detect_tissue
+
+    rng = np.random.default_rng(4)
+    img = np.zeros((512, 512), np.uint8)
+    yy, xx = np.mgrid[-1:1:160j, -1:1:176j]
+    vignette = 1.0 - 0.6 * np.clip(np.hypot(yy, xx) - 0.5, 0, None)  # the border ~40 % darker than the centre
+    piece = np.clip(_cells(rng, (160, 176), 30.0) * vignette + 6, 2, 255).astype(np.uint8)
+    img[160:320, 96:272] = piece
+    sl, geom = _slide(tmp_path, img)
+    tm = detect_tissue(sl, "fluorescence")
+    assert tm.background is not None and tm.background < 2
+    norm = {**NORM, "field_px": 256}  # the image and its counted rim fit in a field and a half: one piece
+    f = build_norm_field(sl, geom, tm, (tm.scale_y, tm.scale_x), norm, [0])
+    assert len(f.parts) == 1
+    ref = percentile_stats(piece.astype(np.float32), NORM)
+    o, s = f.window(160, 320, 96, 272)
+    assert np.allclose(o, ref[0], atol=0.25) and np.allclose(s, ref[1], rtol=1e-3, atol=0.25)
+    e = 4 * int(np.ceil(SMOOTH_UM / 4.0))  # what a band of a smoothing sd inside the outline would have given
+    assert abs(percentile_stats(piece[e:-e, e:-e].astype(np.float32), NORM)[0] - ref[0]) >= 1.0

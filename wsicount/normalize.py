@@ -23,7 +23,7 @@ from .errors import TileReadError
 from .preprocess import percentile_stats, select_channels
 from .tiling import Geometry, read_model_window
 
-__all__ = ["NormField", "Part", "build_norm_field", "stats_region", "field_px", "percentiles_from_hist", "training_field"]
+__all__ = ["NormField", "Part", "StatsRegion", "build_norm_field", "stats_region", "field_px", "percentiles_from_hist", "training_field"]
 
 #: histogram bins per grey level: lattice percentiles are exact to 1/BINS_PER_LEVEL of a level
 BINS_PER_LEVEL = 4
@@ -190,54 +190,82 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
     return NormField(step, offset, span, parts, scale)
 
 
-def stats_region(tm: Any) -> np.ndarray:
-    """Mask pixels whose intensities enter the statistics: tissue, and no background at its edge.
+@dataclass(frozen=True, eq=False)
+class StatsRegion:
+    """Where intensities enter the statistics: pixels of ``mask`` (mask px) whose signal is above ``floor``.
 
-    The detected tissue and the counted region (where dim tissue that the tissue's half-height
-    outline leaves out still counts), each shrunk past how far its outline may reach beyond
-    the tissue. A user's mask, or mode ``none``: the counted
-    region shrunk by one pixel.
+    ``floor`` is the detection signal's background level (:attr:`wsicount.tissue.TissueMask.background`;
+    None: every pixel of ``mask``).
+    """
+
+    mask: np.ndarray
+    mode: str | None = None
+    floor: float | None = None
+
+    def pixels(self, img: np.ndarray, on_grid: Any) -> np.ndarray:
+        """Boolean (h, w) of a model-grid window's pixels ``img`` (h, w[, C]); ``on_grid`` maps a mask px array onto it."""
+        m = on_grid(self.mask)
+        if self.floor is not None:
+            from .background import signal_image
+
+            m &= signal_image(img, self.mode) > self.floor
+        return m
+
+    def any_on(self, on_grid: Any) -> bool:
+        """Whether the window may hold a counted pixel (before its pixels are read)."""
+        return bool(on_grid(self.mask).any())
+
+
+def stats_region(tm: Any) -> StatsRegion:
+    """The pixels whose intensities enter the statistics: the tissue's own, to its edge, and no background.
+
+    A detected mask states the slide background's level: every pixel of the counted region
+    above it, so an image's edge pixels count as in its own statistics (a geometric band
+    inside the outline would leave them out: on vignetted images that raised the 1st
+    percentile) and the black, dark mount or glass around it never does. Without a level,
+    the tissue shrunk by one smoothing sd and the counted region shrunk past the foot of its
+    edge. A user's mask, or mode ``none``: the counted region shrunk by one pixel.
     """
     from .tissue import MARGIN_UM, SMOOTH_UM, _dilate_disk
 
     def shrink(m: np.ndarray, r: int) -> np.ndarray:
         return ~_dilate_disk(np.pad(~m, r), r)[r:-r, r:-r]  # outside the mask counts as inside
 
+    if getattr(tm, "background", None) is not None:
+        return StatsRegion(tm.mask, tm.mode, tm.background)
     if getattr(tm, "tissue", None) is None:
         out = shrink(tm.mask, 1)
-        return out if out.any() else tm.mask
-    # the tissue's half-height outline may lie up to a smoothing sd out (bright cells at the
-    # edge blur outwards), the counted region's edge up to ~3 sd out (the foot of a bright edge)
+        return StatsRegion(out if out.any() else tm.mask)
     sd = SMOOTH_UM / tm.mpp
     out = shrink(tm.tissue, int(math.ceil(sd))) | shrink(tm.mask, int(math.ceil(MARGIN_UM / tm.mpp + 3 * sd)) + 1)
-    return out if out.any() else tm.tissue
+    return StatsRegion(out if out.any() else tm.tissue)
 
 
-def _row_histograms(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int, by: int,
+def _row_histograms(slide: Any, geom: Geometry, core: StatsRegion, scale: tuple[float, float], step: int, by: int,
                     channels: list[int], skip_bad: bool) -> np.ndarray:
     """(nbx, bins) histograms of the tissue pixels of each ``step``-px block of block row ``by`` (each pixel read once).
 
     With ``skip_bad`` an undecodable block is left out (its tiles are recorded bad later).
     """
-    from .tiling import mask_on_grid
 
     nbx, nbins = -(-geom.width // step), 256 * BINS_PER_LEVEL
     hists = np.zeros((nbx, nbins), np.int64)
     y0, y1 = by * step, min((by + 1) * step, geom.height)
     for bx in range(nbx):
         box = (y0, y1, bx * step, min((bx + 1) * step, geom.width))
-        m = mask_on_grid(core, *scale, box)
-        if not m.any():
+        on_grid = functools.partial(_mask_on_grid, scale=scale, box=box)
+        if not core.any_on(on_grid):
             continue
         img = _read(slide, geom, box, skip_bad)
         if img is None:
             continue
+        m = core.pixels(img, on_grid)
         v = select_channels(img, channels)[:, m].ravel() * BINS_PER_LEVEL
         hists[bx] = np.bincount(np.clip(v, 0, nbins - 1).astype(np.int64), minlength=nbins)
     return hists
 
 
-def _lattice_stats(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[float, float], step: int,
+def _lattice_stats(slide: Any, geom: Geometry, core: StatsRegion, scale: tuple[float, float], step: int,
                    channels: list[int], normalization: dict, skip_bad: bool) -> tuple[np.ndarray, np.ndarray]:
     """(offset, span) at lattice centres ``k * step``; centre k's field is blocks k-1 and k on each axis.
 
@@ -277,7 +305,7 @@ def _lattice_stats(slide: Any, geom: Geometry, core: np.ndarray, scale: tuple[fl
     return offset, span
 
 
-def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: np.ndarray, scale: tuple[float, float],
+def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: StatsRegion, scale: tuple[float, float],
                  field: float, normalization: dict, channels: list[int], skip_bad: bool) -> tuple[Part, ...]:
     """The tissue pieces (connected parts of the counted region) that fit in ``SMALL_FIELDS`` fields, with their own statistics."""
     from scipy import ndimage
@@ -293,15 +321,28 @@ def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: np.ndarr
         if max(box[1] - box[0], box[3] - box[2]) > SMALL_FIELDS * field or box[1] <= box[0] or box[3] <= box[2]:
             continue
         own = lab[sl] == i
-        m = _on_grid(own & core[sl], (my0, mx0), scale, box)
-        if not m.any():
+
+        def on_grid(m: np.ndarray, sl: tuple = sl, own: np.ndarray = own, box: tuple = box) -> np.ndarray:
+            return _on_grid(own & m[sl], (sl[0].start, sl[1].start), scale, box)
+
+        if not core.any_on(on_grid):
             continue
         img = _read(slide, geom, box, skip_bad)
         if img is None:
             continue
+        m = core.pixels(img, on_grid)
+        if not m.any():
+            continue
         off, span = percentile_stats(select_channels(img, channels)[:, m], normalization)
         parts.append(Part.of(my0, mx0, own, off, span))
     return tuple(parts)
+
+
+def _mask_on_grid(m: np.ndarray, scale: tuple[float, float], box: tuple[int, int, int, int]) -> np.ndarray:
+    """:func:`wsicount.tiling.mask_on_grid` with the arguments ``functools.partial`` binds by name."""
+    from .tiling import mask_on_grid
+
+    return mask_on_grid(m, *scale, box)
 
 
 def _read(slide: Any, geom: Any, box: tuple[int, int, int, int], skip_bad: bool) -> np.ndarray | None:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
 
+from .background import Background, background_threshold, signal_image
 from .errors import InputError, NoTissueError, TileReadError
 
-__all__ = ["TissueMask", "detect_tissue", "mask_from_image", "grow_mask", "Background", "background_threshold", "tissue_masks",
+__all__ = ["TissueMask", "detect_tissue", "mask_from_image", "grow_mask", "Background", "background_threshold", "tissue_masks", "detect_masks",
            "signal_image", "everything_mask", "mask_density", "load_user_mask", "choose_mask_level", "mask_target_mpp"]
 
 
@@ -42,6 +42,10 @@ class TissueMask:
     source: str  # "level N (mode)" or the user mask path
     #: the tissue itself (same grid; None: the counted region), whose area the counts are divided by
     tissue: np.ndarray | None = None
+    #: the detection mode and the signal level (:func:`signal_image`, raw grey levels) at or below which a
+    #: single pixel is slide background: the background's mode (None: not detected here)
+    mode: str | None = None
+    background: float | None = None
 
     @property
     def mpp(self) -> float:
@@ -71,16 +75,6 @@ SMOOTH_UM = 8.0
 LEVEL_UM = 50.0
 #: the counted region reaches this far beyond the detected tissue: more than a cell diameter
 MARGIN_UM = 20.0
-#: a low quantile (%) of the background's signal, and how many sd it lies below the background's mode
-BACKGROUND_LOW, Z_LOW = 0.5, 2.5758
-#: most a background threshold may reach, as a share of the way from the darkest level to the 95th percentile
-MAX_CONTRAST = 0.13
-#: bins of the histogram whose highest bin is the background's mode
-HIST_BINS = 64
-#: background threshold: this many background sd above the background's mode ...
-BACKGROUND_K = 4.0
-#: ... and at least this many grey levels above it (black padding has no noise)
-MIN_MARGIN = 1.0
 #: most mask pixels: larger slides get a coarser mask, so that the mask's memory (~60 B/px
 #: while it is computed) does not grow with the slide (16 Mpx: up to ~16x16 mm at 4 um/px)
 MASK_MAX_PX = 16_000_000
@@ -106,77 +100,15 @@ def _block_factor(level_mpp: float, target_mpp: float) -> int:
     return max(1, int(target_mpp * 1.05 // level_mpp))
 
 
-def signal_image(img: np.ndarray, mode: str) -> np.ndarray:
-    """(H, W[, C]) uint8 image -> float32 signal in which the slide background is the darkest level.
-
-    Fluorescence: the brightest channel (a dye scanned into one channel of an RGB file, as
-    DAPI into blue, is not diluted by the two dark ones; mount and padding are dark in all).
-    Brightfield: half the darkness (255 - channel mean) plus the saturation, since stain
-    separates from white glass better by its colour than by its brightness alone.
-    """
-    if img.ndim == 2:
-        g = img.astype(np.float32)
-        if mode == "brightfield":
-            return 255.0 - g
-        if mode == "fluorescence":
-            return g
-    elif mode == "fluorescence":
-        return img.max(axis=-1).astype(np.float32)
-    if mode != "brightfield":
-        raise ValueError(f"unknown tissue mode {mode!r} (fluorescence|brightfield|none)")
-    # the channel mean, plane by plane: ~3x faster than mean(axis=-1) over the short
-    # channel axis, and exactly equal (sums of uint8 are exact in float32)
-    g = img[..., 0].astype(np.float32)
-    for c in range(1, img.shape[-1]):
-        g += img[..., c]
-    g /= img.shape[-1]
-    if img.shape[-1] >= 3:
-        rgb = img[..., :3]
-        return 0.5 * (255.0 - g) + (rgb.max(-1).astype(np.float32) - rgb.min(-1))
-    return 255.0 - g
-
-
-class Background(NamedTuple):
-    """The slide background of a signal: its level, the threshold above which tissue begins, and whether a background peak was found."""
-
-    level: float
-    threshold: float
-    found: bool
-
-
-def background_threshold(s: np.ndarray, k: float = BACKGROUND_K, min_margin: float = MIN_MARGIN) -> Background:
-    """The background of the smoothed signal ``s``: above its threshold a pixel is not slide background.
-
-    The background (glass, mount, padding) is the darkest common level of the signal: the
-    mode of the darker half of its histogram. Its noise, including slow variations such as
-    uneven illumination, is read from the lower side of that peak, which tissue does not
-    reach (tissue is brighter). The threshold lies ``k`` of those sd above the mode (at least
-    ``min_margin`` grey levels, for a noiseless black padding): far below the tissue's own
-    level however dim the tissue, not a split between bright cells and dim tissue as Otsu's
-    threshold on fluorescence is. A threshold above ``MAX_CONTRAST`` of the way from the
-    darkest level to the 95th percentile means no background peak exists (measured: real
-    slides 0.04-0.10, TRP1 images filled with tissue 0.16-1.2); then only the darkest level
-    (black padding) is background.
-    """
-    sample = s[:: max(1, s.shape[0] // 512), :: max(1, s.shape[1] // 512)].ravel()
-    lo, mid = (float(v) for v in np.percentile(sample, [BACKGROUND_LOW, 50.0]))
-    mode = lo
-    if mid - lo > 1e-3:
-        hist, edges = np.histogram(sample, bins=HIST_BINS, range=(lo, mid))
-        hist = np.convolve(hist, [1, 2, 1], mode="same")  # one noisy bin is not a mode
-        i = int(np.argmax(hist))
-        mode = float(0.5 * (edges[i] + edges[i + 1]))
-    t = mode + max(k * (mode - lo) / Z_LOW, min_margin)
-    if t - lo > MAX_CONTRAST * (float(np.percentile(sample, 95.0)) - lo):
-        # not a background well below the bulk of the signal but the slide's own dimmest
-        # tissue (an image filled with tissue): only the darkest level itself is background
-        return Background(float(sample.min()), float(sample.min()) + min_margin, False)
-    return Background(mode, t, True)
-
-
 def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0,
                  margin_um: float = MARGIN_UM) -> tuple[np.ndarray, np.ndarray]:
-    """(tissue, counted region) of an (H, W, C) uint8 image at ``mpp`` um/px.
+    """(tissue, counted region) of an (H, W, C) uint8 image at ``mpp`` um/px (see :func:`detect_masks`)."""
+    return detect_masks(img, mode, mpp, min_object_um2, margin_um)[:2]
+
+
+def detect_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0,
+                 margin_um: float = MARGIN_UM) -> tuple[np.ndarray, np.ndarray, float]:
+    """(tissue, counted region, background level) of an (H, W, C) uint8 image at ``mpp`` um/px.
 
     The signal is smoothed by ``SMOOTH_UM`` (cells blur into their tissue, noise averages
     out, so dim tissue stands clear of the background) and cut just above the slide
@@ -186,23 +118,25 @@ def tissue_masks(img: np.ndarray, mode: str, mpp: float, min_object_um2: float =
     the glow of cells at the edge; the tissue itself, whose area the counts are divided by,
     is cut at half height: halfway between the background and the local tissue level (the
     mean signal of the region within ~``LEVEL_UM``), so that a dim tissue's outline is as
-    unbiased as a bright one's.
+    unbiased as a bright one's. The background level (the smoothed raw signal's background
+    mode, before any levelling) marks single pixels at or below it as background.
     """
     s = _gaussian(signal_image(img, mode), max(1.0, SMOOTH_UM / mpp))
     if float(s.max() - s.min()) < 1e-3:  # a flat image: nothing stands out of the background
-        return np.zeros(s.shape, bool), np.zeros(s.shape, bool)
+        return np.zeros(s.shape, bool), np.zeros(s.shape, bool), float(s.max())
     bg = background_threshold(s)
+    level = bg.level
     if bg.found:  # the background may vary slowly (uneven illumination): level it, then cut again
         s = s - _plane(s, s <= bg.threshold)
         bg = background_threshold(s)
     wide = _clean(s > bg.threshold, mpp, min_object_um2)
     if not bg.found:  # no background but black padding: all the rest is tissue
-        return wide, grow_mask(wide, mpp, margin_um)
+        return wide, grow_mask(wide, mpp, margin_um), level
     w = wide.astype(np.float32)
     sigma = LEVEL_UM / mpp
     local = _gaussian(s * w, sigma) / np.maximum(_gaussian(w, sigma), 1e-6)
     tissue = _clean(wide & (s > 0.5 * (bg.level + local)), mpp, min_object_um2)
-    return tissue, grow_mask(wide, mpp, margin_um)
+    return tissue, grow_mask(wide, mpp, margin_um), level
 
 
 def mask_from_image(img: np.ndarray, mode: str, mpp: float, min_object_um2: float = 20000.0) -> np.ndarray:
@@ -371,11 +305,11 @@ def _detect_at(slide, mode: str, level: int, factor: int) -> TissueMask:
 
     lh, lw = slide.shapes[level][:2]
     img = reduce_level(slide, level, factor, "mean")  # block means, read block by block
-    tissue, counted = tissue_masks(img, mode, slide.level_mpp(level) * factor)
+    tissue, counted, background = detect_masks(img, mode, slide.level_mpp(level) * factor)
     h0, w0 = slide.shapes[0][:2]
     # mask pixel i covers level rows [i*factor, (i+1)*factor)
     tm = TissueMask(counted, h0 / lh * factor, w0 / lw * factor, slide.mpp, f"level {level} / {factor} ({mode})",
-                    tissue=tissue)
+                    tissue=tissue, mode=mode, background=background)
     if not tissue.any():
         raise NoTissueError(f"{slide.path}: no tissue found ({mode} mode, level {level}); pass --mask or --tissue-mode")
     return tm
