@@ -143,7 +143,8 @@ def test_percentiles_from_a_histogram_match_numpy(seed):
 
 
 def test_an_image_on_black_is_normalised_by_all_its_pixels_to_its_edge(tmp_path):
-    """With a detected mask, a lone image's statistics are its own percentiles, its darker (vignetted) border included."""
+    """With a detected mask, a lone image's statistics are its own percentiles, its darker (vignetted) border included;
+    the background nearest to it takes the same statistics (as `evaluate --context background` frames an image)."""
     from wsicount.tissue import detect_tissue
 
     rng = np.random.default_rng(4)
@@ -160,6 +161,8 @@ def test_an_image_on_black_is_normalised_by_all_its_pixels_to_its_edge(tmp_path)
     assert len(f.parts) == 1
     ref = percentile_stats(piece.astype(np.float32), NORM)
     o, s = f.window(160, 320, 96, 272)
+    assert np.allclose(o, ref[0], atol=0.25) and np.allclose(s, ref[1], rtol=1e-3, atol=0.25)
+    o, s = f.window(100, 380, 40, 330)  # the black around it, up to half a field away, is normalised with it
     assert np.allclose(o, ref[0], atol=0.25) and np.allclose(s, ref[1], rtol=1e-3, atol=0.25)
     e = 4 * int(np.ceil(SMOOTH_UM / 4.0))  # what a band of a smoothing sd inside the outline would have given
     assert abs(percentile_stats(piece[e:-e, e:-e].astype(np.float32), NORM)[0] - ref[0]) >= 1.0

@@ -307,11 +307,17 @@ def _lattice_stats(slide: Any, geom: Geometry, core: StatsRegion, scale: tuple[f
 
 def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: StatsRegion, scale: tuple[float, float],
                  field: float, normalization: dict, channels: list[int], skip_bad: bool) -> tuple[Part, ...]:
-    """The tissue pieces (connected parts of the counted region) that fit in ``SMALL_FIELDS`` fields, with their own statistics."""
+    """The tissue pieces (connected parts of the counted region) that fit in ``SMALL_FIELDS`` fields, with their own statistics.
+
+    Each piece's statistics also cover the background nearest to it, up to half a field away
+    (:func:`_surroundings`): the network sees that background around the piece's cells, and a
+    lone image's background is normalised by the image's own statistics (``evaluate
+    --context background``).
+    """
     from scipy import ndimage
 
     lab, _ = ndimage.label(counted)
-    parts = []
+    stats = {}
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
@@ -331,11 +337,27 @@ def _small_parts(slide: Any, geom: Geometry, counted: np.ndarray, core: StatsReg
         if img is None:
             continue
         m = core.pixels(img, on_grid)
-        if not m.any():
-            continue
-        off, span = percentile_stats(select_channels(img, channels)[:, m], normalization)
-        parts.append(Part.of(my0, mx0, own, off, span))
-    return tuple(parts)
+        if m.any():
+            stats[i] = percentile_stats(select_channels(img, channels)[:, m], normalization)
+    if not stats:
+        return ()
+    reach = 0.5 * field / min(scale)  # mask px
+    return tuple(Part.of(y0, x0, m, *stats[i]) for i, (y0, x0, m) in _surroundings(lab, list(stats), reach).items())
+
+
+def _surroundings(lab: np.ndarray, keep: list[int], reach: float) -> dict[int, tuple[int, int, np.ndarray]]:
+    """Label -> (y0, x0, mask) of each kept piece grown over the background nearest to it, up to ``reach`` mask px."""
+    from scipy import ndimage
+
+    kept = np.isin(lab, keep)
+    dist, (iy, ix) = ndimage.distance_transform_edt(~kept, return_indices=True)
+    nearest = lab[iy, ix]
+    grown = np.where(((lab == 0) & (dist <= reach)) | kept, nearest, 0)
+    out = {}
+    for i, sl in enumerate(ndimage.find_objects(grown), start=1):
+        if sl is not None and i in keep:
+            out[i] = (sl[0].start, sl[1].start, grown[sl] == i)
+    return out
 
 
 def _mask_on_grid(m: np.ndarray, scale: tuple[float, float], box: tuple[int, int, int, int]) -> np.ndarray:
