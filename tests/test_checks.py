@@ -75,6 +75,7 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "train-lr": (TRAIN + ["--lr", "0"], USAGE, "--lr"),
     "train-loss": (TRAIN + ["--loss", "huber"], USAGE, "--loss"),
     "train-count-weight": (TRAIN + ["--count-weight", "-1"], USAGE, "--count-weight"),
+    "train-frame": (TRAIN + ["--frame", "1.5"], USAGE, "--frame"),
     "train-sigma-um": (TRAIN + ["--sigma-um", "0"], USAGE, "--sigma-um"),
     "train-sigma-px": (TRAIN + ["--sigma-px", "-3"], USAGE, "--sigma-px"),
     "train-channels-range": (TRAIN + ["--channels", "3"], USAGE, "--channels"),

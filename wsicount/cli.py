@@ -87,6 +87,7 @@ class _Finite(click.FloatRange):
 
 POSITIVE = _Finite(min=0, min_open=True)
 NON_NEGATIVE_FLOAT = _Finite(min=0)
+SHARE = _Finite(min=0, max=1)
 POSITIVE_INT = click.IntRange(min=1)
 NON_NEGATIVE_INT = click.IntRange(min=0)
 BACKENDS = click.Choice(["auto", "openslide", "tifffile", "zarr"])

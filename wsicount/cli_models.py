@@ -9,7 +9,7 @@ import click
 
 from . import checks
 from .errors import UsageError
-from .cli import _CHANNEL_HELP, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, NON_NEGATIVE_FLOAT, cli
+from .cli import _CHANNEL_HELP, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, NON_NEGATIVE_FLOAT, SHARE, cli
 
 __all__ = ["train", "evaluate", "models_cmd"]
 
@@ -45,6 +45,10 @@ __all__ = ["train", "evaluate", "models_cmd"]
 @click.option("--stain", default=None, help="Stain or marker, recorded in the card's domain (e.g. DAPI, H&E).")
 @click.option("--cell-diameter-um", type=POSITIVE, default=None, help="Cell diameter for the card [from the points].")
 @click.option("--scale-jitter", type=POSITIVE, nargs=2, default=None, help="Random rescale range, e.g. 0.8 1.25 [off].")
+@click.option("--frame", type=SHARE, default=0.0, show_default=True,
+              help="Share of training crops drawn from images laid on slide background (black, or glass in "
+                   "brightfield), with no target there: a model to run on slides then counts each image as "
+                   "'evaluate' does (vgg-cells: 0.5).")
 @click.option("--n-val", type=POSITIVE_INT, default=None, help="Validation images held out of 'train' [20%].")
 @click.option("--val-every", type=POSITIVE_INT, default=2, show_default=True, help="Validate every N epochs.")
 @click.option("--patience", type=POSITIVE_INT, default=20, show_default=True, help="Early stopping patience (epochs).")
