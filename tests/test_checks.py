@@ -76,6 +76,7 @@ CASES: dict[str, tuple[list[str], int, str]] = {
     "train-loss": (TRAIN + ["--loss", "huber"], USAGE, "--loss"),
     "train-count-weight": (TRAIN + ["--count-weight", "-1"], USAGE, "--count-weight"),
     "train-frame": (TRAIN + ["--frame", "1.5"], USAGE, "--frame"),
+    "train-freeze-bn": (TRAIN + ["--freeze-bn"], USAGE, "--freeze-bn"),
     "train-sigma-um": (TRAIN + ["--sigma-um", "0"], USAGE, "--sigma-um"),
     "train-sigma-px": (TRAIN + ["--sigma-px", "-3"], USAGE, "--sigma-px"),
     "train-channels-range": (TRAIN + ["--channels", "3"], USAGE, "--channels"),

@@ -129,6 +129,23 @@ def test_fine_tuning_starts_from_the_bundled_blastomere_model(tmp_path):
             assert torch.allclose(tuned[k].float(), v.float(), atol=1e-6), k
 
 
+def test_freeze_bn_keeps_the_start_models_batchnorm_statistics(tmp_path):
+    import torch
+
+    _blob_dataset(tmp_path / "data")
+    base_cfg = TrainConfig(arch="unet", arch_kwargs={"base_filters": 8}, epochs=1, batch_size=3, crop=32,
+                           max_minutes=None, bn_images=2, threads=1)
+    base = train(tmp_path / "data", tmp_path / "base", base_cfg, progress=False)
+    cfg = TrainConfig(init=str(base), epochs=1, batch_size=3, crop=32, lr=1e-2, max_minutes=None, frame=0.5,
+                      freeze_bn=True, threads=1)
+    card = train(tmp_path / "data", tmp_path / "tuned", cfg, progress=False)
+    before, after = load_model(base).module.state_dict(), load_model(card).module.state_dict()
+    stats = [k for k in before if "running_" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # neither trained nor recalibrated
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    assert json.loads(card.read_text())["training"]["bn_recalibration_images"] == 0
+
+
 def test_train_cli_refuses_architecture_options_with_init(tmp_path):
     from click.testing import CliRunner
 

@@ -49,6 +49,8 @@ __all__ = ["train", "evaluate", "models_cmd"]
               help="Share of training crops drawn from images laid on slide background (black, or glass in "
                    "brightfield), with no target there: a model to run on slides then counts each image as "
                    "'evaluate' does (vgg-cells: 0.5).")
+@click.option("--freeze-bn", is_flag=True,
+              help="Keep the --init model's BatchNorm statistics (fine-tuning then normalises as inference does).")
 @click.option("--n-val", type=POSITIVE_INT, default=None, help="Validation images held out of 'train' [20%].")
 @click.option("--val-every", type=POSITIVE_INT, default=2, show_default=True, help="Validate every N epochs.")
 @click.option("--patience", type=POSITIVE_INT, default=20, show_default=True, help="Early stopping patience (epochs).")
@@ -66,6 +68,8 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
     ellipse columns a,b,angle for shape-aware targets), from scratch or from a model (--init)."""
     checks.require_path(data, "dataset", "dir")
     picked = checks.parse_channels(channels)
+    if opts["freeze_bn"] and opts["init"] is None:
+        raise UsageError("--freeze-bn keeps a started model's BatchNorm statistics: it needs --init")
     if opts["init"] is not None:
         given = [f"--{n}" for n, v in (("arch", opts["arch"]), ("width", width), ("head", head), ("channels", picked))
                  if v is not None]

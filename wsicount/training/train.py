@@ -102,6 +102,10 @@ class TrainConfig:
     #: margin half a crop): the network learns that background beyond an image edge holds no cells
     #: instead of answering it with density, so a slide counts an image as `evaluate` does
     frame: float = 0.0
+    #: BatchNorm layers keep their running statistics (eval mode) while the other weights train,
+    #: and are never recalibrated: fine-tuning then sees exactly the normalisation inference uses
+    #: (batch statistics of framed crops and of whole images differ, and a model can depend on them)
+    freeze_bn: bool = False
 
 
 def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -247,6 +251,10 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
     module, opt, items = P["module"], R["opt"], R["items"]
     module.out_act = P["train_act"]
     module.train()
+    if cfg.freeze_bn:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     steps = math.ceil(len(items) / cfg.batch_size)
     perm = R["order_rng"].permutation(len(items))
     run_loss = 0.0
@@ -276,7 +284,8 @@ def _check(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], row: dict[str
     """Validate (after BN recalibration), keep the best weights, and fill ``row``."""
     module, state = P["module"], R["state"]
     module.out_act = P["infer_act"]
-    recalibrate_bn(module, R["bn_set"], module.stride, cfg.batch_size, views=1)
+    if not cfg.freeze_bn:
+        recalibrate_bn(module, R["bn_set"], module.stride, cfg.batch_size, views=1)
     row["val_loss"], row["val_mae"] = _validate(module, P["va"], module.stride, P["sigma"], cfg.density_scale, cfg.loss,
                                                 cfg.ellipse_fraction)
     score = row["val_loss"] if cfg.monitor == "val_loss" else row["val_mae"]
@@ -341,7 +350,10 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
     module.out_act = P["infer_act"]
     tr, va, sigma, channels = P["tr"], P["va"], P["sigma"], P["channels"]
     n_bn = len(tr) if cfg.bn_final_images is None else min(cfg.bn_final_images, len(tr))
-    recalibrate_bn(module, _bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
+    if cfg.freeze_bn:
+        n_bn = 0
+    else:
+        recalibrate_bn(module, _bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
     vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss, cfg.ellipse_fraction)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
