@@ -262,6 +262,10 @@ def test_calibrate_uses_the_cards_held_out_names(tiny_dataset, tiny_model):
     rec = calibrate(tiny_model, tiny_dataset, split="val", grids=(3, 1))
     assert rec["n_images"] == 2 and rec["n_units"] == 2 * (9 + 1) and "val_names" in rec["split"]
     assert rec["units"] == "each image and its 3x3 crops"
+    card.training = {"val_names": ["a", "c"], "cal_names": ["b"]}  # calibration images win over validation's
+    path.write_text(card.to_json())
+    rec = calibrate(tiny_model, tiny_dataset, split="val", grids=(3, 1))
+    assert rec["n_images"] == 1 and "cal_names" in rec["split"]
     card.training = {}
     path.write_text(card.to_json())
     with pytest.raises(InputError, match="val"):

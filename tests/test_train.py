@@ -146,6 +146,15 @@ def test_freeze_bn_keeps_the_start_models_batchnorm_statistics(tmp_path):
     assert json.loads(card.read_text())["training"]["bn_recalibration_images"] == 0
 
 
+def test_calibration_images_are_held_out_of_training_and_validation(tmp_path):
+    _blob_dataset(tmp_path / "data", n_train=8, n_val=2)
+    cfg = TrainConfig(arch="fcrn", arch_kwargs={"width": 8}, epochs=1, batch_size=2, crop=32, max_minutes=None,
+                      n_cal=3, bn_images=2, threads=1)
+    tr = json.loads(train(tmp_path / "data", tmp_path / "out", cfg, progress=False).read_text())["training"]
+    assert len(tr["cal_names"]) == 3 and not set(tr["cal_names"]) & set(tr["val_names"])
+    assert tr["n_train"] == 5 and set(tr["cal_names"]) <= {f"im{i}" for i in range(8)}
+
+
 def test_train_cli_refuses_architecture_options_with_init(tmp_path):
     from click.testing import CliRunner
 

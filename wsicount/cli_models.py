@@ -52,6 +52,8 @@ __all__ = ["train", "evaluate", "models_cmd"]
 @click.option("--freeze-bn", is_flag=True,
               help="Keep the --init model's BatchNorm statistics (fine-tuning then normalises as inference does).")
 @click.option("--n-val", type=POSITIVE_INT, default=None, help="Validation images held out of 'train' [20%].")
+@click.option("--n-cal", type=NON_NEGATIVE_INT, default=0, show_default=True,
+              help="Training images held out for interval calibration (used neither to train nor to pick the epoch).")
 @click.option("--val-every", type=POSITIVE_INT, default=2, show_default=True, help="Validate every N epochs.")
 @click.option("--patience", type=POSITIVE_INT, default=20, show_default=True, help="Early stopping patience (epochs).")
 @click.option("--monitor", type=click.Choice(["val_loss", "val_mae"]), default="val_mae", show_default=True)

@@ -7,9 +7,10 @@ quarters). Crops give enough units for a finite 95 % quantile from 10-16 images 
 scale of a slide's tiles; whole images put the error of larger areas (a shared bias) into
 the variance fit. :func:`wsicount.uncertainty.fit_calibration` fits the terms, and the
 returned record is what ``ModelCard.calibration`` holds. ``split="val"`` means the images the
-card's training validated on (``training.val_names``: the dataset's ``val`` rows plus any training
-images it held out) or, for a card that lists none, the dataset's ``val`` rows, so a model is never
-calibrated on its test split.
+card's training held out for calibration (``training.cal_names``, ``TrainConfig.n_cal``: used
+neither to train nor to select the epoch), else those it validated on (``training.val_names``: the
+dataset's ``val`` rows plus any training images it held out), else the dataset's ``val`` rows, so
+a model is never calibrated on its test split.
 
 Recalibrate a bundled model in one line (``--save`` rewrites its card)::
 
@@ -59,6 +60,8 @@ def calibration_names(lm: LoadedModel, root: Path, split: str) -> tuple[str | No
         load_dataset(root, split="val")  # a missing or malformed folder is the user's error here
     except FileNotFoundError as e:
         raise InputError(str(e)) from None
+    if lm.card.training.get("cal_names"):
+        return None, list(lm.card.training["cal_names"]), "training.cal_names (held out of training and model selection)"
     names = lm.card.training.get("val_names")
     if not names:
         return "val", None, "val"

@@ -73,6 +73,10 @@ class TrainConfig:
     #: training images held out for validation besides the dataset's 'val' split
     val_names: list[str] = field(default_factory=list)
     n_val: int | None = None
+    #: training images held out of training and of model selection (the card's ``cal_names``), so
+    #: interval calibration sees errors as unseen images have them: validation images selected the
+    #: best epoch, and their errors are smaller than a test image's
+    n_cal: int = 0
     val_fraction: float = 0.2
     patience: int = 20
     monitor: str = "val_mae"
@@ -119,6 +123,13 @@ def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sampl
     order = np.random.default_rng(cfg.seed).permutation(len(train))
     val_idx = set(order[:n_val].tolist())
     return [s for i, s in enumerate(train) if i not in val_idx], [s for i, s in enumerate(train) if i in val_idx]
+
+
+def hold_out_calibration(train: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """(training images, ``cfg.n_cal`` seeded calibration images taken out of them)."""
+    order = np.random.default_rng(cfg.seed + 1).permutation(len(train))
+    cal_idx = set(order[: cfg.n_cal].tolist())
+    return [s for i, s in enumerate(train) if i not in cal_idx], [s for i, s in enumerate(train) if i in cal_idx]
 
 
 def _sigma_px(cfg: TrainConfig, samples: list[Sample]) -> float:
@@ -192,6 +203,7 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     if init_mpp(cfg):
         samples = resample_samples(samples, init_mpp(cfg))
     train_s, val_s = split_train_val(samples, cfg)
+    train_s, cal_s = hold_out_calibration(train_s, cfg)
     if not train_s or not val_s:
         raise ValueError(f"{data}: need training and validation images (got {len(train_s)} / {len(val_s)})")
     channels = cfg.channels if cfg.channels is not None else default_channels(train_s)
@@ -203,7 +215,8 @@ def _prepare(data: Path, cfg: TrainConfig) -> dict[str, Any]:
     return {
         "train_act": output_activation(cfg.train_head or arch_kwargs["head"]), "infer_act": module.out_act,
         "clamp": (cfg.train_head or arch_kwargs["head"]) == "linear" and arch_kwargs["head"] == "relu",
-        "train_s": train_s, "val_s": val_s, "channels": channels, "arch_kwargs": arch_kwargs,
+        "train_s": train_s, "val_s": val_s, "cal_names": [s.name for s in cal_s], "channels": channels,
+        "arch_kwargs": arch_kwargs,
         "module": module, "sigma": _sigma_px(cfg, train_s), "precision": training_precision(cfg.precision),
         "crop": _crop_size(train_s, module.stride, cfg),
         "tr": [(normalize_image(s.image, channels, cfg.normalization), s) for s in train_s],
@@ -370,7 +383,7 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
                   "targets": (f"elliptical ({cfg.ellipse_fraction:g} x each semi-axis)"
                               if any(s.ellipses is not None for _, s in tr) else "isotropic"),
                   "crop": list(P["crop"]), "bn_recalibration_images": n_bn, "n_train": len(tr), "n_val": len(va),
-                  "val_names": [s.name for _, s in va], "best_epoch": ck["epoch"],
+                  "val_names": [s.name for _, s in va], "cal_names": P["cal_names"], "best_epoch": ck["epoch"],
                   "epochs_run": len(state["history"]), "minutes": round((time.monotonic() - t0) / 60, 1),
                   "threads": torch.get_num_threads(), "torch": torch.__version__},
         metrics={"val_loss": vloss, "val_mae": vmae},
