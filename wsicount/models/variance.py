@@ -203,9 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = load_model(a.model)
-    held = set(lm.card.training.get("val_names") or [])
+    # the images that validate or calibrate the model stay unseen by its variance head too
+    held = set(lm.card.training.get("val_names") or []) | set(lm.card.training.get("cal_names") or [])
     train = [s for s in load_dataset(a.data, split="train") if s.name not in held]
-    print(f"{a.model}: {len(train)} training images (validation names left out)", flush=True)
+    print(f"{a.model}: {len(train)} training images (validation and calibration names left out)", flush=True)
     head = train_variance_head(lm, train, a.minutes, a.block, log=lambda m: print(m, flush=True))
     print(f"saved {save_head(head, a.out)}")
 
