@@ -120,16 +120,18 @@ def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sampl
     if val:
         return train, val
     n_val = cfg.n_val if cfg.n_val is not None else max(1, round(cfg.val_fraction * len(train)))
-    order = np.random.default_rng(cfg.seed).permutation(len(train))
-    val_idx = set(order[:n_val].tolist())
-    return [s for i, s in enumerate(train) if i not in val_idx], [s for i, s in enumerate(train) if i in val_idx]
+    return _hold_out(train, n_val, cfg.seed)
 
 
 def hold_out_calibration(train: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """(training images, ``cfg.n_cal`` seeded calibration images taken out of them)."""
-    order = np.random.default_rng(cfg.seed + 1).permutation(len(train))
-    cal_idx = set(order[: cfg.n_cal].tolist())
-    return [s for i, s in enumerate(train) if i not in cal_idx], [s for i, s in enumerate(train) if i in cal_idx]
+    return _hold_out(train, cfg.n_cal, cfg.seed + 1)
+
+
+def _hold_out(samples: list[Sample], n: int, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(kept, held): ``n`` samples picked by a seeded permutation are held; both keep the input order."""
+    held = set(np.random.default_rng(seed).permutation(len(samples))[:n].tolist())
+    return [s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held]
 
 
 def _sigma_px(cfg: TrainConfig, samples: list[Sample]) -> float:
@@ -155,11 +157,16 @@ def _crop_size(samples: list[Sample], stride: int, cfg: TrainConfig) -> tuple[in
 
 
 @torch.no_grad()
+def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The module's BatchNorm layers."""
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def recalibrate_bn(
     module: nn.Module, images: list[np.ndarray], stride: int, batch_size: int = 8, views: int = 8
 ) -> None:
     """Re-estimate BatchNorm running stats on full images under ``views`` dihedral transforms."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = _bn_layers(module)
     if not bns:
         return
     saved = [(m.momentum,) for m in bns]
@@ -264,10 +271,9 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
     module, opt, items = P["module"], R["opt"], R["items"]
     module.out_act = P["train_act"]
     module.train()
-    if cfg.freeze_bn:
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
+    if cfg.freeze_bn:  # normalise with the stored statistics and leave them as they are
+        for m in _bn_layers(module):
+            m.eval()
     steps = math.ceil(len(items) / cfg.batch_size)
     perm = R["order_rng"].permutation(len(items))
     run_loss = 0.0
@@ -294,7 +300,7 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
 
 
 def _check(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], row: dict[str, Any], ckpt_dir: Path) -> None:
-    """Validate (after BN recalibration), keep the best weights, and fill ``row``."""
+    """Validate (after BN recalibration, unless frozen), keep the best weights, and fill ``row``."""
     module, state = P["module"], R["state"]
     module.out_act = P["infer_act"]
     if not cfg.freeze_bn:
