@@ -10,10 +10,15 @@ window; unreadable frames are red ticks on the axis.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from wsicount.report.pictures import _font, ticks
+
+if TYPE_CHECKING:
+    from PIL import ImageDraw
 
 __all__ = ["timeline_png"]
 
@@ -30,6 +35,30 @@ def _segments(ok: np.ndarray) -> list[tuple[int, int]]:
     """``[start, stop)`` index runs where ``ok`` is True."""
     edges = np.flatnonzero(np.diff(np.r_[0, ok.astype(np.int8), 0]))
     return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+BAND = (200, 220, 245)
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """The plot box in pixels and the data range it shows: x in [xlo, xhi], counts in [0, top]."""
+
+    xlo: float
+    xhi: float
+    top: float
+    x0: int = LEFT
+    y0: int = TOP
+    x1: int = W - RIGHT
+    y1: int = H - BOTTOM
+
+    def px(self, v: np.ndarray | float) -> np.ndarray:
+        """Pixel column of data x ``v``."""
+        return self.x0 + (np.asarray(v) - self.xlo) / (self.xhi - self.xlo) * (self.x1 - self.x0)
+
+    def py(self, v: np.ndarray | float) -> np.ndarray:
+        """Pixel row of count ``v``."""
+        return self.y1 - np.asarray(v) / self.top * (self.y1 - self.y0)
 
 
 def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: dict[str, float | None],
@@ -49,78 +78,110 @@ def timeline_png(x: np.ndarray, counts: np.ndarray, stages: np.ndarray, events: 
     s = np.asarray(stages, dtype=float)
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
-    x0, y0, x1, y1 = LEFT, TOP, W - RIGHT, H - BOTTOM
+    ax = _axes(x, c, s, band)
+    _draw_frame(d, ax, title, xlabel)
+    _draw_events(d, ax, events)
+    if band is not None:
+        _draw_band(d, ax, x, band)
+    _draw_series(d, ax, x, c, s)
+    fitted = growth is not None and growth.get("doubling_time_h") is not None
+    if fitted:
+        _draw_growth(d, ax, growth)
+    _draw_legend(d, ax, s.size > 0, growth if fitted else None, band)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _axes(x: np.ndarray, c: np.ndarray, s: np.ndarray, band: tuple[np.ndarray, np.ndarray, float] | None) -> _Axes:
+    """Axes spanning x, and counts from 0 to half a cell above the highest count, stage or band edge."""
     xlo, xhi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
     xhi = xhi if xhi > xlo else xlo + 1.0
     top = max(float(np.nanmax(c)) if np.isfinite(c).any() else 1.0, float(s.max()) if s.size else 1.0, 1.0) + 0.5
     if band is not None and np.isfinite(band[1]).any():
         top = max(top, float(np.nanmax(band[1])) + 0.5)
+    return _Axes(xlo, xhi, top)
 
-    def px(v: np.ndarray | float) -> np.ndarray:
-        return x0 + (np.asarray(v) - xlo) / (xhi - xlo) * (x1 - x0)
 
-    def py(v: np.ndarray | float) -> np.ndarray:
-        return y1 - np.asarray(v) / top * (y1 - y0)
-
+def _draw_frame(d: ImageDraw.ImageDraw, ax: _Axes, title: str, xlabel: str) -> None:
+    """The box, its ticks and labels, the axis titles and the plot title."""
     small, mid = _font(12), _font(13)
+    x0, y0, x1, y1 = ax.x0, ax.y0, ax.x1, ax.y1
     d.rectangle((x0 - 1, y0 - 1, x1, y1), outline="black")
-    for v in ticks(xlo, xhi):
-        d.line((float(px(v)), y1, float(px(v)), y1 + 5), fill="black")
-        d.text((float(px(v)), y1 + 8), _fmt(v), fill="black", font=small, anchor="mt")
-    for v in ticks(0.0, top):
-        d.line((x0 - 6, float(py(v)), x0 - 1, float(py(v))), fill="black")
-        d.text((x0 - 9, float(py(v))), _fmt(v), fill="black", font=small, anchor="rm")
+    for v in ticks(ax.xlo, ax.xhi):
+        d.line((float(ax.px(v)), y1, float(ax.px(v)), y1 + 5), fill="black")
+        d.text((float(ax.px(v)), y1 + 8), _fmt(v), fill="black", font=small, anchor="mt")
+    for v in ticks(0.0, ax.top):
+        d.line((x0 - 6, float(ax.py(v)), x0 - 1, float(ax.py(v))), fill="black")
+        d.text((x0 - 9, float(ax.py(v))), _fmt(v), fill="black", font=small, anchor="rm")
     d.text(((x0 + x1) // 2, y1 + 28), xlabel, fill="black", font=mid, anchor="mt")
     d.text((14, (y0 + y1) // 2), "cells", fill="black", font=mid, anchor="lm")
     d.text((x0, y0 - 20), title, fill="black", font=_font(14), anchor="ls")
+
+
+def _draw_events(d: ImageDraw.ImageDraw, ax: _Axes, events: dict[str, float | None]) -> None:
+    """Each timed event a dashed orange vertical line, labelled at the top (close ones stacked downwards)."""
+    small = _font(12)
     placed: list[float] = []
     for name, t in events.items():
         if t is None:
             continue
-        xp = float(px(t))
-        for ya in range(y0, y1, 8):
-            d.line((xp, ya, xp, min(ya + 4, y1)), fill=(230, 120, 20))
-        row = sum(abs(xp - q) < 22 for q in placed)  # events close together: labels stacked downwards
+        xp = float(ax.px(t))
+        for ya in range(ax.y0, ax.y1, 8):
+            d.line((xp, ya, xp, min(ya + 4, ax.y1)), fill=(230, 120, 20))
+        row = sum(abs(xp - q) < 22 for q in placed)
         placed.append(xp)
-        d.text((xp + 2, y0 + 2 + 14 * row), name, fill=(200, 90, 0), font=small, anchor="lt")
-    if band is not None:
-        lo, hi = np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float)
-        for a, b in _segments(np.isfinite(lo) & np.isfinite(hi)):
-            xs = [float(v) for v in px(x[a:b])]
-            if b - a == 1:  # a lone frame: a short bar
-                d.rectangle((xs[0] - 2, float(py(hi[a])), xs[0] + 2, float(py(lo[a]))), fill=(200, 220, 245))
-                continue
-            upper = list(zip(xs, [float(v) for v in py(hi[a:b])]))
-            lower = list(zip(xs[::-1], [float(v) for v in py(lo[a:b])][::-1]))
-            d.polygon(upper + lower, fill=(200, 220, 245))
+        d.text((xp + 2, ax.y0 + 2 + 14 * row), name, fill=(200, 90, 0), font=small, anchor="lt")
+
+
+def _draw_band(d: ImageDraw.ImageDraw, ax: _Axes, x: np.ndarray, band: tuple[np.ndarray, np.ndarray, float]) -> None:
+    """The interval band, broken at frames without one; a lone frame's interval is a short bar."""
+    lo, hi = np.asarray(band[0], dtype=float), np.asarray(band[1], dtype=float)
+    for a, b in _segments(np.isfinite(lo) & np.isfinite(hi)):
+        xs = [float(v) for v in ax.px(x[a:b])]
+        if b - a == 1:
+            d.rectangle((xs[0] - 2, float(ax.py(hi[a])), xs[0] + 2, float(ax.py(lo[a]))), fill=BAND)
+            continue
+        upper = list(zip(xs, [float(v) for v in ax.py(hi[a:b])]))
+        lower = list(zip(xs[::-1], [float(v) for v in ax.py(lo[a:b])][::-1]))
+        d.polygon(upper + lower, fill=BAND)
+
+
+def _draw_series(d: ImageDraw.ImageDraw, ax: _Axes, x: np.ndarray, c: np.ndarray, s: np.ndarray) -> None:
+    """The stage as a step line; counts as grey dots, unreadable frames as red ticks on the axis."""
     if s.size:
         pts = []
         for i in range(s.size):
-            xa = float(px(x[i]))
-            xb = float(px(x[i + 1])) if i + 1 < s.size else xa
-            pts += [(xa, float(py(s[i]))), (xb, float(py(s[i])))]
+            xa = float(ax.px(x[i]))
+            xb = float(ax.px(x[i + 1])) if i + 1 < s.size else xa
+            pts += [(xa, float(ax.py(s[i]))), (xb, float(ax.py(s[i])))]
         d.line(pts, fill=(31, 90, 200), width=2)
     for xi, ci in zip(x, c, strict=True):
         if np.isfinite(ci):
-            cx, cy = float(px(xi)), float(py(ci))
+            cx, cy = float(ax.px(xi)), float(ax.py(ci))
             d.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=(110, 110, 110))
         else:
-            d.line((float(px(xi)), y1 - 6, float(px(xi)), y1), fill=(210, 30, 30), width=2)
-    fitted = growth is not None and growth.get("doubling_time_h") is not None
-    if fitted:
-        tt = np.linspace(growth["window"]["start_h"], growth["window"]["end_h"], 200)
-        yy = np.exp(growth["log_count_at_0h"] + growth["rate_per_h"] * tt)
-        keep = yy <= top  # the curve leaves the box at the top rather than running along it
-        if keep.sum() > 1:
-            d.line([(float(a), float(b)) for a, b in zip(px(tt[keep]), py(yy[keep]))], fill=(20, 150, 60), width=2)
-    legend = "• count" + ("   — stage   ┆ cleavage" if s.size else "")
-    if fitted:
+            d.line((float(ax.px(xi)), ax.y1 - 6, float(ax.px(xi)), ax.y1), fill=(210, 30, 30), width=2)
+
+
+def _draw_growth(d: ImageDraw.ImageDraw, ax: _Axes, growth: dict) -> None:
+    """The fitted exponential over its window, cut where it leaves the box at the top."""
+    tt = np.linspace(growth["window"]["start_h"], growth["window"]["end_h"], 200)
+    yy = np.exp(growth["log_count_at_0h"] + growth["rate_per_h"] * tt)
+    keep = yy <= ax.top
+    if keep.sum() > 1:
+        d.line([(float(a), float(b)) for a, b in zip(ax.px(tt[keep]), ax.py(yy[keep]))], fill=(20, 150, 60), width=2)
+
+
+def _draw_legend(d: ImageDraw.ImageDraw, ax: _Axes, stages: bool, growth: dict | None,
+                 band: tuple[np.ndarray, np.ndarray, float] | None) -> None:
+    """The legend above the box, right-aligned; the band's label follows a swatch of its colour."""
+    small = _font(12)
+    legend = "• count" + ("   — stage   ┆ cleavage" if stages else "")
+    if growth is not None:
         legend += f"   — doubling {growth['doubling_time_h']:.3g} h"
-    if band is not None:  # a swatch of the band's colour before its label
+    if band is not None:
         legend = f"{100 * band[2]:g} % interval   " + legend
-        xs = x1 - d.textlength(legend, font=small)
-        d.rectangle((xs - 16, y0 - 17, xs - 4, y0 - 7), fill=(200, 220, 245))
-    d.text((x1, y0 - 6), legend, fill="black", font=small, anchor="rb")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+        xs = ax.x1 - d.textlength(legend, font=small)
+        d.rectangle((xs - 16, ax.y0 - 17, xs - 4, ax.y0 - 7), fill=BAND)
+    d.text((ax.x1, ax.y0 - 6), legend, fill="black", font=small, anchor="rb")
