@@ -29,16 +29,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from wsicount.infer import pad_to_stride  # noqa: E402
 from wsicount.models import ModelCard, save_model  # noqa: E402
 from wsicount.models.cellnet import cellnet  # noqa: E402
 from wsicount.synth.embryo import EmbryoParams, render_embryo  # noqa: E402
 from wsicount.timelapse.focus import choose_planes  # noqa: E402
 from wsicount.timelapse.run import net_to_frame, prepare_frame  # noqa: E402
+from wsicount.training.batchnorm import recalibrate_bn  # noqa: E402
 from wsicount.training.data import dihedral  # noqa: E402
 from wsicount.training.losses import density_loss  # noqa: E402
 from wsicount.training.targets import ellipse_density_map  # noqa: E402
-from wsicount.training.train import recalibrate_bn  # noqa: E402
 
 FRAME_MPP, NET_MPP, WIDTH, FRACTION, SCALE = 0.5, 2.0, 16, 0.3, 100.0
 # percentiles 10-90: the bright well rim and zona (~20 % of a frame) would otherwise set the span and

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import Augmenter, Sample, dihedral, load_dataset, make_batch, resample_samples
+from .batchnorm import bn_layers, bn_subset, recalibrate_bn
+from .data import Augmenter, Sample, load_dataset, make_batch, resample_samples
 from .finetune import apply_init, init_mpp, init_weights
 from .recipe import auto_sigma_px, data_domain, default_channels, lr_factor, training_precision
 from ..infer import pad_to_stride, set_threads
@@ -157,37 +158,6 @@ def _crop_size(samples: list[Sample], stride: int, cfg: TrainConfig) -> tuple[in
 
 
 @torch.no_grad()
-def _bn_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The module's BatchNorm layers."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def recalibrate_bn(
-    module: nn.Module, images: list[np.ndarray], stride: int, batch_size: int = 8, views: int = 8
-) -> None:
-    """Re-estimate BatchNorm running stats on full images under ``views`` dihedral transforms."""
-    bns = _bn_layers(module)
-    if not bns:
-        return
-    saved = [(m.momentum,) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    module.train()
-    tf = [(k, f) for f in (False, True) for k in range(4)][:views]
-    views_ = [pad_to_stride(dihedral(x, k, f), stride) for x in images for k, f in tf]
-    by_shape: dict[tuple, list[np.ndarray]] = {}
-    for v in views_:
-        by_shape.setdefault(v.shape, []).append(np.ascontiguousarray(v))
-    for group in by_shape.values():
-        for i in range(0, len(group), batch_size):
-            module(torch.from_numpy(np.stack(group[i : i + batch_size])))
-    for m, (mom,) in zip(bns, saved):
-        m.momentum = mom
-    module.eval()
-
-
-@torch.no_grad()
 def _validate(
     module: nn.Module, val: list[tuple[np.ndarray, Sample]], stride: int, sigma: float, scale: float, loss: str,
     fraction: float = 0.3,
@@ -239,13 +209,6 @@ def _normalized_background(s: Sample, channels: list[int], cfg: TrainConfig) -> 
     return float(apply_normalization(np.float32(background_level(cfg.modality)), off, span))
 
 
-def _bn_subset(tr: list, n: int, seed: int) -> list[np.ndarray]:
-    """A fixed, seeded subset of ``n`` full training images for BN recalibration (nested: a larger
-    ``n`` extends a smaller one)."""
-    idx = np.random.default_rng(seed + 2).permutation(len(tr))[:n]
-    return [tr[i][0] for i in sorted(idx)]
-
-
 def _oversampled(tr: list[tuple[np.ndarray, Sample]], oversample: dict[str, int]) -> list[tuple[np.ndarray, Sample]]:
     """Training items with each image whose name starts with a key of ``oversample`` repeated that often."""
     out = []
@@ -272,7 +235,7 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
     module.out_act = P["train_act"]
     module.train()
     if cfg.freeze_bn:  # normalise with the stored statistics and leave them as they are
-        for m in _bn_layers(module):
+        for m in bn_layers(module):
             m.eval()
     steps = math.ceil(len(items) / cfg.batch_size)
     perm = R["order_rng"].permutation(len(items))
@@ -331,7 +294,7 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         "opt": torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         "aug": Augmenter(seed=cfg.seed, scale=cfg.scale_jitter, min_size=max(P["crop"]), channel_gain=cfg.channel_gain),
         "order_rng": np.random.default_rng(cfg.seed + 1), "items": _oversampled(P["tr"], cfg.oversample),
-        "bn_set": _bn_subset(P["tr"], cfg.bn_images, cfg.seed),
+        "bn_set": bn_subset(P["tr"], cfg.bn_images, cfg.seed),
         "state": {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0},
     }
     last = ckpt_dir / "last.pt"
@@ -372,7 +335,7 @@ def _finish(module: nn.Module, P: dict[str, Any], cfg: TrainConfig, data: Path, 
     if cfg.freeze_bn:
         n_bn = 0
     else:
-        recalibrate_bn(module, _bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
+        recalibrate_bn(module, bn_subset(tr, n_bn, cfg.seed), module.stride, cfg.batch_size, views=1)
     vloss, vmae = _validate(module, va, module.stride, sigma, cfg.density_scale, cfg.loss, cfg.ellipse_fraction)
     card = ModelCard(
         name=name, arch=cfg.arch, arch_kwargs={"in_channels": len(channels), **P["arch_kwargs"]},
