@@ -51,6 +51,27 @@ def test_fcrn_without_batchnorm_is_the_papers_net():
         assert m(torch.randn(1, 1, 16, 24)).shape == (1, 1, 16, 24)
 
 
+def test_unet_without_norm_has_no_batchnorm_and_keeps_the_weight_names():
+    """``norm="none"`` drops every BatchNorm; the conv weights keep their names (cards stay readable)."""
+    m = build_model("unet", base_filters=8, norm="none")
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert set(m.state_dict()) < set(build_model("unet", base_filters=8).state_dict())
+    with torch.no_grad():
+        assert m(torch.randn(1, 1, 32, 40)).shape == (1, 1, 32, 40)
+    with pytest.raises(ValueError, match="norm"):
+        build_model("unet", norm="group")
+
+
+def test_unet_without_norm_crop_with_halo_reproduces_whole_image():
+    """The tiler's invariant holds without BatchNorm too (same receptive radius)."""
+    m = build_model("unet", base_filters=4, norm="none", head="linear").double().eval()
+    r = m.receptive_radius + (-m.receptive_radius) % m.stride
+    x = torch.randn(1, 1, 2 * r + 32, 2 * r + 48, dtype=torch.float64)
+    with torch.no_grad():
+        whole, crop = m(x), m(x[:, :, :, 16:])
+    np.testing.assert_allclose(crop[..., r:].numpy(), whole[..., 16 + r :].numpy(), rtol=0, atol=1e-10)
+
+
 def measure_receptive_radius(model: torch.nn.Module) -> int:
     """Max Chebyshev distance between a perturbed input pixel and any output pixel it changes.
 

@@ -3,8 +3,9 @@
 Architecture (as in the melanocyte-counting paper): 32 filters in the first layer, depth 3,
 contracting path of a 3x3 stride-1 conv followed by a 3x3 stride-2 conv (no max-pool),
 expansion by bilinear x2 upsampling then a 3x3 conv, skip concatenation, LeakyReLU(0.2)
-followed by BatchNorm after every conv, and a 1x1 output conv followed by a non-negative
-``head`` activation (:mod:`wsicount.models.heads`).
+followed by BatchNorm after every conv (``norm="none"``: no normalisation layer, so the
+network's answer to an input never depends on statistics gathered from other inputs), and a
+1x1 output conv followed by a non-negative ``head`` activation (:mod:`wsicount.models.heads`).
 
 Invariant used by the tiler: for an input whose origin is aligned to ``stride`` and whose
 sides are multiples of ``stride``, an output pixel depends only on input pixels within
@@ -23,14 +24,18 @@ from .heads import output_activation
 __all__ = ["UNet", "unet"]
 
 
-class _ConvAct(nn.Sequential):
-    """3x3 conv -> LeakyReLU(0.2) -> BatchNorm (the paper's order: activation, then BN)."""
+#: normalisation after each conv's activation
+NORMS = ("batch", "none")
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+
+class _ConvAct(nn.Sequential):
+    """3x3 conv -> LeakyReLU(0.2) -> BatchNorm or nothing (the paper's order: activation, then BN)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, norm: str = "batch") -> None:
         super().__init__(
             nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
             nn.LeakyReLU(0.2, inplace=True),
-            nn.BatchNorm2d(c_out),
+            nn.BatchNorm2d(c_out) if norm == "batch" else nn.Identity(),
         )
 
 
@@ -42,8 +47,11 @@ class UNet(nn.Module):
     #: measured dependency radius in input pixels (see tests/test_models.py)
     receptive_radius: int = 50
 
-    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> None:
+    def __init__(self, in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu",
+                 norm: str = "batch") -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if depth != 3:
             # the declared stride / receptive radius are for depth 3
             raise ValueError("UNet is defined for depth=3 (stride 8)")
@@ -53,15 +61,15 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         c = in_channels
         for i in range(depth):
-            self.enc.append(_ConvAct(c, f[i]))
-            self.down.append(_ConvAct(f[i], f[i + 1], stride=2))
+            self.enc.append(_ConvAct(c, f[i], norm=norm))
+            self.down.append(_ConvAct(f[i], f[i + 1], stride=2, norm=norm))
             c = f[i + 1]
-        self.bottleneck = _ConvAct(f[depth], f[depth])
+        self.bottleneck = _ConvAct(f[depth], f[depth], norm=norm)
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for i in reversed(range(depth)):
-            self.up.append(_ConvAct(f[i + 1], f[i]))
-            self.dec.append(_ConvAct(2 * f[i], f[i]))
+            self.up.append(_ConvAct(f[i + 1], f[i], norm=norm))
+            self.dec.append(_ConvAct(2 * f[i], f[i], norm=norm))
         self.head = nn.Conv2d(f[0], 1, 1)
         self.out_act = output_activation(head)
 
@@ -80,6 +88,6 @@ class UNet(nn.Module):
         return self.out_act(self.head(x))
 
 
-def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu") -> UNet:
+def unet(in_channels: int = 1, base_filters: int = 32, depth: int = 3, head: str = "relu", norm: str = "batch") -> UNet:
     """Construct the melanocyte U-Net (torchvision-style constructor)."""
-    return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth, head=head)
+    return UNet(in_channels=in_channels, base_filters=base_filters, depth=depth, head=head, norm=norm)
