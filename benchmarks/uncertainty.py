@@ -3,7 +3,8 @@
     python benchmarks/uncertainty.py [--cache /tmp/uq/cache] [--heads /tmp/uq/heads] [--ensemble vgg-cells=A,B,C]
     python benchmarks/uncertainty.py --region-speed     # time region_counts on a synthetic Zarr density
 
-Each model is calibrated on the images its training held out (card: training.val_names) and
+Each model is calibrated on the images its training held out (card: training.cal_names, held out of
+training and epoch selection, else training.val_names) and
 scored on held-out images: VGG cells and adipocytes on their test splits; TRP1, which has
 no test split here, by 4-fold cross-fitting over its 16 validation images (calibrate on 12,
 score the other 4). Methods: ``poisson`` and ``shared`` (variance terms from the prediction,
@@ -24,7 +25,7 @@ Region level: the test images' density maps are laid side by side into a mosaic 
 :func:`wsicount.regions.region_counts` counts (a) each image box, (b) boxes of 2x2 images,
 (c) random discs that cross image borders, whose true count is the annotated points inside.
 Intervals use the summed terms of each region, i.e. the tile-independence assumption.
-Predictions (all 8 transforms, float16) are cached per model, so a rerun only re-scores.
+Predictions (all 8 transforms, float16) are cached per model and weights hash, so a rerun only re-scores.
 """
 
 from __future__ import annotations
@@ -44,9 +45,19 @@ from uncertainty_cost import costs, region_speed, slide_cost  # noqa: E402
 MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
 
 
+def _cache_key(model: str, head: Path | None = None) -> str:
+    """``model`` plus the first 12 hex digits of its weights' SHA-256 (and its variance head's, when given),
+    so retrained weights never reuse another model's cached predictions."""
+    from wsicount.models.card import read_card
+    from wsicount.training.evaluate import file_sha256
+
+    key = f"{model}-{file_sha256(read_card(model)[1].with_suffix('.safetensors'))[:12]}"
+    return key + (f"-head{file_sha256(head)[:12]}" if head else "")
+
+
 def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
     """8-transform densities (float16), true counts, point weights and points of the val and test images."""
-    path = cache / f"{model}.npz"
+    path = cache / f"{_cache_key(model)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return dict(z)
@@ -59,7 +70,7 @@ def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
     torch.set_num_threads(1)
     lm = load_model(model)
     data, held = MODELS[model]
-    val = set(lm.card.training["val_names"])
+    val = set(lm.card.training.get("cal_names") or lm.card.training["val_names"])
     samples = [s for s in load_dataset(DATA / data) if s.name in val or (held == "test" and s.split == "test")]
     out: dict[str, list] = {"name": [], "role": [], "true": [], "weight": [], "tta": [], "points": [], "npts": []}
     for i, s in enumerate(samples):
@@ -92,7 +103,7 @@ def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
     for key, src in todo.items():
         if not src:
             continue
-        path = cache / f"{model}.{key}.npz"
+        path = cache / f"{_cache_key(model, head if key == 'het' else None)}.{key}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as f:
                 out[key] = f[key]
