@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("names", nargs="*", default=list(RECIPES))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bundled"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--split-seed", type=int, default=None,
+                    help="seed of the validation/calibration hold-outs [--seed]; an ensemble's members share one")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--install", action="store_true", help="copy results into wsicount/weights/")
     ap.add_argument("--resume", action="store_true")
@@ -96,12 +98,14 @@ def main() -> None:
     for name in args.names:
         folder, cfg = RECIPES[name]
         cfg.seed = args.seed
+        cfg.split_seed = args.split_seed
         if args.epochs:
             cfg.epochs = args.epochs
         cfg.threads = args.threads
         if args.max_minutes is not None:
             cfg.max_minutes = args.max_minutes
-        out = Path(args.out) / f"{name}-seed{args.seed}"
+        split = "" if args.split_seed is None else f"-split{args.split_seed}"
+        out = Path(args.out) / f"{name}-seed{args.seed}{split}"
         card = train(Path(args.data) if args.data else DATA / folder, out, cfg, resume=args.resume, progress=True)
         print(f"{name}: {card}", flush=True)
         if args.install:

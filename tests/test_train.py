@@ -155,6 +155,23 @@ def test_calibration_images_are_held_out_of_training_and_validation(tmp_path):
     assert tr["n_train"] == 5 and set(tr["cal_names"]) <= {f"im{i}" for i in range(8)}
 
 
+def test_split_seed_fixes_the_hold_outs_across_training_seeds():
+    """Members of one ensemble (split_seed shared) hold out the same validation and calibration images."""
+    from wsicount.training.data import Sample
+    from wsicount.training.train import hold_out_calibration, split_train_val
+
+    samples = [Sample(f"im{i}", np.zeros((8, 8, 3), np.uint8), np.zeros((0, 2)), 0.0, "train", 1.0) for i in range(30)]
+
+    def held(seed: int, split_seed: int | None) -> tuple[set, set]:
+        cfg = TrainConfig(n_val=4, n_cal=5, seed=seed, split_seed=split_seed)
+        tr, va = split_train_val(samples, cfg)
+        _, ca = hold_out_calibration(tr, cfg)
+        return {s.name for s in va}, {s.name for s in ca}
+
+    assert held(0, 7) == held(3, 7) == held(7, None)
+    assert held(0, None) != held(3, None)
+
+
 def test_train_cli_refuses_architecture_options_with_init(tmp_path):
     from click.testing import CliRunner
 

@@ -194,6 +194,31 @@ def test_calibrate_ensemble_and_hetero_records_name_their_parts(tmp_path):
         calibrate(cards[0], data, split="val", method="shared", grids=(3,), head=tmp_path / "h" / "head.safetensors")
 
 
+def test_evaluate_with_a_view_method_counts_each_image_as_its_views_mean(tmp_path):
+    """evaluate(uncertainty="ensemble"): each image's count is the members' mean and its interval that method's."""
+    from wsicount.errors import InputError
+    from wsicount.models import load_model
+    from wsicount.training.data import load_dataset
+    from wsicount.training.evaluate import evaluate
+    from wsicount.views import predict_views
+
+    data = _dataset(tmp_path / "blobs")
+    cards = [_model(tmp_path / "m", i) for i in range(3)]
+    save_calibration(cards[0], _cal("shared"))
+    save_calibration(cards[0], {**_cal("ensemble"), "members": ["tiny0.json", "tiny1.json", "tiny2.json"]})
+    res = evaluate(cards[0], data, split="val", precision="fp32", uncertainty="ensemble")
+    models = [load_model(c) for c in cards]
+    want = [float(predict_views(models, s.image, tta=False).mean(axis=0).sum()) for s in load_dataset(data, "val")]
+    assert [r.pred for r in res.images] == pytest.approx(want, rel=1e-5)
+    assert res.metrics["interval_method"] == "ensemble"
+    assert all(r.lo <= r.pred <= r.hi for r in res.images)
+    plain = evaluate(cards[0], data, split="val", precision="fp32")
+    assert plain.metrics["interval_method"] == "shared"
+    assert [r.pred for r in plain.images] != pytest.approx(want, rel=1e-3)  # the card's own model alone differs
+    with pytest.raises(InputError, match="context"):
+        evaluate(cards[0], data, split="val", uncertainty="ensemble", context="background")
+
+
 def test_mcdropout_passes_are_fixed_subnetworks_of_the_whole_slide(setup, tmp_path):
     """Each MC-dropout pass of a run counts what its sub-network counts on the whole image, at any tile size."""
     from wsicount.models import load_model

@@ -135,8 +135,12 @@ def _file_name(param: click.Parameter, value: str | None) -> str | None:
 @click.option("--context", type=click.Choice(["none", "background"]), default="none", show_default=True,
               help="none: each image alone, as the model was trained; background: on the slide background, counted "
                    "as 'wsicount run' counts it on a slide (the image grown by the receptive radius).")
+@click.option("--uncertainty", type=click.Choice(["poisson", "shared", "hetero", "tta", "ensemble", "mcdropout"]),
+              default=None, help="Interval method, one the card is calibrated for [the card's default]. tta, ensemble "
+                                 "and mcdropout count each image as the mean of their views, as 'wsicount run' does.")
 def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_path: Path | None,
-             plot_path: Path | None, device: str, precision: str, channel: str | None, context: str) -> None:
+             plot_path: Path | None, device: str, precision: str, channel: str | None, context: str,
+             uncertainty: str | None) -> None:
     """Evaluate MODEL (bundled name or path) on DATA's --split: counts and detection."""
     checks.require_path(data, "dataset", "dir")
     checks.check_split(data, split)
@@ -148,7 +152,8 @@ def evaluate(model: str, data: Path, split: str, json_path: Path | None, csv_pat
     read_card(model)  # a missing or broken model fails here, before the dataset is read
     from .training.evaluate import evaluate as eval_api, write_evaluation
 
-    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel, context=context)
+    res = eval_api(model, data, split=split, device=device, precision=precision, channel=channel, context=context,
+                   uncertainty=uncertainty)
     if json_path is not None:
         csv_path = csv_path or json_path.with_suffix(".csv")
         plot_path = plot_path or json_path.with_suffix(".png")

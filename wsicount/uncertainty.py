@@ -48,7 +48,7 @@ from scipy.optimize import nnls
 from .errors import ModelError
 
 __all__ = ["METHODS", "ADDITIVE", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile",
-           "crop_terms", "predict_tta", "image_terms", "union_terms", "cell_terms", "coverage_report",
+           "crop_terms", "predict_tta", "union_terms", "cell_terms", "coverage_report",
            "card_calibration", "calibrated_methods"]
 
 #: variance-model terms of each method
@@ -178,27 +178,6 @@ def predict_tta(model: Any, image: np.ndarray, device: Any = "cpu", precision: s
     from .views import predict_views
 
     return predict_views([model], image, device, precision, tta=True)
-
-
-def image_terms(model: Any, image: np.ndarray, dens: np.ndarray, method: str, device: Any = "cpu",
-                precision: str = "fp32", members: list[Any] | None = None) -> tuple[float, dict[str, float]]:
-    """An image's count under ``method`` and its variance terms (``tta``: 8 forward passes; ``ensemble``:
-    one per member in ``members``).
-
-    With a view method the count is the mean of the views' counts, else the sum of ``dens``.
-    """
-    from .views import VIEW_METHODS, predict_views
-
-    count = float(dens.sum(dtype=np.float64))
-    terms = {"area": float(dens.size)}
-    if method in VIEW_METHODS:
-        if method in ("ensemble", "mcdropout") and not members:
-            raise ModelError(f"the {method} method needs its member models")
-        views = predict_views(members or [model], image, device, precision, tta=method == "tta")
-        sums = views.sum(axis=(1, 2), dtype=np.float64)
-        count, terms[VIEW_METHODS[method]] = float(sums.mean()), float(sums.var())
-    terms["pred"] = max(count, 0.0)
-    return count, terms
 
 
 def crop_terms(dens: np.ndarray, points: np.ndarray, weight: float, grid: int,

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import ModelError
 
 __all__ = ["VIEW_METHODS", "DIHEDRAL", "undo_dihedral", "predict_views_batch", "predict_views", "ensemble_members",
-           "head_path", "load_members", "mc_members"]
+           "head_path", "load_members", "mc_members", "method_record", "method_models"]
 
 #: methods whose count is the mean of several views, and the name of their spread term
 VIEW_METHODS = {"tta": "tta_var", "ensemble": "ens_var", "mcdropout": "mc_var"}
@@ -98,6 +98,33 @@ def ensemble_members(record: Mapping[str, Any], card_path: str | os.PathLike) ->
     if missing:
         raise ModelError(f"ensemble member(s) not found: {', '.join(missing)}")
     return paths
+
+
+def method_record(calibration: Mapping[str, Any], method: str) -> Mapping[str, Any]:
+    """A card's calibration record of ``method``: the default's own, or the one under ``methods``."""
+    if calibration.get("method") == method:
+        return calibration
+    rec = (calibration.get("methods") or {}).get(method)
+    if rec is None:
+        raise ModelError(f"the model has no {method!r} calibration")
+    return rec
+
+
+def method_models(lm: Any, method: str, device: Any = "cpu") -> tuple[list[Any] | None, Any]:
+    """(view models, variance head) that ``method`` needs beside ``lm``: tta its one model, ensemble
+    its members, mcdropout its sub-networks, hetero its head; (None, None) for the others."""
+    if method not in (*VIEW_METHODS, "hetero"):
+        return None, None
+    rec = method_record(lm.card.calibration, method)
+    if method == "tta":
+        return [lm], None
+    if method == "ensemble":
+        return load_members(ensemble_members(rec, lm.path), device), None
+    if method == "mcdropout":
+        return mc_members(lm, float(rec.get("p", 0.2)), int(rec.get("passes", 8))), None
+    from .models.variance import load_head
+
+    return None, load_head(head_path(rec, lm.path))
 
 
 def head_path(record: Mapping[str, Any], card_path: str | os.PathLike) -> Path:

@@ -137,7 +137,7 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
     from ..uncertainty import card_calibration
-    from ..views import VIEW_METHODS, ensemble_members, head_path
+    from ..views import VIEW_METHODS, ensemble_members, head_path, method_record
 
     cal = card_calibration(card.calibration, method)
     mapped = (*VIEW_METHODS, "hetero")  # terms from extra maps, which grid cells and regions do not carry
@@ -148,7 +148,7 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     members: tuple[str, ...] = ()
     head, mc = None, None
     if cal is not None and cal.method in ("ensemble", "hetero", "mcdropout"):
-        rec = card.calibration if card.calibration.get("method") == cal.method else card.calibration["methods"][cal.method]
+        rec = method_record(card.calibration, cal.method)
         if cal.method == "ensemble":
             members = tuple(str(p) for p in ensemble_members(rec, card_path))
         elif cal.method == "mcdropout":

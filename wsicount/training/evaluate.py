@@ -30,7 +30,8 @@ from ..errors import InputError, OutputError
 from ..infer import pick_device, predict_image, predict_in_context, resolve_precision
 from ..models import LoadedModel, load_model
 from ..store.atomic import atomic_write_with, jsonable
-from ..uncertainty import LEVELS, Calibration, coverage_report, image_terms
+from ..uncertainty import LEVELS, Calibration, card_calibration, coverage_report
+from ..views import VIEW_METHODS, method_models, predict_views
 
 __all__ = ["count_metrics", "ImageResult", "EvalResult", "evaluate", "write_evaluation", "file_sha256"]
 
@@ -196,6 +197,7 @@ def evaluate(
     on_image: Callable[[Sample, np.ndarray], None] | None = None,
     channel: str | None = None,
     context: str = "none",
+    uncertainty: str | None = None,
 ) -> EvalResult:
     """Predict every image of ``split`` in dataset folder ``data`` and score counts and detections.
 
@@ -211,7 +213,10 @@ def evaluate(
     alone (:func:`wsicount.infer.predict_image`, the framing the network was trained in);
     ``background`` lays it on the slide background and counts the image grown by the receptive
     radius (:func:`wsicount.infer.predict_in_context`: what ``wsicount run`` counts for it on a
-    slide). Peaks and detections are taken on the image itself either way.
+    slide). Peaks and detections are taken on the image itself either way. ``uncertainty`` picks
+    the calibrated interval method (None: the card's default); with a view method (tta, ensemble,
+    mcdropout) each image's density, count and peaks are the views' mean, as ``wsicount run``
+    counts with it, and ``context`` must be ``none``.
     """
     if context not in CONTEXTS:
         raise InputError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
@@ -222,10 +227,13 @@ def evaluate(
     radius = float(match_radius_px) if match_radius_px is not None else 1.5 * card.sigma_px
     dev = pick_device(device)
     precision = resolve_precision(dev, precision, card)
-    cal = Calibration.from_dict(card.calibration) if card.calibration else None
+    cal = card_calibration(card.calibration, uncertainty)
+    if cal is not None and cal.method in VIEW_METHODS and context != "none":
+        raise InputError(f"the {cal.method} method counts each image alone: use context 'none'")
+    aux = method_models(lm, cal.method, dev) if cal is not None else (None, None)
     rows, matches, terms = [], [], []
     for i, s in enumerate(samples):
-        dens, pred, t = _run_image(lm, s, dev, precision, context, cal, on_image)
+        dens, pred, t = _run_image(lm, s, dev, precision, context, cal, on_image, aux)
         if t is not None:
             terms.append(t)
         row, m = _score_image(lm, s, dens, pred, radius)
@@ -254,18 +262,32 @@ def _with_channel(lm: LoadedModel, channel: str | None) -> LoadedModel:
 
 
 def _run_image(lm: LoadedModel, s: Sample, dev: Any, precision: str, context: str, cal: Calibration | None,
-               on_image: Callable[[Sample, np.ndarray], None] | None) -> tuple[np.ndarray, float, dict | None]:
-    """The image's density, count and (for a calibrated model) interval terms in ``context``."""
-    dens, pred = _predict(lm, s.image, dev, precision, context)
+               on_image: Callable[[Sample, np.ndarray], None] | None,
+               aux: tuple[list[Any] | None, Any]) -> tuple[np.ndarray, float, dict | None]:
+    """The image's density, count and (for a calibrated model) interval terms in ``context``.
+
+    ``aux`` is :func:`wsicount.views.method_models` of the interval method: with view models the
+    density is the views' mean and the spread of their counts is the method's term; with a
+    variance head its summed per-pixel variance is ``het_var``.
+    """
+    views, head = aux
+    if views is not None:
+        v = predict_views(views, s.image, dev, precision, tta=cal.method == "tta")
+        dens = v.mean(axis=0)
+        sums = v.sum(axis=(1, 2), dtype=np.float64)
+        pred, t = float(sums.mean()), {VIEW_METHODS[cal.method]: float(sums.var())}
+    else:
+        dens, pred = _predict(lm, s.image, dev, precision, context)
+        t = {}
     if on_image is not None:
         on_image(s, dens)
     if cal is None:
         return dens, pred, None
-    count, t = image_terms(lm, s.image, dens, cal.method, dev, precision)
-    if context == "none" or cal.method == "tta":
-        pred = count
-    else:
-        t["pred"] = max(pred, 0.0)
+    if head is not None:
+        from ..models.variance import predict_variance
+
+        t["het_var"] = float(predict_variance(lm, head, s.image)[1].sum(dtype=np.float64))
+    t.update(area=float(dens.size), pred=max(pred, 0.0))
     return dens, pred, t
 
 

@@ -82,6 +82,9 @@ class TrainConfig:
     patience: int = 20
     monitor: str = "val_mae"
     seed: int = 0
+    #: seed of the validation and calibration hold-outs (None: ``seed``); members of one ensemble share
+    #: it, so that one set of calibration images is held out of every member
+    split_seed: int | None = None
     max_minutes: float | None = 40.0
     precision: str = "auto"
     crop: int | None = None
@@ -121,12 +124,17 @@ def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sampl
     if val:
         return train, val
     n_val = cfg.n_val if cfg.n_val is not None else max(1, round(cfg.val_fraction * len(train)))
-    return _hold_out(train, n_val, cfg.seed)
+    return _hold_out(train, n_val, _split_seed(cfg))
 
 
 def hold_out_calibration(train: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """(training images, ``cfg.n_cal`` seeded calibration images taken out of them)."""
-    return _hold_out(train, cfg.n_cal, cfg.seed + 1)
+    return _hold_out(train, cfg.n_cal, _split_seed(cfg) + 1)
+
+
+def _split_seed(cfg: TrainConfig) -> int:
+    """The seed of the hold-outs: ``split_seed`` where set, else the training seed."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
 
 
 def _hold_out(samples: list[Sample], n: int, seed: int) -> tuple[list[Sample], list[Sample]]:
