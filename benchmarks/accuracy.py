@@ -5,6 +5,7 @@
     python benchmarks/accuracy.py --retrain --seeds 0 1 2 # retrain each recipe per seed, then evaluate
     python benchmarks/accuracy.py --precisions fp32 bf16  # the same weights at each inference precision
     python benchmarks/accuracy.py vgg-cells --cards runs/vgg-cells-seed*/vgg-cells.json  # trained seeds, mean ± sd
+    python benchmarks/accuracy.py vgg-cells --uncertainty ensemble  # the count of the card's calibrated ensemble
 
 Splits: VGG cells test = cell_101..200; adipocytes: the 100 test ROIs; nuclei_fluo / nuclei_he:
 their test splits. TRP1 has no public test split here (only set1, the paper's training set): its
@@ -63,8 +64,9 @@ def _val_split_folder(model_card: dict, src: Path, dst: Path) -> Path:
     return dst
 
 
-def evaluate_model(name: str, model_path: str, precision: str = "fp32") -> dict:
-    """Evaluate one model on its benchmark split at ``precision``; metrics plus what ran."""
+def evaluate_model(name: str, model_path: str, precision: str = "fp32", uncertainty: str | None = None) -> dict:
+    """Evaluate one model on its benchmark split at ``precision`` (``uncertainty``: a calibrated method,
+    e.g. ensemble, whose count is scored); metrics plus what ran."""
     from wsicount.models import resolve_model_path
     from wsicount.training.evaluate import evaluate
 
@@ -74,7 +76,7 @@ def evaluate_model(name: str, model_path: str, precision: str = "fp32") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if split == "val":
             data = _val_split_folder(card, data, Path(tmp))
-        res = evaluate(model_path, data, split=split, precision=precision)
+        res = evaluate(model_path, data, split=split, precision=precision, uncertainty=uncertainty)
     label = "val (16 of set1)" if name == "melanocyte-trp1" else split
     return {**res.metrics, "det_precision": res.metrics["precision"], "split": label, "dataset": folder, "precision": res.precision,
             "card_sha256": res.card_sha256, "weights_sha256": res.weights_sha256}
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "accuracy"))
     ap.add_argument("--update-cards", action="store_true", help="write the scores into the bundled cards")
     ap.add_argument("--write", action="store_true", help="append the table to BENCHMARKS.md")
+    ap.add_argument("--uncertainty", default=None, help="score the count of this calibrated method "
+                    "(e.g. ensemble: the mean of the card's members) instead of the card's own model")
     ap.add_argument("--classical", action="store_true", help="add the classical scikit-image count on the nuclei sets")
     args = ap.parse_args()
     if not DATA.exists():
@@ -164,6 +168,8 @@ def main() -> None:
     names = args.names or [n for n in BENCH if n in bundled_models()]
     if args.cards and (len(names) != 1 or args.retrain or args.update_cards):
         sys.exit("--cards scores one model NAME's trained cards; it takes neither --retrain nor --update-cards")
+    if args.uncertainty and args.update_cards:
+        sys.exit("--update-cards records the card's own model; it takes no --uncertainty")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, per_run = [], []
@@ -173,7 +179,7 @@ def main() -> None:
         for run in runs:
             path = name if run is None else run if args.cards else _retrain(name, run, out)
             for prec in args.precisions:
-                m = evaluate_model(name, path, prec)
+                m = evaluate_model(name, path, prec, args.uncertainty)
                 results[prec].append(m)
                 per_run.append({"model": name, "path": str(path), **m})
                 print(name, path, prec, {k: m[k] for k in ("mae", "bias", "a_err", "t_err", "f1", "n_images")}, flush=True)

@@ -10,7 +10,9 @@ no test split here, by 4-fold cross-fitting over its 16 validation images (calib
 score the other 4). Methods: ``poisson`` and ``shared`` (variance terms from the prediction,
 no extra compute), ``tta`` (8 dihedral transforms, 8x compute; the count is their mean),
 ``hetero`` (a variance head on the frozen model, ``wsicount.models.variance``; needs
-``--heads``), ``ensemble`` (K models' mean and spread; needs ``--ensemble``) and
+``--heads``), ``ensemble`` (K models' mean and spread; needs ``--ensemble``; calibrated on the
+model's calibration images when every member held them out, else every method is also scored by
+2-fold cross-fitting over the test images) and
 ``mcdropout`` (8 bottleneck channel-dropout sub-networks, p = 0.2: test-time dropout on
 models trained without it).
 
@@ -45,14 +47,32 @@ from uncertainty_cost import costs, region_speed, slide_cost  # noqa: E402
 MODELS = {"vgg-cells": ("vgg_cells", "test"), "melanocyte-trp1": ("trp1", "val"), "adipocyte-he": ("adipocyte", "test")}
 
 
-def _cache_key(model: str, head: Path | None = None) -> str:
-    """``model`` plus the first 12 hex digits of its weights' SHA-256 (and its variance head's, when given),
-    so retrained weights never reuse another model's cached predictions."""
+def _cache_key(model: str, head: Path | None = None, members: list[str] | None = None) -> str:
+    """``model`` plus the first 12 hex digits of its weights' SHA-256 (and its variance head's, or a hash of
+    its ensemble members' weights, when given), so retrained weights never reuse cached predictions."""
+    import hashlib
+
     from wsicount.models.card import read_card
     from wsicount.training.evaluate import file_sha256
 
-    key = f"{model}-{file_sha256(read_card(model)[1].with_suffix('.safetensors'))[:12]}"
-    return key + (f"-head{file_sha256(head)[:12]}" if head else "")
+    def weights(m: str) -> str:
+        return file_sha256(read_card(m)[1].with_suffix(".safetensors"))
+
+    key = f"{model}-{weights(model)[:12]}" + (f"-head{file_sha256(head)[:12]}" if head else "")
+    return key + (f"-ens{hashlib.sha256(''.join(map(weights, members)).encode()).hexdigest()[:12]}" if members else "")
+
+
+def shares_holdout(model: str, members: list[str]) -> bool:
+    """True when every member held the model's calibration images out of its training and epoch selection,
+    so that the ensemble is calibrated on them like the single-model methods."""
+    from wsicount.models.card import read_card
+
+    def held(m: str) -> set[str]:
+        t = read_card(m)[0].training
+        return set(t.get("cal_names") or []) | set(t.get("val_names") or [])
+
+    cal = read_card(model)[0].training.get("cal_names")
+    return bool(cal) and all(set(cal) <= held(m) for m in members)
 
 
 def predictions(model: str, cache: Path) -> dict[str, np.ndarray]:
@@ -103,7 +123,8 @@ def extras(model: str, z: dict[str, np.ndarray], cache: Path, head: Path | None,
     for key, src in todo.items():
         if not src:
             continue
-        path = cache / f"{_cache_key(model, head if key == 'het' else None)}.{key}.npz"
+        own = _cache_key(model, head if key == "het" else None, members if key == "ens" else None)
+        path = cache / f"{own}.{key}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as f:
                 out[key] = f[key]
@@ -303,29 +324,46 @@ def score_regions(mc: dict[str, np.ndarray], method: str, cal) -> dict:
     return out
 
 
+def coverage_range(cov: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) ``level`` interval of a coverage measured as ``cov`` on ``n`` units: how far
+    the true coverage may be from the measured one on this many images."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(round(cov * n), n).proportion_ci(level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def table(rows: list[dict], key: str) -> str:
-    """Markdown table of coverage and width at 80/90/95 % (with the calibration-set selection score and cost
-    where the rows have them)."""
-    head = (f"| {key} | method | units | n cal units | sel cov 95 / err | n | cov 80 | cov 90 | cov 95 | width 80 | width 90 | "
-            "width 95 | cost |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    """Markdown table of coverage (with the exact 95 % range of the measured 95 % coverage) and width at
+    80/90/95 %, with the calibration-set selection score and cost where the rows have them."""
+    head = (f"| {key} | method | units | n cal units | sel cov 95 / err | n | cov 80 | cov 90 | cov 95 | "
+            "cov 95 range | width 80 | width 90 | width 95 | cost |\n" + "|---" * 14 + "|\n")
 
     def fmt(v: object, spec: str) -> str:
         return "" if v is None or v == "" else format(v, spec)
 
-    body = "".join(
-        f"| {r[key]} | {r['method']} | {r.get('grids', '')} | {r.get('n_units', '')} | {fmt(r.get('sel95'), '.2f')}{' / ' + fmt(r.get('sel_err'), '.3f') if 'sel_err' in r else ''} | "
-        f"{r['n']} | {r['in0.8']:.2f} | {r['in0.9']:.2f} | {r['in0.95']:.2f} | {r['w0.8']:.1f} | {r['w0.9']:.1f} | "
-        f"{r['w0.95']:.1f} | {fmt(r.get('cost'), '.2f')} |\n" for r in rows)
-    return head + body
+    def row(r: dict) -> str:
+        sel = fmt(r.get("sel95"), ".2f") + (" / " + fmt(r.get("sel_err"), ".3f") if "sel_err" in r else "")
+        lo, hi = coverage_range(r["in0.95"], r["n"])
+        cells = [r[key], r["method"], r.get("grids", ""), r.get("n_units", ""), sel, r["n"],
+                 *(f"{r[f'in{lv}']:.2f}" for lv in ("0.8", "0.9", "0.95")), f"{lo:.2f}-{hi:.2f}",
+                 *(f"{r[f'w{lv}']:.1f}" for lv in ("0.8", "0.9", "0.95")), fmt(r.get("cost"), ".2f")]
+        return "| " + " | ".join(map(str, cells)) + " |\n"
+
+    return head + "".join(map(row, rows))
 
 
 def evaluate_model(m: str, z: dict[str, np.ndarray], methods: list[str], grid_sets: list[list[int]],
-                   cost: dict[str, float], cols: int, discs: int) -> tuple[list[dict], list[dict], str]:
-    """Image rows (every method and unit set), region rows (each method, first unit set) and the chosen default."""
+                   cost: dict[str, float], cols: int, discs: int,
+                   ens_on_val: bool = False) -> tuple[list[dict], list[dict], str]:
+    """Image rows (every method and unit set), region rows (each method, first unit set) and the chosen default.
+
+    ``ens_on_val``: the ensemble's members share the model's calibration images, so it is calibrated on
+    them like the others; otherwise every method is also calibrated by 2-fold cross-fitting over the test
+    images, the only images no member trained on."""
     held = MODELS[m][1]
     img_rows, reg_rows, sel, cals = [], [], {}, {}
-    # ensemble members hold out different images: no common calibration set but the test split
-    on_val = [x for x in methods if x != "ensemble"]
+    on_val = [x for x in methods if x != "ensemble" or ens_on_val]
     for grids in grid_sets:
         gname = "+".join(f"{g}x{g}" if g > 1 else "image" for g in grids)
         for meth in on_val:
@@ -342,7 +380,7 @@ def evaluate_model(m: str, z: dict[str, np.ndarray], methods: list[str], grid_se
         if r.pop("key") == default:
             r["method"] = f"**{r['method']}**"
     g0 = "+".join(f"{g}x{g}" if g > 1 else "image" for g in grid_sets[0])
-    if "ensemble" in methods:  # every method calibrated by 2-fold cross-fitting over the test images
+    if "ensemble" in methods and not ens_on_val:  # every method calibrated by 2-fold cross-fitting over test
         for meth in methods:
             res = score(z, folds(z, "test", "test", k=2), meth, grid_sets[0], [1])
             img_rows.append({"model": f"{m} (2-fold over test)", "method": meth, "grids": g0, **res["scores"],
@@ -402,7 +440,8 @@ def main() -> None:
         nominal = {"poisson": 1.0, "shared": 1.0, "hetero": 1.0, "tta": 8.0, "ensemble": float(len(members or [])),
                    "mcdropout": 8.0}
         cost = nominal if a.no_cost else costs(m, z, head, members)
-        rows, regs, defaults[m] = evaluate_model(m, z, methods, grid_sets, cost, a.cols, a.discs)
+        rows, regs, defaults[m] = evaluate_model(m, z, methods, grid_sets, cost, a.cols, a.discs,
+                                                 bool(members) and shares_holdout(m, members))
         img_rows += rows
         reg_rows += regs
     print(f"{datetime.date.today()}; {machine()}; fp32; defaults chosen on the calibration sets: {defaults}")

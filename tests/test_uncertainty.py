@@ -195,7 +195,7 @@ def test_bundled_cards_hold_loadable_calibrations() -> None:
     from wsicount.models import bundled_models, read_card
     from wsicount.models.variance import load_head
     from wsicount.uncertainty import calibrated_methods, card_calibration
-    from wsicount.views import head_path
+    from wsicount.views import ensemble_members, head_path, load_members, method_record
 
     for name, path in bundled_models().items():
         rec = read_card(path)[0].calibration
@@ -204,3 +204,5 @@ def test_bundled_cards_hold_loadable_calibrations() -> None:
             assert cal.method == method and math.isfinite(cal.quantile(0.95)), (name, method)
             if method == "hetero":
                 assert load_head(head_path(rec["methods"]["hetero"], path)).in_features > 0
+            if method == "ensemble":  # members are shipped, load, and read the input as the card does
+                assert len(load_members(ensemble_members(method_record(rec, method), path))) >= 2
