@@ -22,8 +22,11 @@ def test_models_lists_every_bundled_model_with_domain_and_benchmark():
     # the models benchmarks/accuracy.py scores carry their held-out scores
     assert {"melanocyte-trp1", "vgg-cells", "adipocyte-he"} <= set(scored)
     assert all(b["n_images"] > 0 and b["mae"] >= 0 for b in scored.values())
+    # every calibrated bundled model names its interval methods, its default first
+    assert all(r["intervals"] for r in rows) and "ensemble" in dict((r["name"], r["intervals"]) for r in rows)["vgg-cells"]
     text = CliRunner().invoke(cli, ["models"])
     assert text.exit_code == 0 and all(r["name"] in text.output for r in rows)
+    assert "intervals: shared" in text.output
 
 
 def test_train_help_states_the_inferred_defaults():

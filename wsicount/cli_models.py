@@ -95,13 +95,15 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
 def models_cmd(as_json: bool) -> None:
     """List the bundled models with their domain and held-out scores."""
     from .models import bundled_models, read_card
+    from .uncertainty import calibrated_methods
 
     rows = []
     for name in bundled_models():
         card, _ = read_card(name)
         rows.append({"name": name, "arch": card.arch, "head": card.arch_kwargs.get("head", "relu"),
                      "domain": {"modality": card.modality, **card.domain},
-                     "benchmark": card.metrics.get("benchmark", {})})
+                     "benchmark": card.metrics.get("benchmark", {}),
+                     "intervals": calibrated_methods(card.calibration)})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -110,8 +112,12 @@ def models_cmd(as_json: bool) -> None:
         mpp = f"{d['mpp']:.3g} µm/px" if d.get("mpp") else "µm/px unknown"
         score = (f"{b['dataset']} {b['split']} (n={b['n_images']}): MAE {b['mae']:.2f}, A_err {100 * b['a_err']:.1f} %"
                  if b else "no benchmark recorded")
+        cov = b.get("coverage", {}).get("0.95") if b else None
+        if cov is not None:
+            score += f", 95 % interval ({b['interval_method']}) covers {100 * cov:.0f} %"
+        methods = ", ".join(r["intervals"]) or "none (uncalibrated)"
         click.echo(f"{r['name']:<16} {d.get('modality', '?')}, {d.get('stain') or '?'}, channel {d.get('channel', '?')}, "
-                   f"{mpp}; {score}")
+                   f"{mpp}; {score}; intervals: {methods}")
 
 
 def _file_name(param: click.Parameter, value: str | None) -> str | None:
