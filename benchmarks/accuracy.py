@@ -34,7 +34,7 @@ from _common import DATA, ROOT, command, machine, publish  # noqa: E402
 #: model -> (dataset folder, split scored)
 BENCH = {"melanocyte-trp1": ("trp1", "val"), "vgg-cells": ("vgg_cells", "test"),
          "adipocyte-he": ("adipocyte", "test"), "nuclei-fluo": ("nuclei_fluo", "test"),
-         "nuclei-he": ("nuclei_he", "test")}
+         "nuclei-he": ("nuclei_he", "test"), "nuclei-he-40x": ("nuclei_he", "test")}
 #: published / reference rows: (method, dataset, {metric: text}, note)
 ANCHORS = [
     ("Cell-Net (published)", "vgg_cells", {"mae": "2.2 ± 0.5"}, "100 train images"),
