@@ -64,7 +64,9 @@ def test_domain_records_modality_stain_size_density_intensity_channel():
     a = _grid_sample(10.0, image=img, mpp=0.5)
     d = data_domain([a], [1], "fluorescence", "TRP1")
     assert (d["modality"], d["stain"], d["mpp"], d["channel"]) == ("fluorescence", "TRP1", 0.5, "green")
-    assert d["cell_diameter_um"] == pytest.approx(5.0)
+    assert d["cell_diameter_um"] == pytest.approx(5.0) and d["cell_diameter_px"] == pytest.approx(10.0)
+    given = data_domain([a], [1], "fluorescence", "TRP1", cell_diameter_um=7.0)
+    assert given["cell_diameter_px"] == pytest.approx(14.0)  # the stated size at the data's µm/px, not the spacing
     assert d["cells_per_image"] == [36.0, 36.0]
     assert d["cells_per_mpx"] == [round(36 / 6400 * 1e6, 1)] * 2
     area_mm2 = 80 * 80 * 0.25 * 1e-6

@@ -113,7 +113,8 @@ def data_domain(samples: list[Sample], channels: list[int], modality: str, stain
         "mpp": mpp,
         "cell_diameter_um": cell_diameter_um if cell_diameter_um is not None else (
             round(spacing * mpp, 2) if spacing is not None and mpp else None),
-        "cell_diameter_px": round(spacing, 1) if spacing is not None else None,
+        "cell_diameter_px": round(cell_diameter_um / mpp, 1) if cell_diameter_um is not None and mpp else (
+            round(spacing, 1) if spacing is not None else None),
         "cell_diameter_source": "given" if cell_diameter_um is not None
         else "10th-percentile nearest-neighbour spacing of the annotations",
         "cells_per_image": [float(counts.min()), float(counts.max())],
