@@ -195,7 +195,8 @@ def test_bundled_cards_hold_loadable_calibrations() -> None:
     from wsicount.models import bundled_models, read_card
     from wsicount.models.variance import load_head
     from wsicount.uncertainty import calibrated_methods, card_calibration
-    from wsicount.views import ensemble_members, head_path, load_members, method_record
+    from wsicount.uncertainty import method_record
+    from wsicount.views import ensemble_members, head_path, load_members
 
     for name, path in bundled_models().items():
         rec = read_card(path)[0].calibration

@@ -49,7 +49,7 @@ from .errors import ModelError
 
 __all__ = ["METHODS", "ADDITIVE", "DEFAULT_METHOD", "LEVELS", "Calibration", "fit_calibration", "conformal_quantile",
            "crop_terms", "predict_tta", "union_terms", "cell_terms", "coverage_report",
-           "card_calibration", "calibrated_methods"]
+           "card_calibration", "method_record", "calibrated_methods"]
 
 #: variance-model terms of each method
 METHODS: dict[str, tuple[str, ...]] = {
@@ -245,13 +245,18 @@ def card_calibration(record: Mapping[str, Any], method: str | None = None) -> Ca
             return None
         raise ModelError(f"the model has no count-interval calibration, so no {method!r} intervals; calibrate it: "
                          f"python -m wsicount.training.calibrate MODEL DATA --method {method} --save")
-    if method is None or method == record.get("method"):
-        return Calibration.from_dict(record)
+    return Calibration.from_dict(record if method is None else method_record(record, method))
+
+
+def method_record(record: Mapping[str, Any], method: str) -> Mapping[str, Any]:
+    """A card's calibration record of ``method``: the default's own, or the one under its ``methods``."""
+    if method == record.get("method"):
+        return record
     other = (record.get("methods") or {}).get(method)
     if other is None:
         raise ModelError(f"the model has no {method!r} calibration (calibrated: {', '.join(calibrated_methods(record))}); "
                          f"calibrate it: python -m wsicount.training.calibrate MODEL DATA --method {method} --save")
-    return Calibration.from_dict(other)
+    return other
 
 
 def calibrated_methods(record: Mapping[str, Any]) -> list[str]:

@@ -29,9 +29,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import ModelError
+from .uncertainty import method_record
 
 __all__ = ["VIEW_METHODS", "DIHEDRAL", "undo_dihedral", "predict_views_batch", "predict_views", "ensemble_members",
-           "head_path", "load_members", "mc_members", "method_record", "method_models"]
+           "head_path", "load_members", "mc_members", "method_models"]
 
 #: methods whose count is the mean of several views, and the name of their spread term
 VIEW_METHODS = {"tta": "tta_var", "ensemble": "ens_var", "mcdropout": "mc_var"}
@@ -98,16 +99,6 @@ def ensemble_members(record: Mapping[str, Any], card_path: str | os.PathLike) ->
     if missing:
         raise ModelError(f"ensemble member(s) not found: {', '.join(missing)}")
     return paths
-
-
-def method_record(calibration: Mapping[str, Any], method: str) -> Mapping[str, Any]:
-    """A card's calibration record of ``method``: the default's own, or the one under ``methods``."""
-    if calibration.get("method") == method:
-        return calibration
-    rec = (calibration.get("methods") or {}).get(method)
-    if rec is None:
-        raise ModelError(f"the model has no {method!r} calibration")
-    return rec
 
 
 def method_models(lm: Any, method: str, device: Any = "cpu") -> tuple[list[Any] | None, Any]:

@@ -136,8 +136,8 @@ def make_plan(prep: SlidePrep, card: Any, tile_size: int, grid_um: tuple[float, 
     """The run's plan for a prepared slide, a card (at ``card_path``), a tile size and an interval method."""
     geom, margin = prep.geom, card.peak_min_distance_px + 1
     grid = TileGrid.for_model(geom.height, geom.width, tile_size, card.receptive_radius, card.stride, margin)
-    from ..uncertainty import card_calibration
-    from ..views import VIEW_METHODS, ensemble_members, head_path, method_record
+    from ..uncertainty import card_calibration, method_record
+    from ..views import VIEW_METHODS, ensemble_members, head_path
 
     cal = card_calibration(card.calibration, method)
     mapped = (*VIEW_METHODS, "hetero")  # terms from extra maps, which grid cells and regions do not carry
