@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
     ap.add_argument("--max-minutes", type=float, default=None, help="override the recipe's time budget")
+    ap.add_argument("--ema", type=float, default=None, help="override the recipe's weight-average decay (0: off)")
     ap.add_argument("--data", default=None, help="dataset folder (default: the recipe's, under ../shared/data)")
     args = ap.parse_args()
     if not DATA.exists():
@@ -111,6 +112,8 @@ def main() -> None:
         cfg.threads = args.threads
         if args.max_minutes is not None:
             cfg.max_minutes = args.max_minutes
+        if args.ema is not None:
+            cfg.ema = args.ema
         split = "" if args.split_seed is None else f"-split{args.split_seed}"
         out = Path(args.out) / f"{name}-seed{args.seed}{split}"
         card = train(Path(args.data) if args.data else DATA / folder, out, cfg, resume=args.resume, progress=True)

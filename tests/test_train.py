@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from wsicount.models import load_model
@@ -181,3 +182,24 @@ def test_train_cli_refuses_architecture_options_with_init(tmp_path):
     res = CliRunner().invoke(cli, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "o"), "--init",
                                    "blastomere", "--arch", "unet"])
     assert res.exit_code != 0 and "--arch" in res.output and "--init" in res.output
+
+
+def test_ema_validates_and_keeps_the_averaged_weights_and_resumes(tmp_path):
+    _blob_dataset(tmp_path / "data")
+    cfg = TrainConfig(arch="unet", arch_kwargs={"base_filters": 8}, epochs=1, batch_size=3, crop=32, lr=1e-2,
+                      max_minutes=None, bn_images=2, threads=1, ema=0.9)
+    train(tmp_path / "data", tmp_path / "out", cfg, progress=False)
+    ck = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)
+    best = torch.load(tmp_path / "out" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    averaged = {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert int(ck["ema"]["n_averaged"]) > 1
+    # one epoch, validated once: the kept weights are the average's, not the last step's
+    convs = [k for k in best if k.endswith("weight") and best[k].ndim == 4]
+    assert all(torch.equal(best[k], averaged[k]) for k in convs)
+    assert not all(torch.equal(best[k], ck["model"][k]) for k in convs)
+    cfg.epochs = 2  # resume continues the average
+    train(tmp_path / "data", tmp_path / "out", cfg, resume=True, progress=False)
+    ck2 = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=True)
+    assert int(ck2["ema"]["n_averaged"]) > int(ck["ema"]["n_averaged"])
+    with pytest.raises(ValueError, match="ema"):
+        train(tmp_path / "data", tmp_path / "out2", TrainConfig(ema=1.0), progress=False)

@@ -51,6 +51,9 @@ __all__ = ["train", "evaluate", "models_cmd"]
                    "'evaluate' does (vgg-cells: 0.5).")
 @click.option("--freeze-bn", is_flag=True,
               help="Keep the --init model's BatchNorm statistics (fine-tuning then normalises as inference does).")
+@click.option("--ema", type=SHARE, default=0.0, show_default=True,
+              help="Decay per step of a moving average of the weights (e.g. 0.999; 0 = off): validation, epoch "
+                   "selection and the saved model use the averaged weights.")
 @click.option("--n-val", type=POSITIVE_INT, default=None, help="Validation images held out of 'train' [20%].")
 @click.option("--n-cal", type=NON_NEGATIVE_INT, default=0, show_default=True,
               help="Training images held out for interval calibration (used neither to train nor to pick the epoch).")
@@ -72,6 +75,8 @@ def train(data: Path, out: Path, channels: str | None, quiet: bool, resume: bool
     picked = checks.parse_channels(channels)
     if opts["freeze_bn"] and opts["init"] is None:
         raise UsageError("--freeze-bn keeps a started model's BatchNorm statistics: it needs --init")
+    if opts["ema"] >= 1:
+        raise UsageError("--ema must be below 1 (1 would keep the initial weights)")
     if opts["init"] is not None:
         given = [f"--{n}" for n, v in (("arch", opts["arch"]), ("width", width), ("head", head), ("channels", picked))
                  if v is not None]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .batchnorm import bn_layers, bn_subset, recalibrate_bn
 from .data import Augmenter, Sample, load_dataset, make_batch, resample_samples
@@ -114,6 +115,10 @@ class TrainConfig:
     #: and are never recalibrated: fine-tuning then sees exactly the normalisation inference uses
     #: (batch statistics of framed crops and of whole images differ, and a model can depend on them)
     freeze_bn: bool = False
+    #: decay per optimiser step of an exponential moving average of the weights (0: off); validation,
+    #: epoch selection and the card then use the averaged weights, which are less noisy than the
+    #: last step's on a small training set
+    ema: float = 0.0
 
 
 def split_train_val(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -226,10 +231,12 @@ def _oversampled(tr: list[tuple[np.ndarray, Sample]], oversample: dict[str, int]
 
 
 def _resume(last: Path, module: nn.Module, opt: torch.optim.Optimizer, aug: Augmenter,
-            order_rng: np.random.Generator) -> dict[str, Any]:
+            order_rng: np.random.Generator, ema: AveragedModel | None) -> dict[str, Any]:
     """Restore weights, optimiser and random streams from ``last``; returns the run state."""
     ck = torch.load(last, weights_only=True)  # plain tensors, numbers and dicts: nothing is unpickled
     module.load_state_dict(ck["model"])
+    if ema is not None:
+        ema.load_state_dict(ck["ema"])
     opt.load_state_dict(ck["opt"])
     aug.rng.bit_generator.state = ck["aug_rng"]
     order_rng.bit_generator.state = ck["order_rng"]
@@ -266,13 +273,17 @@ def _run_epoch(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], epoch: in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if R["ema"] is not None:
+            R["ema"].update_parameters(module)
         run_loss += float(loss.detach()) * len(idx)
     return run_loss / len(items)
 
 
 def _check(P: dict[str, Any], cfg: TrainConfig, R: dict[str, Any], row: dict[str, Any], ckpt_dir: Path) -> None:
-    """Validate (after BN recalibration, unless frozen), keep the best weights, and fill ``row``."""
-    module, state = P["module"], R["state"]
+    """Validate (after BN recalibration, unless frozen), keep the best weights, and fill ``row``.
+
+    With ``cfg.ema`` the averaged weights are validated and kept, never the last step's."""
+    module, state = (P["module"] if R["ema"] is None else R["ema"].module), R["state"]
     module.out_act = P["infer_act"]
     if not cfg.freeze_bn:
         recalibrate_bn(module, R["bn_set"], module.stride, cfg.batch_size, views=1)
@@ -290,6 +301,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
     """Train on dataset folder ``data``; writes NAME.safetensors/.json in ``out``; returns the card path."""
     from tqdm.auto import tqdm
 
+    if not 0 <= cfg.ema < 1:
+        raise ValueError(f"ema must be in [0, 1), got {cfg.ema}")
     set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     cfg = apply_init(cfg)
@@ -304,10 +317,11 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         "order_rng": np.random.default_rng(cfg.seed + 1), "items": _oversampled(P["tr"], cfg.oversample),
         "bn_set": bn_subset(P["tr"], cfg.bn_images, cfg.seed),
         "state": {"epoch": -1, "best": math.inf, "best_epoch": -1, "history": [], "minutes": 0.0},
+        "ema": AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema else None,
     }
     last = ckpt_dir / "last.pt"
     if resume and last.exists():
-        R["state"] = _resume(last, module, R["opt"], R["aug"], R["order_rng"])
+        R["state"] = _resume(last, module, R["opt"], R["aug"], R["order_rng"], R["ema"])
     state = R["state"]
     name = cfg.name or f"{data.name}-{cfg.arch}"
     t0 = time.monotonic() - 60 * state["minutes"]
@@ -325,7 +339,8 @@ def train(data: str | Path, out: str | Path, cfg: TrainConfig, resume: bool = Fa
         state.update(epoch=epoch, minutes=(time.monotonic() - t0) / 60)
         torch.save({"model": module.state_dict(), "opt": R["opt"].state_dict(),
                     "aug_rng": R["aug"].rng.bit_generator.state, "order_rng": R["order_rng"].bit_generator.state,
-                    "torch_rng": torch.get_rng_state(), "state": state}, last)
+                    "torch_rng": torch.get_rng_state(), "state": state,
+                    **({"ema": R["ema"].state_dict()} if R["ema"] is not None else {})}, last)
         _write_history(out / "history.csv", state["history"])
         if out_of_time or epoch - state["best_epoch"] >= cfg.patience:
             break
