@@ -44,13 +44,16 @@ def independent_gap(card) -> int:
 
 def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: str | None = None, n: int | None = None,
             dim: float = 0.25, gap: int | None = None, quality: int = 95, precision: str = "fp32", seed: int = 0,
-            channel: int | None = None, mpp_fallback: float = 1.0, own: bool = True) -> dict:
+            channel: int | None = None, mpp_fallback: float = 1.0, own: bool = True,
+            uncertainty: str | None = None) -> dict:
     """Build the mosaic and its image set under ``work``, count both ways; the comparison as a dict.
 
     ``gap`` (image px = model px; default :func:`independent_gap`) and the box rim r (the
     receptive radius) make boxes independent when gap > 2r: what is counted in one box
     depends on that image and black only. ``own``: also infer the slide with each image's
-    own statistics (a second whole-slide pass).
+    own statistics (a second whole-slide pass). ``uncertainty``: a calibrated interval method of the
+    model, for both the run and ``evaluate``; a view method (tta, ensemble, mcdropout) then counts
+    the mean of its views both ways.
     """
     import zarr
 
@@ -78,18 +81,24 @@ def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: 
     if lossless is None:  # the images as the slide stores them (JPEG), read back on the model grid
         stored = stored_images(mosaic, card, None if mpp else mpp_fallback / upsample)
         sets["stored_"] = write_image_set(stored, names, [s.count for s in samples], work / "stored", mpp)
+    from wsicount.views import VIEW_METHODS
+
+    contexts = ("none",) if uncertainty in VIEW_METHODS else ("none", "background")  # views count images alone
     t = time.perf_counter()
-    ev = {p + c: evaluate(model, d, split="test", device="cpu", precision=precision, context=c)
-          for p, d in sets.items() for c in ("none", "background")}
+    ev = {p + c: evaluate(model, d, split="test", device="cpu", precision=precision, context=c,
+                           uncertainty=uncertainty)
+          for p, d in sets.items() for c in contexts}
     t_eval = time.perf_counter() - t
     t = time.perf_counter()
     summary = wsicount.count(mosaic.path, work / "out", model, precision=precision, progress=False, overwrite=True,
                              mpp=None if mpp else mpp_fallback / upsample,
-                             model_mpp=None if mpp or card.mpp else mpp_fallback)  # a card without µm/px
+                             model_mpp=None if mpp or card.mpp else mpp_fallback,  # a card without µm/px
+                             **({"uncertainty": uncertainty} if uncertainty else {}))
     t_run = time.perf_counter() - t
     dens = zarr.open_array(str(Layout(work / "out").density / "0"), mode="r")[...]
     per_box = box_counts(dens, mosaic.boxes, rim)
     r = {"n_images": len(names), "upsample": upsample, "format": fmt, "model": model, "precision": precision,
+         "uncertainty": uncertainty,
          "gap": mosaic.gap, "rim": rim, "slide_total": float(summary["total_cells"]),
          "boxes_total": float(per_box.sum()), "true_total": float(sum(s.count for s in samples)),
          "brightness": [float(factors.min()), float(factors.max())], "outside": summary.get("density_outside_mask"),
@@ -101,7 +110,7 @@ def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: 
         if ref is not None:
             r[c] = box_stats(per_box, ref, names)
     # the invariant's reference: the pixels the slide holds, each image on the slide background
-    r["reference"] = "stored_background" if "stored_background" in refs else "background"
+    r["reference"] = next(c for c in ("stored_background", "background", "stored_none", "none") if c in refs)
     r["boxes"] = [{"name": k, "factor": float(f), "slide": float(b), **{c: float(v[i]) for c, v in refs.items()
                                                                           if v is not None}}
                   for i, (k, f, b) in enumerate(zip(names, factors, per_box))]
@@ -188,11 +197,16 @@ def main() -> None:
     ap.add_argument("--gap", type=int, default=None,
                     help="black gap between images (image px; default: above twice the receptive radius)")
     ap.add_argument("--no-own", action="store_true", help="skip the own-statistics slide (a second whole-slide pass)")
+    ap.add_argument("--uncertainty", default=None,
+                    help="a calibrated interval method of the model for both counts (ensemble: the members' mean); "
+                         "needs --no-own")
     ap.add_argument("--quality", type=int, default=95)
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the full comparison here")
     a = ap.parse_args()
+    if a.uncertainty and not a.no_own:
+        ap.error("--uncertainty needs --no-own (the own-statistics slide runs the single model)")
     import torch
 
     torch.set_num_threads(1)
@@ -200,7 +214,7 @@ def main() -> None:
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="slide_vs_images-"))
     try:
         r = compare(data, a.model, a.upsample, a.format, work, a.split, a.n, a.dim, a.gap, a.quality, a.precision,
-                    own=not a.no_own)
+                    own=not a.no_own, uncertainty=a.uncertainty)
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)
