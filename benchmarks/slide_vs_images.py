@@ -163,7 +163,7 @@ def own_stats_boxes(mosaic, images: list[np.ndarray], model: str, precision: str
     from wsicount.infer import pad_to_stride, pick_device, predict_batch
     from wsicount.io import open_slide
     from wsicount.models import load_model
-    from wsicount.preprocess import percentile_stats, select_channels
+    from wsicount.preprocess import apply_normalization, norm_floor, percentile_stats, select_channels
     from wsicount.runner.config import RunConfig
     from wsicount.runner.plan import mask_scale, prepare
     from wsicount.synth.mosaic import box_counts
@@ -179,7 +179,7 @@ def own_stats_boxes(mosaic, images: list[np.ndarray], model: str, precision: str
         off, span = percentile_stats(select_channels(im, lm.card.channels), lm.card.normalization)
         half = mosaic.gap // 2  # each image's share of the black around it takes its statistics
         box = np.s_[:, max(0, y0 - half) : y1 + half, max(0, x0 - half) : x1 + half]
-        xn[box] = (x[box] - off) / span
+        xn[box] = apply_normalization(x[box], off, span, norm_floor(lm.card.normalization))
     d = predict_batch(lm, pad_to_stride(xn, lm.card.stride)[None], pick_device("cpu"), precision)[0, : g.height, : g.width]
     d *= mask_on_grid(prep.tissue.mask, *mask_scale(prep.tissue, g), (0, g.height, 0, g.width))
     return box_counts(d, mosaic.boxes, grow)

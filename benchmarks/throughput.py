@@ -581,7 +581,7 @@ def naive_crop(slide: SlideSpec, lm, device, tile: int, crop: int) -> Naive:
     import torch
     from PIL import Image
 
-    from wsicount.preprocess import percentile_stats
+    from wsicount.preprocess import apply_normalization, norm_floor, percentile_stats
 
     osr = openslide.OpenSlide(str(slide.path))
     mpp0 = float(osr.properties["openslide.mpp-x"])
@@ -603,7 +603,7 @@ def naive_crop(slide: SlideSpec, lm, device, tile: int, crop: int) -> Naive:
             g = np.asarray(region.convert("RGB").resize((ow, oh), Image.BOX))[..., lm.card.channels]
             x = np.moveaxis(g, -1, 0).astype(np.float32)
             lo, span = percentile_stats(x, lm.card.normalization)
-            x = (x - lo) / span
+            x = apply_normalization(x, lo, span, norm_floor(lm.card.normalization))
             tc = time.perf_counter()
             ph, pw = -oh % lm.card.stride, -ow % lm.card.stride
             xt = torch.from_numpy(np.pad(x, [(0, 0), (0, ph), (0, pw)], mode="symmetric")[None]).to(device)

@@ -96,7 +96,7 @@ def test_context_margin_is_enough_and_phase_free(model):
     position) changes nothing: the slide path's density in the image's box is this map.
     """
     from wsicount.infer import background_level, context_margin, predict_in_context
-    from wsicount.preprocess import apply_normalization, percentile_stats, select_channels
+    from wsicount.preprocess import apply_normalization, norm_floor, percentile_stats, select_channels
 
     card = model.card
     img, _ = synth_array((512, 512), seed=4, mpp=card.mpp, tissue_fraction=0.9)
@@ -109,6 +109,7 @@ def test_context_margin_is_enough_and_phase_free(model):
     off, span = percentile_stats(x, card.normalization)
     top, left = context_margin(card) + 3 * card.stride, context_margin(card) + 5 * card.stride
     framed = np.pad(x, ((0, 0), (top, 2 * top), (left, left)), constant_values=background_level(card))
-    wide = predict_batch(model, apply_normalization(framed, off, span)[None], pick_device("cpu"))[0]
+    wide = predict_batch(model, apply_normalization(framed, off, span, norm_floor(card.normalization))[None],
+                         pick_device("cpu"))[0]
     np.testing.assert_allclose(wide[top - r : top + 96 + r, left - r : left + 120 + r], d, rtol=1e-4, atol=1e-6)
     assert d.sum() > 0

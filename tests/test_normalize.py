@@ -166,3 +166,27 @@ def test_an_image_on_black_is_normalised_by_all_its_pixels_to_its_edge(tmp_path)
     assert np.allclose(o, ref[0], atol=0.25) and np.allclose(s, ref[1], rtol=1e-3, atol=0.25)
     e = 4 * int(np.ceil(SMOOTH_UM / 4.0))  # what a band of a smoothing sd inside the outline would have given
     assert abs(percentile_stats(piece[e:-e, e:-e].astype(np.float32), NORM)[0] - ref[0]) >= 1.0
+
+
+def test_a_floor_shows_the_black_around_an_image_as_zero_padding(tmp_path):
+    """With ``floor`` 0 every pixel darker than the low percentile (the slide's black included) is normalised
+    to 0, the value a convolution pads with beyond an image: in the slide field and in a lone image alike."""
+    from wsicount.preprocess import apply_normalization, normalize_image
+
+    rng = np.random.default_rng(5)
+    img = np.zeros((256, 256), np.uint8)
+    piece = np.clip(_cells(rng, (96, 96), 30.0) + 6, 2, 255).astype(np.uint8)
+    img[80:176, 80:176] = piece
+    sl, geom = _slide(tmp_path, img)
+    floored = {**NORM, "floor": 0.0}
+    x = img[None].astype(np.float32)
+    plain = _field(sl, geom, np.ones((64, 64), bool)).apply(x, (0, 256, 0, 256), 256, 256)
+    f = _field(sl, geom, np.ones((64, 64), bool), floored)
+    y = f.apply(x, (0, 256, 0, 256), 256, 256)
+    assert f.floor == 0.0 and plain.min() < 0  # black lies below the low percentile
+    assert np.array_equal(y, np.maximum(plain, 0))
+    assert (y[:, :80] == 0).all()  # the black around the image: exactly zero
+    alone = normalize_image(piece, [0], floored)
+    off, span = percentile_stats(piece[None].astype(np.float32), NORM)
+    assert alone.min() == 0 and np.array_equal(alone, np.maximum(apply_normalization(piece[None], off, span), 0))
+    assert np.array_equal(apply_normalization(piece[None], off, span), normalize_image(piece, [0], NORM))

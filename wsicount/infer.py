@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .models import LoadedModel, ModelCard
-from .preprocess import apply_normalization, normalize_image, percentile_stats, select_channels
+from .preprocess import apply_normalization, norm_floor, normalize_image, percentile_stats, select_channels
 from .preprocess import background_level as modality_background
 
 __all__ = ["pick_device", "resolve_precision", "module_for", "auto_batch_size", "batch_for", "activation_bytes_per_px",
@@ -251,5 +251,5 @@ def predict_in_context(
     m, r = context_margin(card), card.receptive_radius
     framed = np.pad(x, ((0, 0), (m, m), (m, m)), constant_values=background_level(card))
     h, w = framed.shape[-2:]
-    d = predict_batch(model, pad_to_stride(apply_normalization(framed, off, span), card.stride)[None], dev, precision)
+    d = predict_batch(model, pad_to_stride(apply_normalization(framed, off, span, norm_floor(card.normalization)), card.stride)[None], dev, precision)
     return d[0, m - r : h - m + r, m - r : w - m + r]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import TileReadError
-from .preprocess import percentile_stats, select_channels
+from .preprocess import apply_normalization, norm_floor, percentile_stats, select_channels
 from .tiling import Geometry, read_model_window
 
 __all__ = ["NormField", "Part", "StatsRegion", "build_norm_field", "stats_region", "field_px", "percentiles_from_hist", "training_field"]
@@ -75,11 +75,13 @@ class NormField:
     span: np.ndarray
     parts: tuple[Part, ...] = ()
     mask_scale: tuple[float, float] = (1.0, 1.0)
+    #: the card's floor of normalised values (:func:`wsicount.preprocess.norm_floor`)
+    floor: float | None = None
 
     @classmethod
-    def constant(cls, offset: float, span: float) -> "NormField":
+    def constant(cls, offset: float, span: float, floor: float | None = None) -> "NormField":
         """The same (offset, span) everywhere (a ``fixed`` card, or a slide-wide scaling)."""
-        return cls(1 << 30, np.full((2, 2), offset, np.float32), np.full((2, 2), span, np.float32))
+        return cls(1 << 30, np.full((2, 2), offset, np.float32), np.full((2, 2), span, np.float32), floor=floor)
 
     def window(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
         """(offset, span), each (y1 - y0, x1 - x0) float32, of the model-grid pixels of a window."""
@@ -119,9 +121,7 @@ class NormField:
         if (y1, x1) != (vy1, vx1):
             pad = [(0, y1 - vy1), (0, x1 - vx1)]
             off, span = np.pad(off, pad, mode="symmetric"), np.pad(span, pad, mode="symmetric")
-        y = np.asarray(x, dtype=np.float32) - off
-        y /= span
-        return y
+        return apply_normalization(x, off, span, self.floor)
 
     def summary(self) -> dict[str, Any]:
         """What summary.json records: the field size and the range of offsets and spans."""
@@ -179,7 +179,7 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
     field, the whole slide. Statistics are taken over :func:`stats_region`.
     """
     if normalization.get("kind") == "fixed":
-        return NormField.constant(*percentile_stats(np.zeros(1), normalization))
+        return NormField.constant(*percentile_stats(np.zeros(1), normalization), norm_floor(normalization))
     core = stats_region(tm)
     f = field_px(normalization, geom.model_mpp)
     if f is None:
@@ -187,7 +187,7 @@ def build_norm_field(slide: Any, geom: Geometry, tm: Any, scale: tuple[float, fl
     step = max(8, int(round(f / 2)))
     offset, span = _lattice_stats(slide, geom, core, scale, step, channels, normalization, skip_bad)
     parts = _small_parts(slide, geom, tm.mask, core, scale, f, normalization, channels, skip_bad)
-    return NormField(step, offset, span, parts, scale)
+    return NormField(step, offset, span, parts, scale, norm_floor(normalization))
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_channels", "percentile_stats", "apply_normalization", "normalize_image", "background_level"]
+__all__ = ["select_channels", "percentile_stats", "apply_normalization", "normalize_image", "background_level",
+           "norm_floor"]
 
 
 def background_level(modality: str) -> float:
@@ -47,10 +48,24 @@ def percentile_stats(values: np.ndarray, normalization: dict) -> tuple[float, fl
     return float(lo), max(span, min_span)
 
 
-def apply_normalization(x: np.ndarray, offset: float, span: float) -> np.ndarray:
-    """Affine intensity map (x - offset) / span, float32 (a new array; ``x`` is not modified)."""
-    y = np.asarray(x, dtype=np.float32) - np.float32(offset)
-    y /= np.float32(span)
+def norm_floor(normalization: dict) -> float | None:
+    """The card's floor of normalised values (``normalization['floor']``), or None (no floor).
+
+    A floor of 0 shows everything darker than the low percentile, a slide's black background
+    included, as the zero a convolution pads with beyond an image's edge: the network then
+    answers an image on black as it answers the image alone.
+    """
+    f = normalization.get("floor")
+    return None if f is None else float(f)
+
+
+def apply_normalization(x: np.ndarray, offset: float | np.ndarray, span: float | np.ndarray,
+                        floor: float | None = None) -> np.ndarray:
+    """Affine intensity map (x - offset) / span, raised to ``floor`` where given, float32 (a new array)."""
+    y = np.asarray(x, dtype=np.float32) - np.asarray(offset, dtype=np.float32)
+    y /= np.asarray(span, dtype=np.float32)
+    if floor is not None:
+        np.maximum(y, np.float32(floor), out=y)
     return y
 
 
@@ -58,4 +73,4 @@ def normalize_image(img: np.ndarray, channels: list[int], normalization: dict) -
     """Select channels and normalise one whole image by its own statistics -> (C, H, W)."""
     x = select_channels(img, channels)
     off, span = percentile_stats(x, normalization)
-    return apply_normalization(x, off, span)
+    return apply_normalization(x, off, span, norm_floor(normalization))

@@ -31,7 +31,7 @@ from .losses import density_loss
 from ..models import ModelCard, build_model, save_model
 from ..models.heads import output_activation
 from ..normalize import training_field
-from ..preprocess import (apply_normalization, background_level, normalize_image, percentile_stats,
+from ..preprocess import (apply_normalization, background_level, norm_floor, normalize_image, percentile_stats,
                           select_channels)
 from .scale import to_input_scale
 from .targets import target_map
@@ -219,7 +219,8 @@ def _normalized_background(s: Sample, channels: list[int], cfg: TrainConfig) -> 
     """The slide background's raw level (:func:`background_level`) under this image's own normalisation."""
     x = select_channels(s.image, channels)
     off, span = percentile_stats(x, cfg.normalization)
-    return float(apply_normalization(np.float32(background_level(cfg.modality)), off, span))
+    return float(apply_normalization(np.float32(background_level(cfg.modality)), off, span,
+                                     norm_floor(cfg.normalization)))
 
 
 def _oversampled(tr: list[tuple[np.ndarray, Sample]], oversample: dict[str, int]) -> list[tuple[np.ndarray, Sample]]:
