@@ -1,8 +1,9 @@
 """Channel selection and intensity normalisation shared by training and inference.
 
-Training normalises each image by its own percentiles; whole-slide inference computes the
-same percentiles once per slide (over tissue, at a low-resolution level) and applies that
-one affine map to every tile, so normalisation never introduces seams.
+Training and ``evaluate`` normalise each image by its own percentiles; whole-slide inference
+takes the same percentiles over a training-image-sized field around each location
+(:mod:`wsicount.normalize`), fixed before the first tile, so normalisation never introduces
+seams. Both apply :func:`apply_normalization`, the card's floor included.
 """
 
 from __future__ import annotations
