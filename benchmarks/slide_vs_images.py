@@ -93,7 +93,7 @@ def compare(data: Path, model: str, upsample: int, fmt: str, work: Path, split: 
     summary = wsicount.count(mosaic.path, work / "out", model, precision=precision, progress=False, overwrite=True,
                              mpp=None if mpp else mpp_fallback / upsample,
                              model_mpp=None if mpp or card.mpp else mpp_fallback,  # a card without µm/px
-                             **({"uncertainty": uncertainty} if uncertainty else {}))
+                             uncertainty=uncertainty)
     t_run = time.perf_counter() - t
     dens = zarr.open_array(str(Layout(work / "out").density / "0"), mode="r")[...]
     per_box = box_counts(dens, mosaic.boxes, rim)
