@@ -84,6 +84,14 @@ RECIPES: dict[str, tuple[str, TrainConfig]] = {
 RECIPES["nuclei-he-40x"] = ("nuclei_he", replace(RECIPES["nuclei-he"][1], name="nuclei-he-40x", sigma_px=4.0,
                                                   mpp=0.25, max_minutes=35))
 
+# melanocyte-trp1 fine-tuned from the bundled weights with half its crops framed by black, BatchNorm
+# frozen at the bundled statistics (a framed batch's own statistics are not the whole-image statistics
+# inference uses): the network learns to answer the slide's black around an image as the zero padding
+# around a lone image, with the normalisation it meets at inference
+RECIPES["melanocyte-trp1-framed"] = ("trp1", replace(RECIPES["melanocyte-trp1"][1], init="melanocyte-trp1",
+                                                     freeze_bn=True, frame=0.5, lr=1e-4, epochs=400, patience=400,
+                                                     max_minutes=25, precision="auto"))
+
 
 def main() -> None:
     """Train the requested recipes (all by default)."""
@@ -99,6 +107,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
     ap.add_argument("--max-minutes", type=float, default=None, help="override the recipe's time budget")
     ap.add_argument("--ema", type=float, default=None, help="override the recipe's weight-average decay (0: off)")
+    ap.add_argument("--val-every", type=int, default=None, help="override the recipe's epochs between validations")
     ap.add_argument("--data", default=None, help="dataset folder (default: the recipe's, under ../shared/data)")
     args = ap.parse_args()
     if not DATA.exists():
@@ -114,6 +123,8 @@ def main() -> None:
             cfg.max_minutes = args.max_minutes
         if args.ema is not None:
             cfg.ema = args.ema
+        if args.val_every is not None:
+            cfg.val_every = args.val_every
         split = "" if args.split_seed is None else f"-split{args.split_seed}"
         out = Path(args.out) / f"{name}-seed{args.seed}{split}"
         card = train(Path(args.data) if args.data else DATA / folder, out, cfg, resume=args.resume, progress=True)

@@ -16,7 +16,7 @@ import pytest
 
 from wsicount.io import open_slide
 from wsicount.normalize import NormField, Part, build_norm_field, percentiles_from_hist
-from wsicount.preprocess import percentile_stats
+from wsicount.preprocess import apply_normalization, percentile_stats
 from wsicount.synth.write import write_pyramid
 from wsicount.tiling import plan_geometry
 from wsicount.tissue import SMOOTH_UM, TissueMask
@@ -171,7 +171,7 @@ def test_an_image_on_black_is_normalised_by_all_its_pixels_to_its_edge(tmp_path)
 def test_a_floor_shows_the_black_around_an_image_as_zero_padding(tmp_path):
     """With ``floor`` 0 every pixel darker than the low percentile (the slide's black included) is normalised
     to 0, the value a convolution pads with beyond an image: in the slide field and in a lone image alike."""
-    from wsicount.preprocess import apply_normalization, normalize_image
+    from wsicount.preprocess import normalize_image
 
     rng = np.random.default_rng(5)
     img = np.zeros((256, 256), np.uint8)
@@ -190,3 +190,9 @@ def test_a_floor_shows_the_black_around_an_image_as_zero_padding(tmp_path):
     off, span = percentile_stats(piece[None].astype(np.float32), NORM)
     assert alone.min() == 0 and np.array_equal(alone, np.maximum(apply_normalization(piece[None], off, span), 0))
     assert np.array_equal(apply_normalization(piece[None], off, span), normalize_image(piece, [0], NORM))
+
+
+def test_a_floor_applies_to_a_single_level():
+    """A scalar level (a slide background under an image's statistics, as framed training asks) is floored too."""
+    assert float(apply_normalization(np.float32(0.0), 10.0, 50.0, 0.0)) == 0.0
+    assert float(apply_normalization(np.float32(0.0), 10.0, 50.0)) == pytest.approx(-0.2)

@@ -62,8 +62,9 @@ def norm_floor(normalization: dict) -> float | None:
 
 def apply_normalization(x: np.ndarray, offset: float | np.ndarray, span: float | np.ndarray,
                         floor: float | None = None) -> np.ndarray:
-    """Affine intensity map (x - offset) / span, raised to ``floor`` where given, float32 (a new array)."""
-    y = np.asarray(x, dtype=np.float32) - np.asarray(offset, dtype=np.float32)
+    """Affine intensity map (x - offset) / span, raised to ``floor`` where given, float32 (a new array, 0-d for a scalar)."""
+    # asarray again: a 0-d difference is a numpy scalar, which cannot be written in place
+    y = np.asarray(np.asarray(x, dtype=np.float32) - np.asarray(offset, dtype=np.float32))
     y /= np.asarray(span, dtype=np.float32)
     if floor is not None:
         np.maximum(y, np.float32(floor), out=y)
