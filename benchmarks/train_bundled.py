@@ -87,7 +87,8 @@ RECIPES["nuclei-he-40x"] = ("nuclei_he", replace(RECIPES["nuclei-he"][1], name="
 # melanocyte-trp1 fine-tuned from the bundled weights with half its crops framed by black, BatchNorm
 # frozen at the bundled statistics (a framed batch's own statistics are not the whole-image statistics
 # inference uses): the network learns to answer the slide's black around an image as the zero padding
-# around a lone image, with the normalisation it meets at inference
+# around a lone image, with the normalisation it meets at inference. Measured, not bundled: it moved the
+# slide's boxes further from the lone-image counts (BENCHMARKS.md, Slide vs images)
 RECIPES["melanocyte-trp1-framed"] = ("trp1", replace(RECIPES["melanocyte-trp1"][1], init="melanocyte-trp1",
                                                      freeze_bn=True, frame=0.5, lr=1e-4, epochs=400, patience=400,
                                                      max_minutes=25, precision="auto"))

@@ -77,6 +77,18 @@ def test_vgg_mosaic_counts_as_its_images(tmp_path, one_torch_thread):
     _check(r, boxes_alone=True)
 
 
+@pytest.mark.skipif(not (DATA / "vgg_cells").exists(), reason=f"VGG images not found at {DATA / 'vgg_cells'}")
+def test_vgg_mosaic_counts_as_its_images_with_the_ensemble(tmp_path, one_torch_thread):
+    """The card's calibrated ensemble counts the slide as it counts each image: the mean of its members' densities.
+
+    Views count each image alone (``evaluate``'s plain framing), so that is the reference per box.
+    """
+    r = _compare(DATA / "vgg_cells", "vgg-cells", 1, "ome-tiff", tmp_path, split="test", n=6, own=False,
+                 uncertainty="ensemble")
+    assert r["uncertainty"] == "ensemble" and r["reference"] == "none"
+    _check(r, boxes_alone=True)
+
+
 def test_synthetic_mosaic_counts_as_its_images(tmp_path, one_torch_thread):
     """Synthetic fluorescence fields (tissue throughout, cells of the default model's kind) at the model's scale."""
     from PIL import Image
