@@ -167,7 +167,7 @@ def test_pipeline_on_the_dapi_ndpi_with_the_channel_set(tmp_path):
 
 #: nuclei-fluo on a crop of the DAPI NDPI against the classical LoG count of the same pixels: its
 #: detected nuclei (density peaks) agree within PEAKS_FACTOR; its count (the density's sum) lies within
-#: COUNT_FACTOR. The sum runs ~1.5x the LoG here (measured 1.57): the LoG merges touching nuclei in
+#: COUNT_FACTOR. The sum runs ~1.5x the LoG here (measured 1.56): the LoG merges touching nuclei in
 #: crowded clusters, and the model, trained on cultured cells with round nuclei, gives elongated tissue
 #: nuclei more than one cell of density. No annotation of this slide says which is nearer the truth.
 PEAKS_FACTOR, COUNT_FACTOR = 1.3, 2.0
